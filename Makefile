@@ -1,0 +1,37 @@
+# Every target bootstraps its own virtual environment, so a fresh machine needs only python3.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: test lint typecheck pytest serve validate clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+# The example config with two small example model servers on loopback.
+serve: $(STAMP)
+	$(BIN)/python -m shadowproxy.examples --config config/shadowproxy.yaml
+
+validate: $(STAMP)
+	$(BIN)/shadowproxy validate --config config/shadowproxy.yaml
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache shadow-logs

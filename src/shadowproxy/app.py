@@ -1,0 +1,273 @@
+"""Composition root: builds the objects, runs the listeners, shuts down in order.
+
+Shutdown, step by step (SIGTERM or SIGINT):
+1. stop accepting new connections on the proxy listener;
+2. let in-flight production requests finish (up to ``shutdown_timeout_s``);
+3. give in-flight shadow copies up to ``drain_timeout_s``, then cancel the rest
+   (their pairs are still emitted, as errors);
+4. flush the sink (the recorder writes everything buffered);
+5. close the upstream pools and the admin listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shadowproxy.config import Config, RouteConfig
+from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
+from shadowproxy.proxy import ProxyHandler, RouteMetrics, RouteRuntime, route_runtime
+from shadowproxy.records import Pair, PairSink
+from shadowproxy.tee import ShadowRunner, Tee
+from shadowproxy.upstream import production_session, shadow_session
+
+log = logging.getLogger(__name__)
+
+# Large enough for any sane header block, small enough to refuse abuse (431/400).
+MAX_LINE_SIZE = 16 * 1024
+MAX_FIELD_SIZE = 64 * 1024
+
+
+class Sink(PairSink):
+    """A pair sink with a lifecycle, so the server can flush it at shutdown."""
+
+    async def start(self) -> None:
+        """Called once before traffic is accepted."""
+
+    async def close(self) -> None:
+        """Called once after the shadow drain: write everything still buffered."""
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok"}
+
+
+class DiscardSink(Sink):
+    """Counts pairs and keeps nothing: for ``serve`` without recording."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def submit(self, pair: Pair) -> None:
+        self.count += 1
+
+
+def redact_url(url: str) -> str:
+    """Hide credentials in an upstream URL before it is shown anywhere."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def routes_document(config: Config, runners: dict[str, list[ShadowRunner]]) -> dict[str, Any]:
+    """What ``/routes`` shows: the active routes and each shadow's live state."""
+
+    def shadow_entry(runner: ShadowRunner) -> dict[str, Any]:
+        shadow = runner.config
+        return {
+            "name": shadow.name,
+            "url": redact_url(shadow.url),
+            "role": shadow.role,
+            "sample_rate": shadow.sample_rate,
+            "sample_key": shadow.sample_key,
+            "timeout_s": shadow.timeout_s,
+            "max_in_flight": shadow.max_in_flight,
+            "in_flight": runner.in_flight,
+            "circuit": runner.breaker.state,
+        }
+
+    def route_entry(route: RouteConfig, source: str) -> dict[str, Any]:
+        return {
+            "name": route.name,
+            "source": source,
+            "match": {"path_prefix": route.match.path_prefix, "methods": route.match.methods},
+            "production": {
+                "url": redact_url(route.production.url),
+                "timeout_s": route.production.timeout_s,
+            },
+            "max_body_bytes": route.max_body_bytes,
+            "shadows": [shadow_entry(runner) for runner in runners[route.name]],
+        }
+
+    main = config.main
+    return {
+        "config": config.source,
+        "default_upstream": redact_url(main.default_upstream) if main.default_upstream else None,
+        "routes": [
+            route_entry(route, source)
+            for route, source in zip(config.routes, config.route_sources, strict=True)
+        ],
+    }
+
+
+class Server:
+    """The proxy and admin listeners with everything behind them."""
+
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, sink: Sink | None = None
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.sink = sink or DiscardSink()
+        self.tee = Tee(self.sink)
+        self.ready = False
+        self._sessions: list[aiohttp.ClientSession] = []
+        self._runners: dict[str, list[ShadowRunner]] = {}
+        self._proxy_runner: web.ServerRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.proxy_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+
+    # --- start ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        main = self.config.main
+        await self.sink.start()
+        production = production_session(main.upstream_pool)
+        self._sessions.append(production)
+        runtimes: dict[str, RouteRuntime] = {}
+        for route in self.config.routes:
+            shadows = []
+            for shadow in route.shadows:
+                session = shadow_session(shadow)
+                self._sessions.append(session)
+                shadows.append(ShadowRunner(route, shadow, session, self.metrics))
+            self._runners[route.name] = shadows
+            runtimes[route.name] = route_runtime(route, shadows, self.metrics)
+        default = None
+        if main.default_upstream is not None:
+            default = RouteRuntime(
+                name=DEFAULT_ROUTE,
+                upstream=main.default_upstream,
+                timeout_s=main.default_upstream_timeout_s,
+                max_body_bytes=0,
+                capture_bytes=0,
+                shadows=[],
+                metrics=RouteMetrics(self.metrics, DEFAULT_ROUTE),
+            )
+        handler = ProxyHandler(self.config, runtimes, default, production, self.tee, self.metrics)
+        server = web.Server(
+            handler,
+            max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE,
+            access_log=None,
+        )
+        self._proxy_runner = web.ServerRunner(
+            server, shutdown_timeout=main.shutdown_timeout_s, handle_signals=False
+        )
+        await self._proxy_runner.setup()
+        self._admin_runner = web.AppRunner(self._admin_app(), access_log=None)
+        await self._admin_runner.setup()
+        self.proxy_address = await _bind(self._proxy_runner, main.listen)
+        self.admin_address = await _bind(self._admin_runner, main.admin_listen)
+        self.ready = True
+        log.info(
+            "shadowproxy listening on %s:%d (admin %s:%d), %d routes",
+            *self.proxy_address,
+            *self.admin_address,
+            len(self.config.routes),
+        )
+
+    # --- stop -------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._proxy_runner is not None:
+            # Steps 1 and 2: stop accepting, wait for in-flight handlers.
+            await self._proxy_runner.cleanup()
+        # Step 3: drain shadows.
+        cancelled = await self.tee.drain(self.config.main.drain_timeout_s)
+        if cancelled:
+            log.warning("shutdown: cancelled %d shadow copies after the drain timeout", cancelled)
+        # Step 4: flush what was recorded.
+        await self.sink.close()
+        # Step 5: pools and admin.
+        for session in self._sessions:
+            await session.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+
+    # --- admin ------------------------------------------------------------------
+
+    def _admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/routes", self._routes)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        # A degraded recorder does not make the proxy unready: taking the pod out of
+        # service would stop production traffic over a logging problem.
+        recorder = self.sink.health()
+        status = "ok" if recorder.get("status") == "ok" else "degraded"
+        body = {"status": status if self.ready else "starting", "recorder": recorder}
+        return _json(body, status=200 if self.ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    async def _routes(self, request: web.Request) -> web.Response:
+        return _json(routes_document(self.config, self._runners))
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body, option=orjson.OPT_INDENT_2),
+        status=status,
+        content_type="application/json",
+    )
+
+
+async def _bind(runner: web.BaseRunner, listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets  # type: ignore[attr-defined]
+    address = server.sockets[0].getsockname()  # type: ignore[attr-defined]
+    return address[0], address[1]
+
+
+async def serve(
+    config: Config,
+    sink_factory: Callable[[Config, Metrics], Sink] | None = None,
+    on_ready: Callable[[Server], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down in order."""
+    metrics = Metrics()
+    sink = sink_factory(config, metrics) if sink_factory else None
+    server = Server(config, metrics, sink)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        if on_ready is not None:
+            await on_ready(server)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

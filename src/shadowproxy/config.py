@@ -1,0 +1,390 @@
+"""Configuration: YAML files in, frozen validated objects out.
+
+The main file names the listeners, the recording target and where routes live; each
+route (one per file under ``routes_dir``, or inline under ``routes``) names its
+production upstream and its shadows. Everything is parsed here once, at the edge:
+environment variables are expanded, unknown keys are rejected (a typo must not pass
+silently) and every error names the file, the field path and what is wrong, e.g.::
+
+    config/routes/price.yaml: shadows[0].sample_rate: must be between 0 and 1, got 1.5
+
+No code below this module reads YAML, environment variables or defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shadowproxy.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""Route and shadow names end up in partition paths and metric labels: keep them tame."""
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    if not parts.hostname:
+        raise ValueError(f"has no host, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError(f"has an invalid port, got {value!r}") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            "must be scheme://host[:port] only (the request path is forwarded as is), "
+            f"got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port (e.g. 127.0.0.1:8080), got {value!r}")
+    return value
+
+
+def _check_rate(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+Url = Annotated[str, Field(description="scheme://host[:port]")]
+Seconds = Annotated[float, Field(gt=0)]
+ByteCount = Annotated[int, Field(ge=0)]
+
+
+class CircuitBreakerConfig(_Model):
+    """When a shadow keeps failing, stop paying for copies it cannot answer."""
+
+    failures: Annotated[int, Field(ge=1)] = 5
+    backoff_s: Seconds = 5.0
+    max_backoff_s: Seconds = 60.0
+
+
+class UpstreamConfig(_Model):
+    url: Url
+    timeout_s: Seconds = 10.0
+
+    _url = field_validator("url")(_check_url)
+
+
+class ShadowConfig(_Model):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    url: Url
+    sample_rate: float = 1.0
+    sample_key: str | None = None
+    timeout_s: Seconds = 30.0
+    max_in_flight: Annotated[int, Field(ge=1)] = 64
+    role: Literal["candidate", "baseline"] = "candidate"
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+    _url = field_validator("url")(_check_url)
+    _rate = field_validator("sample_rate")(_check_rate)
+
+
+class MatchConfig(_Model):
+    path_prefix: str
+    methods: tuple[str, ...] | None = None
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        upper = tuple(method.upper() for method in value)
+        unknown = sorted(set(upper) - HTTP_METHODS)
+        if unknown:
+            raise ValueError(f"unknown HTTP method {', '.join(unknown)}")
+        if not upper:
+            raise ValueError("must name at least one method, or be left out to match all")
+        return upper
+
+
+class RecordConfig(_Model):
+    bodies: bool = True
+    max_body_bytes: ByteCount = 65536
+    redact: tuple[str, ...] = ()
+
+
+class RouteConfig(_Model):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    match: MatchConfig
+    production: UpstreamConfig
+    shadows: tuple[ShadowConfig, ...] = ()
+    max_body_bytes: ByteCount = 10 * 1024 * 1024
+    max_capture_bytes: ByteCount = 1024 * 1024
+    record: RecordConfig = RecordConfig()
+
+    @model_validator(mode="after")
+    def _unique_shadows(self) -> RouteConfig:
+        seen: set[str] = set()
+        for shadow in self.shadows:
+            if shadow.name in seen:
+                raise ValueError(f"shadow name {shadow.name!r} is used twice in this route")
+            seen.add(shadow.name)
+        return self
+
+
+class RecordingConfig(_Model):
+    dir: str = "shadow-logs"
+    flush_interval_s: Seconds = 5.0
+    max_rows_per_file: Annotated[int, Field(ge=1)] = 100_000
+    max_pending_records: Annotated[int, Field(ge=1)] = 100_000
+
+
+class PoolConfig(_Model):
+    """Connection pool of the production upstreams (each shadow has its own, sized by
+    ``max_in_flight``, so a black-holed shadow cannot take production's connections)."""
+
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    keepalive_timeout_s: Seconds = 30.0
+
+
+class MainConfig(_Model):
+    listen: str = "127.0.0.1:8080"
+    admin_listen: str = "127.0.0.1:9090"
+    default_upstream: Url | None = None
+    default_upstream_timeout_s: Seconds = 30.0
+    routes_dir: str | None = None
+    routes: tuple[RouteConfig, ...] = ()
+    recording: RecordingConfig = RecordingConfig()
+    drain_timeout_s: Seconds = 10.0
+    shutdown_timeout_s: Seconds = 30.0
+    upstream_pool: PoolConfig = PoolConfig()
+
+    _listen = field_validator("listen", "admin_listen")(_check_listen)
+
+    @field_validator("default_upstream")
+    @classmethod
+    def _default_upstream(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
+
+
+class Config(_Model):
+    """Everything the proxy runs on: the main file plus its routes, in load order."""
+
+    source: str
+    main: MainConfig
+    routes: tuple[RouteConfig, ...]
+    route_sources: tuple[str, ...]
+    """For each route, the file it came from (error messages and ``/routes``)."""
+
+
+# --- loading -----------------------------------------------------------------------
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read the main file and every route file; raise ``ConfigError`` on the first problem."""
+    env = os.environ if environ is None else environ
+    main_path = Path(path)
+    source = str(path)
+    raw = _read_yaml(main_path, source)
+    raw = _expand(raw, env, source, "")
+    main = _validate(MainConfig, raw, source)
+
+    routes: list[RouteConfig] = list(main.routes)
+    sources: list[str] = [source] * len(routes)
+    if main.routes_dir is not None:
+        routes_dir = main_path.parent / main.routes_dir
+        if not routes_dir.is_dir():
+            raise ConfigError(source, "routes_dir", f"{str(routes_dir)!r} is not a directory")
+        files = sorted([*routes_dir.glob("*.yaml"), *routes_dir.glob("*.yml")])
+        for file in files:
+            route_source = str(file)
+            route_raw = _expand(_read_yaml(file, route_source), env, route_source, "")
+            routes.append(_validate(RouteConfig, route_raw, route_source))
+            sources.append(route_source)
+
+    _check_route_set(routes, sources)
+    if not routes and main.default_upstream is None:
+        raise ConfigError(source, None, "no routes and no default_upstream: nothing to proxy")
+    return Config(source=source, main=main, routes=tuple(routes), route_sources=tuple(sources))
+
+
+def _read_yaml(path: Path, source: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, None, f"invalid YAML: {where}{problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, None, f"must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _expand(value: Any, env: Mapping[str, str], source: str, field: str) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(source, field or None, f"environment variable {name} is not set")
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            key: _expand(item, env, source, _join(field, str(key))) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand(item, env, source, f"{field}[{index}]") for index, item in enumerate(value)]
+    return value
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+_M = typing.TypeVar("_M", bound=BaseModel)
+
+
+def _validate(model: type[_M], raw: dict[str, Any], source: str) -> _M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        loc = tuple(error["loc"])
+        raise ConfigError(source, _field_path(loc), _describe(model, error)) from None
+
+
+def _field_path(loc: tuple[Any, ...]) -> str | None:
+    path = ""
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, str(part))
+    return path or None
+
+
+def _describe(model: type[BaseModel], error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        return _unknown_key_message(model, tuple(error["loc"]))
+    if kind == "missing":
+        return "required"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    bounds = {
+        "greater_than": ("must be greater than", "gt"),
+        "greater_than_equal": ("must be at least", "ge"),
+        "less_than": ("must be less than", "lt"),
+        "less_than_equal": ("must be at most", "le"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"{words} {ctx[key]}, got {given!r}"
+    if kind == "string_pattern_mismatch":
+        return (
+            "must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit, "
+            f"got {given!r}"
+        )
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {given!r}"
+
+
+def _unknown_key_message(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """Name the allowed keys, and the closest one when it looks like a typo."""
+    owner = _model_at(model, loc[:-1])
+    allowed = sorted(owner.model_fields) if owner else []
+    message = "unknown key"
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    if allowed:
+        message += f"; allowed: {', '.join(allowed)}"
+    return message
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``tuple[X, ...]`` / ``X | None`` -> ``X``, so the walk can continue into a model."""
+    for arg in typing.get_args(annotation) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def _check_route_set(routes: list[RouteConfig], sources: list[str]) -> None:
+    names: dict[str, str] = {}
+    claims: dict[tuple[str, str | None], str] = {}
+    for route, source in zip(routes, sources, strict=True):
+        if route.name in names:
+            raise ConfigError(
+                source, "name", f"route name {route.name!r} is already used in {names[route.name]}"
+            )
+        names[route.name] = source
+        methods: tuple[str | None, ...] = route.match.methods or (None,)
+        for method in methods:
+            key = (route.match.path_prefix, method)
+            if key in claims:
+                what = f"methods {method}" if method else "all methods"
+                raise ConfigError(
+                    source,
+                    "match",
+                    f"path_prefix {route.match.path_prefix!r} with {what} is already "
+                    f"matched by {claims[key]}",
+                )
+            claims[key] = f"route {route.name!r} ({source})"
+
+
+def with_overrides(config: Config, **fields: str | None) -> Config:
+    """The config with main-file fields replaced (command-line flags), re-validated."""
+    update = {key: value for key, value in fields.items() if value is not None}
+    if not update:
+        return config
+    raw = config.main.model_dump()
+    raw.update(update)
+    main = _validate(MainConfig, raw, "command line")
+    return config.model_copy(update={"main": main})

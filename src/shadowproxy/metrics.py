@@ -1,0 +1,115 @@
+"""Every Prometheus metric shadowproxy exports, on an injected registry.
+
+Label values come only from config names (route, shadow), fixed vocabularies (role,
+outcome, result, reason) or HTTP status codes: never from paths, ids or model output,
+so the series count stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+DIFF_SCORE_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0, 100.0)
+
+UNMATCHED_ROUTE = "_unmatched"
+DEFAULT_ROUTE = "_default"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "shadowproxy_requests",
+            "Client requests answered, by route and HTTP status sent to the client.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "shadowproxy_request_duration_seconds",
+            "Time from request arrival to the end of the response, as the client sees it.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "shadowproxy_upstream_duration_seconds",
+            "Time an upstream took to answer (production: until its response ended).",
+            ["route", "target", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "shadowproxy_shadow_requests",
+            "Shadow decisions for sampled requests, by outcome (ok|error|timeout|dropped|skipped).",
+            ["route", "shadow", "outcome"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "shadowproxy_shadow_skipped",
+            "Sampled copies not sent, by reason (circuit_open|body_too_large|shutdown).",
+            ["route", "shadow", "reason"],
+            registry=r,
+        )
+        self.shadow_in_flight = Gauge(
+            "shadowproxy_shadow_in_flight",
+            "Shadow copies currently in flight (bounded by max_in_flight).",
+            ["route", "shadow"],
+            registry=r,
+        )
+        self.shadow_circuit_open = Gauge(
+            "shadowproxy_shadow_circuit_open",
+            "1 while a shadow's circuit breaker is open (copies are skipped), else 0.",
+            ["route", "shadow"],
+            registry=r,
+        )
+        self.shadow_info = Gauge(
+            "shadowproxy_shadow_info",
+            "One series per configured shadow, carrying its role (candidate|baseline).",
+            ["route", "shadow", "role"],
+            registry=r,
+        )
+        self.comparisons = Counter(
+            "shadowproxy_comparisons",
+            "Compared pairs by result (agree|disagree|incomparable).",
+            ["route", "shadow", "result"],
+            registry=r,
+        )
+        self.diff_score = Histogram(
+            "shadowproxy_diff_score",
+            "Comparator-specific difference between shadow and production (0 = identical).",
+            ["route", "shadow"],
+            buckets=DIFF_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.records_written = Counter(
+            "shadowproxy_records_written",
+            "Records that reached a complete Parquet file.",
+            ["kind"],
+            registry=r,
+        )
+        self.records_dropped = Counter(
+            "shadowproxy_records_dropped",
+            "Records lost on purpose, by reason (queue_full|write_failed|shutdown).",
+            ["reason"],
+            registry=r,
+        )
+        self.recorder_pending = Gauge(
+            "shadowproxy_recorder_pending_records",
+            "Records buffered in memory, waiting for the writer thread.",
+            registry=r,
+        )
+        self.recorder_write_errors = Counter(
+            "shadowproxy_recorder_write_errors",
+            "Failed attempts to write a Parquet file (retried with backoff).",
+            registry=r,
+        )
+        self.recorder_degraded = Gauge(
+            "shadowproxy_recorder_degraded",
+            "1 while the recorder cannot write (disk full, permissions, bucket unreachable).",
+            registry=r,
+        )

@@ -1,0 +1,348 @@
+"""The request handler: read body -> match -> tee -> forward -> stream back.
+
+This is the production path, so it does the minimum: no JSON parsing, no
+comparison, no file I/O. The shadow copies start before production is called and are
+handed production's result after the client has its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from shadowproxy.config import Config, RouteConfig
+from shadowproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from shadowproxy.headers import (
+    REQUEST_ID,
+    client_response_headers,
+    new_request_id,
+    upstream_request_headers,
+    valid_request_id,
+)
+from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
+from shadowproxy.records import ProductionResult, RequestInfo
+from shadowproxy.routing import RouteTable
+from shadowproxy.tee import Exchange, ShadowRunner, Tee
+from shadowproxy.upstream import chain, upstream_url
+
+log = logging.getLogger(__name__)
+
+# Responses up to this size with a Content-Length are read whole and sent in one
+# write (fewer syscalls, simpler); larger, chunked or event-stream ones are streamed.
+BUFFER_LIMIT = 1024 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+@dataclass(slots=True)
+class RouteRuntime:
+    """What the handler needs per route, built once: config, shadows, metric children."""
+
+    name: str
+    upstream: str
+    timeout_s: float
+    max_body_bytes: int
+    capture_bytes: int
+    shadows: list[ShadowRunner]
+    metrics: RouteMetrics
+
+
+class RouteMetrics:
+    __slots__ = ("_codes", "_requests", "duration", "upstream")
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self._requests = metrics.requests
+        self._codes: dict[int, object] = {}
+        self.duration = metrics.request_duration.labels(route)
+        self.upstream = metrics.upstream_duration.labels(route, "production", "production")
+
+    def count(self, route: str, code: int) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self._requests.labels(route, str(code))
+        child.inc()  # type: ignore[attr-defined]
+
+
+def route_runtime(
+    route: RouteConfig, shadows: list[ShadowRunner], metrics: Metrics
+) -> RouteRuntime:
+    return RouteRuntime(
+        name=route.name,
+        upstream=route.production.url,
+        timeout_s=route.production.timeout_s,
+        max_body_bytes=route.max_body_bytes,
+        capture_bytes=route.max_capture_bytes,
+        shadows=shadows,
+        metrics=RouteMetrics(metrics, route.name),
+    )
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        config: Config,
+        runtimes: dict[str, RouteRuntime],
+        default: RouteRuntime | None,
+        session: aiohttp.ClientSession,
+        tee: Tee,
+        metrics: Metrics,
+    ) -> None:
+        self._table = RouteTable(config.routes)
+        self._runtimes = runtimes
+        self._default = default
+        self._session = session
+        self._tee = tee
+        self._unmatched = RouteMetrics(metrics, UNMATCHED_ROUTE)
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        arrived = time.time()
+        request_id = request.headers.get(REQUEST_ID)
+        if not valid_request_id(request_id):
+            request_id = new_request_id()
+        assert request_id is not None
+        route = self._table.match(request.method, request.path)
+        runtime = self._runtimes[route.name] if route is not None else self._default
+        if runtime is None:
+            response = _json_error(404, "no route matches this request", request_id)
+            self._unmatched.count(UNMATCHED_ROUTE, 404)
+            return response
+        try:
+            return await self._proxy(request, runtime, request_id, started, arrived)
+        finally:
+            runtime.metrics.duration.observe(time.perf_counter() - started)
+
+    async def _proxy(
+        self,
+        request: web.BaseRequest,
+        runtime: RouteRuntime,
+        request_id: str,
+        started: float,
+        arrived: float,
+    ) -> web.StreamResponse:
+        body, complete = await _read_body(request, runtime.max_body_bytes)
+        headers = upstream_request_headers(
+            request.headers.items(),
+            request_id=request_id,
+            client_ip=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+        )
+        raw_path = request.raw_path
+        exchange: Exchange | None = None
+        if runtime.shadows:
+            path, _, query = raw_path.partition("?")
+            info = RequestInfo(
+                request_id, arrived, runtime.name, request.method, path, query,
+                headers, body, complete,
+            )  # fmt: skip
+            exchange = self._tee.start(runtime.shadows, info, headers, raw_path, request.headers)
+        data: object = body if complete else chain(body, request.content)
+        outcome = _Production(runtime.capture_bytes)
+        try:
+            response = await self._forward(request, runtime, request_id, headers, data, outcome)
+        finally:
+            result = outcome.result(started)
+            runtime.metrics.upstream.observe(result.latency_ms / 1000.0)
+            if exchange is not None:
+                exchange.finish(result)
+        return response
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        runtime: RouteRuntime,
+        request_id: str,
+        headers: list[tuple[str, str]],
+        data: object,
+        outcome: _Production,
+    ) -> web.StreamResponse:
+        url = upstream_url(runtime.upstream, request.raw_path)
+        try:
+            upstream = await _open(
+                self._session, request.method, url, headers, data, runtime.timeout_s
+            )
+        except UpstreamError as exc:
+            outcome.error = str(exc)
+            runtime.metrics.count(runtime.name, exc.status)
+            return _json_error(exc.status, str(exc), request_id)
+        outcome.status = upstream.status
+        outcome.content_type = upstream.headers.get("Content-Type")
+        runtime.metrics.count(runtime.name, upstream.status)
+        reply_headers = client_response_headers(upstream.headers.items(), request_id)
+        length = upstream.content_length
+        streamed = (
+            request.method != "HEAD"
+            and upstream.status not in _NO_BODY_STATUSES
+            and (
+                length is None
+                or length > BUFFER_LIMIT
+                or (outcome.content_type or "").startswith("text/event-stream")
+            )
+        )
+        if streamed:
+            return await _stream(request, upstream, reply_headers, length, outcome)
+        return await _buffered(request, upstream, reply_headers, outcome, runtime, request_id)
+
+
+class _Production:
+    """Production's result, filled in as the answer goes through."""
+
+    __slots__ = ("cap", "captured", "content_type", "error", "size", "status")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.status: int | None = None
+        self.error: str | None = None
+        self.content_type: str | None = None
+        self.captured: list[bytes] = []
+        self.size = 0
+
+    def capture(self, chunk: bytes) -> None:
+        room = self.cap - self.size
+        if room > 0:
+            self.captured.append(chunk if len(chunk) <= room else chunk[:room])
+        self.size += len(chunk)
+
+    def result(self, started: float) -> ProductionResult:
+        latency = (time.perf_counter() - started) * 1000.0
+        body = self.captured[0] if len(self.captured) == 1 else b"".join(self.captured)
+        return ProductionResult(
+            self.status, latency, self.error, body, self.size > self.cap, self.content_type
+        )
+
+
+async def _read_body(request: web.BaseRequest, cap: int) -> tuple[bytes, bool]:
+    """Read the request body once, up to ``cap``; ``(head, complete)``.
+
+    A body over the cap is not buffered: ``head`` holds what was read and the caller
+    streams the rest to production (the request's shadows are skipped).
+    """
+    if not request.body_exists:
+        return b"", True
+    declared = request.content_length
+    if declared is not None and declared > cap:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    content = request.content
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks), False
+
+
+async def _open(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: object,
+    headers: list[tuple[str, str]],
+    data: object,
+    timeout_s: float,
+) -> aiohttp.ClientResponse:
+    """Send the request and wait for response headers, within the route's timeout."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await session.request(
+                method,
+                url,  # type: ignore[arg-type]
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_s),
+            )
+    except TimeoutError:
+        raise UpstreamTimeout(f"production did not answer within {timeout_s:g}s") from None
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        raise UpstreamUnavailable(f"production unreachable: {_short(exc)}") from None
+
+
+async def _buffered(
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    headers: list[tuple[str, str]],
+    outcome: _Production,
+    runtime: RouteRuntime,
+    request_id: str,
+) -> web.StreamResponse:
+    try:
+        payload = await upstream.read()
+    except TimeoutError:
+        upstream.close()
+        outcome.error = "production body timed out"
+        return _json_error(504, outcome.error, request_id)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        upstream.close()
+        outcome.error = f"production body failed: {_short(exc)}"
+        return _json_error(502, outcome.error, request_id)
+    finally:
+        upstream.release()
+    outcome.capture(payload)
+    response = web.Response(
+        status=upstream.status, reason=upstream.reason, body=payload or None, headers=headers
+    )
+    if request.method == "HEAD" and upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        outcome.error = "client disconnected"
+    return response
+
+
+async def _stream(
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    headers: list[tuple[str, str]],
+    length: int | None,
+    outcome: _Production,
+) -> web.StreamResponse:
+    """Pass a body through as it arrives: the client sees the first event at once."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
+    else:
+        response.enable_chunked_encoding()
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            outcome.capture(chunk)
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionError:
+        outcome.error = "client disconnected"
+        upstream.close()
+    except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
+        # Headers are out: the only honest signal left is to cut the connection so
+        # the client sees an incomplete body rather than a clean end.
+        outcome.error = f"production stream failed: {_short(exc)}"
+        upstream.close()
+        if request.protocol is not None:
+            request.protocol.force_close()
+    else:
+        upstream.release()
+    return response
+
+
+def _json_error(status: int, message: str, request_id: str) -> web.Response:
+    body = orjson.dumps({"error": message, "status": status, "request_id": request_id})
+    return web.Response(
+        status=status,
+        body=body,
+        content_type="application/json",
+        headers={REQUEST_ID: request_id},
+    )
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc) or exc.__class__.__name__)[:300]

@@ -1,0 +1,68 @@
+"""The pair: one shadow decision joined with production's result.
+
+Every sampled (request, shadow) becomes exactly one ``Pair`` whatever happened to the
+copy, so recorded rows reconcile with traffic: ``rows = sampled requests x shadows``.
+Pairs are plain data built on the event loop with no parsing; comparison and
+serialisation happen downstream, off the production path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+ShadowOutcome = Literal["ok", "error", "timeout", "dropped", "skipped"]
+OUTCOMES: tuple[ShadowOutcome, ...] = ("ok", "error", "timeout", "dropped", "skipped")
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    request_id: str
+    ts: float
+    """Arrival time, seconds since the epoch (UTC)."""
+    route: str
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    body_complete: bool
+    """False when the body exceeded the route's ``max_body_bytes`` and was streamed."""
+
+
+@dataclass(slots=True)
+class ProductionResult:
+    status: int | None
+    """None when no response arrived (the client got a 502/504 from the proxy)."""
+    latency_ms: float
+    error: str | None
+    body: bytes
+    body_truncated: bool
+    content_type: str | None
+
+
+@dataclass(slots=True)
+class ShadowResult:
+    outcome: ShadowOutcome
+    status: int | None
+    latency_ms: float | None
+    error: str | None
+    """Why the copy failed, or why it was not sent (``circuit_open``, ``body_too_large``)."""
+    body: bytes
+    body_truncated: bool
+    content_type: str | None
+
+
+@dataclass(slots=True)
+class Pair:
+    request: RequestInfo
+    shadow: str
+    role: str
+    production: ProductionResult
+    result: ShadowResult
+
+
+class PairSink(Protocol):
+    """Where finished pairs go. ``submit`` runs on the event loop: it must not block."""
+
+    def submit(self, pair: Pair) -> None: ...

@@ -1,0 +1,194 @@
+"""The shadow tee: fan a request out to shadows without production ever waiting.
+
+For each shadow of a matched route the tee decides, on the event loop and without
+I/O, whether the request is sampled and whether a copy may be sent (body complete,
+circuit closed, in-flight bound not hit). Copies run as background tasks. Each
+sampled (request, shadow) ends as exactly one ``Pair`` handed to the sink once both
+production's result and the shadow's outcome are known, whichever comes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+import aiohttp
+
+from shadowproxy.breaker import CircuitBreaker
+from shadowproxy.config import RouteConfig, ShadowConfig
+from shadowproxy.headers import shadow_request_headers
+from shadowproxy.metrics import Metrics
+from shadowproxy.records import (
+    OUTCOMES,
+    Pair,
+    PairSink,
+    ProductionResult,
+    RequestInfo,
+    ShadowOutcome,
+    ShadowResult,
+)
+from shadowproxy.routing import is_sampled
+from shadowproxy.tasks import TaskSet
+from shadowproxy.upstream import fetch_shadow, upstream_url
+
+
+def not_sent(outcome: ShadowOutcome, reason: str) -> ShadowResult:
+    return ShadowResult(outcome, None, None, reason, b"", False, None)
+
+
+class ShadowRunner:
+    """One shadow of one route: its pool, bound, breaker and metric children."""
+
+    def __init__(
+        self,
+        route: RouteConfig,
+        config: ShadowConfig,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.route = route
+        self.config = config
+        self.session = session
+        self.breaker = CircuitBreaker(config.circuit_breaker)
+        self.in_flight = 0
+        self.clock = clock
+        labels = (route.name, config.name)
+        self._outcomes = {
+            outcome: metrics.shadow_requests.labels(*labels, outcome) for outcome in OUTCOMES
+        }
+        self._skipped = metrics.shadow_skipped
+        self._in_flight_gauge = metrics.shadow_in_flight.labels(*labels)
+        self._circuit_gauge = metrics.shadow_circuit_open.labels(*labels)
+        self._latency = metrics.upstream_duration.labels(route.name, config.name, "shadow")
+        metrics.shadow_info.labels(*labels, config.role).set(1)
+        self._circuit_gauge.set(0)
+        self._in_flight_gauge.set(0)
+
+    def decide(self, body_complete: bool) -> ShadowResult | None:
+        """None: send a copy (the slot is taken). Otherwise the outcome of not sending."""
+        if not body_complete:
+            return not_sent("skipped", "body_too_large")
+        # The bound is checked before the breaker: a half-open breaker hands out its
+        # single probe only to a copy that is really sent.
+        if self.in_flight >= self.config.max_in_flight:
+            return not_sent("dropped", "max_in_flight")
+        if not self.breaker.allow(self.clock()):
+            return not_sent("skipped", "circuit_open")
+        self.in_flight += 1
+        self._in_flight_gauge.inc()
+        return None
+
+    def count(self, result: ShadowResult) -> None:
+        self._outcomes[result.outcome].inc()
+        if result.outcome == "skipped":
+            self._skipped.labels(self.route.name, self.config.name, result.error or "").inc()
+
+    async def send(
+        self, info: RequestInfo, headers: list[tuple[str, str]], raw_path: str
+    ) -> ShadowResult:
+        try:
+            result = await fetch_shadow(
+                self.session,
+                upstream_url(self.config.url, raw_path),
+                info.method,
+                shadow_request_headers(headers),
+                info.body,
+                self.config.timeout_s,
+                self.route.max_capture_bytes,
+            )
+        finally:
+            self.in_flight -= 1
+            self._in_flight_gauge.dec()
+        if result.latency_ms is not None and result.outcome == "ok":
+            self._latency.observe(result.latency_ms / 1000.0)
+        self.breaker.record(result.outcome == "ok", self.clock())
+        self._circuit_gauge.set(1 if self.breaker.state != "closed" else 0)
+        return result
+
+
+class Exchange:
+    """One request's shadow slots; emits each pair when both sides are known."""
+
+    __slots__ = ("_production", "_results", "_runners", "_sink", "request")
+
+    def __init__(self, request: RequestInfo, sink: PairSink) -> None:
+        self.request = request
+        self._sink = sink
+        self._runners: list[ShadowRunner] = []
+        self._results: list[ShadowResult | None] = []
+        self._production: ProductionResult | None = None
+
+    def add(self, runner: ShadowRunner) -> int:
+        self._runners.append(runner)
+        self._results.append(None)
+        return len(self._runners) - 1
+
+    def resolve(self, slot: int, result: ShadowResult) -> None:
+        self._results[slot] = result
+        self._runners[slot].count(result)
+        if self._production is not None:
+            self._emit(slot, self._production, result)
+
+    def finish(self, production: ProductionResult) -> None:
+        self._production = production
+        for slot, result in enumerate(self._results):
+            if result is not None:
+                self._emit(slot, production, result)
+
+    def _emit(self, slot: int, production: ProductionResult, result: ShadowResult) -> None:
+        config = self._runners[slot].config
+        self._sink.submit(Pair(self.request, config.name, config.role, production, result))
+
+
+class Tee:
+    def __init__(self, sink: PairSink) -> None:
+        self.sink = sink
+        self.tasks = TaskSet()
+
+    def start(
+        self,
+        runners: list[ShadowRunner],
+        info: RequestInfo,
+        headers: list[tuple[str, str]],
+        raw_path: str,
+        client_headers: Mapping[str, str],
+    ) -> Exchange | None:
+        exchange: Exchange | None = None
+        for runner in runners:
+            key_header = runner.config.sample_key
+            key = client_headers.get(key_header) if key_header else None
+            if not is_sampled(runner.config, key):
+                continue
+            if exchange is None:
+                exchange = Exchange(info, self.sink)
+            slot = exchange.add(runner)
+            refused = runner.decide(info.body_complete)
+            if refused is not None:
+                exchange.resolve(slot, refused)
+                continue
+            self.tasks.spawn(
+                self._copy(exchange, slot, runner, headers, raw_path),
+                name=f"shadow:{runner.route.name}:{runner.config.name}",
+            )
+        return exchange
+
+    async def _copy(
+        self,
+        exchange: Exchange,
+        slot: int,
+        runner: ShadowRunner,
+        headers: list[tuple[str, str]],
+        raw_path: str,
+    ) -> None:
+        try:
+            result = await runner.send(exchange.request, headers, raw_path)
+        except asyncio.CancelledError:
+            # Shutdown ran out of drain time: the pair is still recorded.
+            exchange.resolve(slot, not_sent("error", "shutdown: drain timeout"))
+            raise
+        exchange.resolve(slot, result)
+
+    async def drain(self, grace_s: float) -> int:
+        return await self.tasks.drain(grace_s)
