@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shadowproxy.config import Config, RouteConfig
 from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
 from shadowproxy.proxy import ProxyHandler, RouteMetrics, RouteRuntime, route_runtime
-from shadowproxy.records import Pair, PairSink
+from shadowproxy.records import Pair, Sink
 from shadowproxy.tee import ShadowRunner, Tee
 from shadowproxy.upstream import production_session, shadow_session
 
@@ -37,27 +37,23 @@ MAX_LINE_SIZE = 16 * 1024
 MAX_FIELD_SIZE = 64 * 1024
 
 
-class Sink(PairSink):
-    """A pair sink with a lifecycle, so the server can flush it at shutdown."""
-
-    async def start(self) -> None:
-        """Called once before traffic is accepted."""
-
-    async def close(self) -> None:
-        """Called once after the shadow drain: write everything still buffered."""
-
-    def health(self) -> dict[str, Any]:
-        return {"status": "ok"}
-
-
-class DiscardSink(Sink):
-    """Counts pairs and keeps nothing: for ``serve`` without recording."""
+class DiscardSink:
+    """Counts pairs and keeps nothing (tests of the serving path alone)."""
 
     def __init__(self) -> None:
         self.count = 0
 
     def submit(self, pair: Pair) -> None:
         self.count += 1
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def health(self) -> dict[str, object]:
+        return {"status": "ok"}
 
 
 def redact_url(url: str) -> str:

@@ -62,7 +62,39 @@ class Pair:
     result: ShadowResult
 
 
+@dataclass(slots=True)
+class Comparison:
+    """What the comparator concluded about one pair (see ``shadowproxy.compare``)."""
+
+    comparator: str
+    """The comparator that ran (``auto`` resolves to a concrete one)."""
+    prod_prediction: str | None
+    """Production's extracted prediction as JSON text."""
+    shadow_prediction: str | None
+    agree: bool | None
+    """None when incomparable (no answer, non-JSON, prediction missing)."""
+    diff_score: float | None
+    """0 = identical; comparator-specific scale, documented per comparator."""
+    detail: str | None
+    """The first differing path, or why the pair is incomparable."""
+    batch_size: int | None = None
+    batch_agree: int | None = None
+
+
 class PairSink(Protocol):
     """Where finished pairs go. ``submit`` runs on the event loop: it must not block."""
 
     def submit(self, pair: Pair) -> None: ...
+
+
+class Sink(PairSink, Protocol):
+    """A pair sink with a lifecycle, so the server can start it and flush it at shutdown."""
+
+    async def start(self) -> None:
+        """Called once before traffic is accepted."""
+
+    async def close(self) -> None:
+        """Called once after the shadow drain: write everything still buffered."""
+
+    def health(self) -> dict[str, object]:
+        """``{"status": "ok" | "degraded", ...}`` for ``/readyz``."""
