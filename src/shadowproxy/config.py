@@ -312,7 +312,9 @@ def _describe(model: type[BaseModel], error: Mapping[str, Any]) -> str:
     }
     if kind in bounds:
         words, key = bounds[kind]
-        return f"{words} {ctx[key]}, got {given!r}"
+        bound = ctx[key]
+        shown = f"{bound:g}" if isinstance(bound, float) else bound
+        return f"{words} {shown}, got {given!r}"
     if kind == "string_pattern_mismatch":
         return (
             "must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit, "
