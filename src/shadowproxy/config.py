@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shadowproxy import jsonpath
 from shadowproxy.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -132,6 +133,14 @@ class RecordConfig(_Model):
     max_body_bytes: ByteCount = 65536
     redact: tuple[str, ...] = ()
 
+    @field_validator("redact")
+    @classmethod
+    def _redact_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A path that does not parse would redact nothing: refuse it at load time.
+        for path in value:
+            jsonpath.parse(path)
+        return value
+
 
 class RouteConfig(_Model):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -157,6 +166,8 @@ class RecordingConfig(_Model):
     flush_interval_s: Seconds = 5.0
     max_rows_per_file: Annotated[int, Field(ge=1)] = 100_000
     max_pending_records: Annotated[int, Field(ge=1)] = 100_000
+    close_timeout_s: Seconds = 10.0
+    """At shutdown, how long failing writes are retried before the rest is dropped."""
 
 
 class PoolConfig(_Model):

@@ -40,6 +40,13 @@ def model_app(name: str, weights: tuple[float, ...]) -> web.Application:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
         body = {"predictions": predictions, "model_name": name}
+        if request.headers.get("X-Shadow-Request") == "true":
+            log.info(
+                "%s got a shadow copy of request %s: %s",
+                name,
+                request.headers.get("X-Request-Id"),
+                predictions,
+            )
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def ready(request: web.Request) -> web.Response:
