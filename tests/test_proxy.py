@@ -427,3 +427,74 @@ async def test_admin_endpoints(tmp_path: Path, client: aiohttp.ClientSession) ->
             'shadowproxy_shadow_in_flight{route="m",shadow="s"} 0.0',
         ):
             assert name in metrics, name
+
+
+async def test_head_and_no_content_answers(tmp_path: Path, client: aiohttp.ClientSession) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": "1234", "X-Meta": "1"})
+        return web.Response(status=204, headers={"X-Meta": "2"})
+
+    async with upstream(answer) as prod:
+        config = write_config(tmp_path, [route("m", prod.url)])
+        async with running_proxy(config) as proxy:
+            async with client.head(proxy.url + PREDICT) as response:
+                assert response.status == 200
+                assert response.headers["X-Meta"] == "1"
+                assert response.headers["Content-Length"] == "1234"
+            async with client.delete(proxy.url + PREDICT) as response:
+                assert response.status == 204
+                assert response.headers["X-Meta"] == "2"
+                assert await response.read() == b""
+            # The connection is still good for the next request.
+            async with client.delete(proxy.url + PREDICT) as response:
+                assert response.status == 204
+
+
+async def test_client_leaving_mid_stream_is_recorded_and_harmless(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(200):
+            await response.write(b"data: tick\n\n")
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+    async with upstream(endless) as prod, upstream() as shadow:
+        config = write_config(tmp_path, [route("m", prod.url, [{"name": "s", "url": shadow.url}])])
+        async with running_proxy(config) as proxy:
+            response = await client.post(proxy.url + PREDICT, data=b"{}")
+            await response.content.readuntil(b"\n\n")
+            response.close()  # the client goes away mid-stream
+            pairs = await proxy.sink.wait_for(1)
+            assert pairs[0].production.error == "client disconnected"
+            assert pairs[0].production.status == 200
+            assert await _timed_request(client, proxy.url + "/v1/models/m:other") < 5
+
+
+async def test_production_failing_mid_stream_cuts_the_client_connection(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async def broken(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: first\n\n")
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()  # reset mid-body
+        return response
+
+    async with upstream(broken) as prod:
+        config = write_config(tmp_path, [route("m", prod.url, [])])
+        async with running_proxy(config) as proxy:
+            async with client.post(proxy.url + PREDICT, data=b"{}") as response:
+                assert response.status == 200
+                try:
+                    await response.read()
+                except aiohttp.ClientPayloadError:
+                    pass
+                else:
+                    raise AssertionError("a cut stream must not look complete")

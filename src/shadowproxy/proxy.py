@@ -287,11 +287,17 @@ async def _buffered(
     finally:
         upstream.release()
     outcome.capture(payload)
-    response = web.Response(
-        status=upstream.status, reason=upstream.reason, body=payload or None, headers=headers
-    )
-    if request.method == "HEAD" and upstream.content_length is not None:
-        response.content_length = upstream.content_length
+    response: web.StreamResponse
+    if request.method == "HEAD":
+        # No body, but the headers describe the GET answer: keep its Content-Length.
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(headers)
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+    else:
+        response = web.Response(
+            status=upstream.status, reason=upstream.reason, body=payload or None, headers=headers
+        )
     try:
         await response.prepare(request)
         await response.write_eof()
