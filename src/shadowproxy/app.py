@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -24,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shadowproxy.config import Config, RouteConfig
+from shadowproxy.feedback import FeedbackError, FeedbackItem, parse_feedback
 from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
 from shadowproxy.proxy import ProxyHandler, RouteMetrics, RouteRuntime, route_runtime
 from shadowproxy.records import Pair, Sink
@@ -35,6 +37,19 @@ log = logging.getLogger(__name__)
 # Large enough for any sane header block, small enough to refuse abuse (431/400).
 MAX_LINE_SIZE = 16 * 1024
 MAX_FIELD_SIZE = 64 * 1024
+
+
+# Feedback bodies are small JSON; a cap keeps a bad client from filling memory.
+MAX_FEEDBACK_BYTES = 8 * 1024 * 1024
+
+
+class FeedbackSink(Protocol):
+    def submit_feedback(self, items: Sequence[FeedbackItem]) -> bool:
+        """Accept all items or none; False when the buffer is full."""
+
+
+class RecordingSink(Sink, FeedbackSink, Protocol):
+    """What ``serve`` records to: pairs and feedback (``shadowproxy.recording.Recorder``)."""
 
 
 class DiscardSink:
@@ -112,11 +127,16 @@ class Server:
     """The proxy and admin listeners with everything behind them."""
 
     def __init__(
-        self, config: Config, metrics: Metrics | None = None, sink: Sink | None = None
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        sink: Sink | None = None,
+        feedback: FeedbackSink | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.sink = sink or DiscardSink()
+        self.feedback = feedback
         self.tee = Tee(self.sink)
         self.ready = False
         self._sessions: list[aiohttp.ClientSession] = []
@@ -198,7 +218,8 @@ class Server:
     # --- admin ------------------------------------------------------------------
 
     def _admin_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_FEEDBACK_BYTES)
+        app.router.add_post("/feedback", self._feedback)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -221,6 +242,20 @@ class Server:
             body=generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
+
+    async def _feedback(self, request: web.Request) -> web.Response:
+        """Ground-truth labels by request id, recorded next to the pairs."""
+        if self.feedback is None:
+            return _json({"error": "recording is not enabled"}, status=404)
+        try:
+            items = parse_feedback(await request.read(), time.time())
+        except FeedbackError as exc:
+            return _json({"error": str(exc)}, status=400)
+        except web.HTTPRequestEntityTooLarge:
+            return _json({"error": f"body over {MAX_FEEDBACK_BYTES} bytes"}, status=413)
+        if not self.feedback.submit_feedback(items):
+            return _json({"error": "recorder buffer full; retry later"}, status=503)
+        return _json({"accepted": len(items)}, status=202)
 
     async def _routes(self, request: web.Request) -> web.Response:
         return _json(routes_document(self.config, self._runners))
@@ -246,13 +281,13 @@ async def _bind(runner: web.BaseRunner, listen: str) -> tuple[str, int]:
 
 async def serve(
     config: Config,
-    sink_factory: Callable[[Config, Metrics], Sink] | None = None,
+    sink_factory: Callable[[Config, Metrics], RecordingSink] | None = None,
     on_ready: Callable[[Server], Awaitable[None]] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order."""
     metrics = Metrics()
     sink = sink_factory(config, metrics) if sink_factory else None
-    server = Server(config, metrics, sink)
+    server = Server(config, metrics, sink, sink)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
