@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: test lint typecheck pytest serve validate clean
+.PHONY: test lint typecheck pytest serve demo bench validate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ pytest: $(STAMP)
 # The example config with two small example model servers on loopback.
 serve: $(STAMP)
 	$(BIN)/python -m shadowproxy.examples --config config/shadowproxy.yaml
+
+# The embedded default: two real models, shadowproxy in front, traffic, feedback, report.
+demo: $(STAMP)
+	$(BIN)/shadowproxy demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_proxy.py
 
 validate: $(STAMP)
 	$(BIN)/shadowproxy validate --config config/shadowproxy.yaml

@@ -46,9 +46,47 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-listen", help="host:port for the admin side (overrides the file)")
     serve.set_defaults(func=cmd_serve)
 
+    demo = commands.add_parser(
+        "demo", help="train two models, shadow one behind the other, write the report"
+    )
+    demo.add_argument("--out", default="demo-output", help="directory for config, data, report")
+    demo.add_argument("--rate", type=float, default=200.0, help="requests per second to replay")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the stack up after the traffic"
+    )
+    demo.set_defaults(func=cmd_demo)
+
     validate = commands.add_parser("validate", help="check a config and print a summary")
     validate.add_argument("--config", required=True, help="main YAML file")
     validate.set_defaults(func=cmd_validate)
+
+    report = commands.add_parser(
+        "report", help="analyse a recording: agreement, latency, ground truth, verdicts"
+    )
+    report.add_argument("root", metavar="ROOT", help="recording.dir: a directory or pyarrow URI")
+    report.add_argument("--route", action="append", default=[], help="only this route (repeatable)")
+    report.add_argument(
+        "--shadow", action="append", default=[], help="only this shadow (repeatable)"
+    )
+    report.add_argument("--since", help="ISO date or timestamp, inclusive (UTC if no offset)")
+    report.add_argument("--until", help="ISO timestamp, exclusive; a bare date includes that day")
+    report.add_argument("--labels", metavar="FILE", help="CSV or Parquet with request_id,label")
+    report.add_argument(
+        "--segment",
+        action="append",
+        default=[],
+        metavar="JSONPATH",
+        help="break agreement down by this JSON path into the request body (repeatable)",
+    )
+    report.add_argument("--out", metavar="HTML", help="write the HTML report here")
+    report.add_argument("--json", dest="json_out", metavar="FILE", help="write summary.json here")
+    report.add_argument(
+        "--skip-bad-files", action="store_true", help="skip (and count) corrupt Parquet files"
+    )
+    report.add_argument(
+        "--memory-limit", default="1GB", help="DuckDB's memory budget; beyond it, it spills to disk"
+    )
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -56,6 +94,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(summary(config))
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Imported lazily: the proxy itself never loads DuckDB."""
+    try:
+        from shadowproxy import report
+    except ImportError as exc:
+        print(
+            f"shadowproxy report needs the report extra (pip install 'shadowproxy[report]'): {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        options = report.ReportOptions(
+            root=args.root,
+            filters=report.Filters(
+                routes=tuple(args.route),
+                shadows=tuple(args.shadow),
+                since=report.parse_time(args.since, end=False) if args.since else None,
+                until=report.parse_time(args.until, end=True) if args.until else None,
+            ),
+            labels=args.labels,
+            segments=tuple(report.parse_segment(s) for s in args.segment),
+            out=args.out,
+            json_out=args.json_out,
+            skip_bad_files=args.skip_bad_files,
+            memory_limit=args.memory_limit,
+        )
+        return report.run_report(options)
+    except report.ReportInputError as exc:
+        print(f"shadowproxy report: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -66,6 +136,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     run(serve(config))
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        import sklearn  # noqa: F401
+
+        from shadowproxy.demo import run_demo
+    except ImportError:
+        print("the demo needs scikit-learn: pip install 'shadowproxy[demo]'", file=sys.stderr)
+        return 1
+    from pathlib import Path
+
+    return run_demo(Path(args.out), rate=args.rate, keep_running=args.keep_running)
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:

@@ -1,0 +1,119 @@
+"""``shadowproxy report``: what the shadows did, with the statistics to trust it.
+
+How the report is made::
+
+    ROOT/pairs/route=R/date=D/*.parquet ─┐   load: discover files, check footers,
+    ROOT/feedback/date=D/*.parquet ──────┤         DuckDB views (memory-limited, spilling)
+    --labels FILE ───────────────────────┘
+            │  queries: every aggregation as SQL, one streaming scan each;
+            │           only aggregates and capped hash samples reach Python
+            ▼
+    analysis (+ groundtruth) ──► stats (pure: Wilson, z, McNemar, Wilcoxon, bootstrap,
+            │                            Holm, power)
+            │  ──► verdict (pure: one line per shadow, no claim beyond its test)
+            ▼
+    model.Report ──► render (HTML + svg charts) · summary (summary.json) · table (stdout)
+
+Nothing in the proxy imports this package: the CLI imports it lazily, so DuckDB and
+rich stay optional (the ``report`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shadowproxy.report.model import Report
+from shadowproxy.report.options import (
+    CorruptFileError,
+    Filters,
+    ReportInputError,
+    ReportOptions,
+    parse_segment,
+    parse_time,
+)
+
+if TYPE_CHECKING:
+    from shadowproxy.report.load import Dataset
+
+__all__ = [
+    "CorruptFileError",
+    "Filters",
+    "ReportInputError",
+    "ReportOptions",
+    "build_report",
+    "parse_segment",
+    "parse_time",
+    "run_report",
+]
+
+MAX_RETRIES = 20
+"""How many corrupt files ``--skip-bad-files`` will step over before giving up."""
+
+
+def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
+    """Build the report, write the requested files and print the summary table.
+    Raises :class:`ReportInputError` on bad input (the CLI exits 2 with its message)."""
+    from shadowproxy.report import render, summary, table
+
+    report = build_report(options, now=now or datetime.now(UTC))
+    if options.out:
+        _write(options.out, render.render(report))
+    if options.json_out:
+        _write(options.json_out, summary.dumps(report))
+    table.print_summary(report)
+    return 0
+
+
+def build_report(options: ReportOptions, *, now: datetime, progress: bool | None = None) -> Report:
+    """The report, stepping over corrupt files when ``skip_bad_files`` is set."""
+    from shadowproxy.report import analysis, load, table
+
+    dataset = load.discover(options.root)
+    skipped = _bad_footers(dataset, options)
+    for _attempt in range(MAX_RETRIES):
+        pairs = [f for f in dataset.pair_files if f not in skipped]
+        feedback = [f for f in dataset.feedback_files if f not in skipped]
+        if not pairs:
+            raise ReportInputError(f"every Parquet file under {options.root}/pairs is unreadable")
+        try:
+            with (
+                load.connect(options) as connection,
+                table.progress(_steps(options), progress) as step,
+            ):
+                load.attach_pairs(connection, dataset, pairs, options)
+                has_labels = load.attach_labels(connection, dataset, feedback, options.labels)
+                runner = load.Runner(connection, dataset, [*pairs, *feedback], step)
+                report = analysis.analyze(runner, options, has_labels=has_labels, now=now)
+        except CorruptFileError as exc:
+            if not options.skip_bad_files:
+                raise
+            skipped[exc.path] = exc.reason
+            continue
+        report.skipped_files = sorted(skipped.items())
+        return report
+    raise ReportInputError(f"gave up after skipping {len(skipped)} corrupt files")
+
+
+def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:
+    from shadowproxy.report import load
+
+    bad = load.check_footers(dataset, [*dataset.pair_files, *dataset.feedback_files])
+    if bad and not options.skip_bad_files:
+        raise bad[0]
+    return {error.path: error.reason for error in bad}
+
+
+def _steps(options: ReportOptions) -> int:
+    return 9 + len(options.segments) + (2 if options.labels else 0)
+
+
+def _write(path: str, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a report."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, target)

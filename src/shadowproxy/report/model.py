@@ -1,0 +1,171 @@
+"""The report as plain data: what ``analysis`` computes and every renderer reads.
+
+One :class:`PairReport` per (route, shadow). Rates are fractions (0.071, not 7.1);
+``None`` means "no data for this", never zero. Renderers (HTML, table, summary.json)
+format these values and compute nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from shadowproxy.report.stats import TestResult
+
+OUTCOME_NAMES = ("ok", "error", "timeout", "dropped", "skipped")
+
+
+@dataclass(frozen=True)
+class Interval:
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    start: datetime
+    compared: int
+    agreed: int
+    rate: float
+    ci: Interval
+
+
+@dataclass(frozen=True)
+class Bin:
+    lo: float
+    hi: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Confusion:
+    classes: tuple[str, ...]
+    """Row and column order: the most frequent classes, then ``(other)``."""
+    cells: dict[tuple[str, str], int]
+    """``(production class, shadow class) -> rows``."""
+
+
+@dataclass(frozen=True)
+class Example:
+    request_id: str
+    ts: datetime | None
+    method: str | None
+    path: str | None
+    prod_prediction: str | None
+    shadow_prediction: str | None
+    diff_score: float | None
+    detail: str | None
+    request_body: str = ""
+    prod_body: str = ""
+    shadow_body: str = ""
+
+
+@dataclass(frozen=True)
+class Segment:
+    path: str
+    value: str
+    rows: int
+    compared: int
+    agreed: int
+    rate: float | None
+    ci: Interval | None
+    p_value: float | None
+    """One-sided: is agreement in this segment lower than in the rest?"""
+    p_adjusted: float | None
+    """Holm-adjusted across the segments of the same pair and path."""
+    worse: bool
+
+
+@dataclass(frozen=True)
+class Latency:
+    production: Percentiles
+    shadow: Percentiles
+    pairs: int
+    """Requests both sides answered (the percentiles are over these)."""
+    sample: int
+    """Pairs in the hash sample the test and the bootstrap used."""
+    test: TestResult | None
+    median_diff: float | None
+    """Median over requests of (shadow - production) latency, ms."""
+    median_diff_ci: Interval | None
+    production_hist: tuple[Bin, ...] = ()
+    shadow_hist: tuple[Bin, ...] = ()
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    baselines: tuple[str, ...]
+    compared: int
+    disagreed: int
+    rate: float
+    ci: Interval
+    test: TestResult | None
+    """One-sided: does the candidate disagree more than the baseline(s)?"""
+    mde: float | None
+    """Smallest excess disagreement detectable at 80% power with these rows."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    task: str
+    """``classification`` or ``regression``."""
+    n: int
+    production: dict[str, float | list[float] | None]
+    shadow: dict[str, float | list[float] | None]
+    test: TestResult
+    difference: float
+    """Shadow minus production: accuracy (higher is better) or MAE (lower is better)."""
+    difference_ci: Interval | None
+    mde: float | None
+    """Smallest difference detectable at 80% power on ``n`` labels."""
+    more_labels_needed: int | None
+    """Extra labels to detect a difference of the observed size, when not significant."""
+
+
+@dataclass
+class PairReport:
+    route: str
+    shadow: str
+    role: str
+    rows: int
+    outcomes: dict[str, int]
+    compared: int
+    agreed: int
+    agreement_rate: float | None
+    agreement_ci: Interval | None
+    comparator: str
+    prod_5xx_rate: float | None
+    shadow_5xx_rate: float | None
+    status_mismatch: int
+    latency: Latency
+    first_ts: datetime | None = None
+    last_ts: datetime | None = None
+    diff_range: tuple[float | None, float | None, float | None] = (None, None, None)
+    """Smallest, 99th percentile and largest ``diff_score`` (for the histogram's bins)."""
+    timeline: list[TimePoint] = field(default_factory=list)
+    diff_histogram: list[Bin] = field(default_factory=list)
+    confusion: Confusion | None = None
+    noise_floor: NoiseFloor | None = None
+    labels: Labels | None = None
+    segments: list[Segment] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    verdict: str = ""
+
+
+@dataclass
+class Report:
+    generated_at: datetime
+    root: str
+    filters: dict[str, object]
+    pairs: list[PairReport]
+    bucket_seconds: int
+    segment_paths: tuple[str, ...] = ()
+    labels_available: bool = False
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)

@@ -1,0 +1,137 @@
+"""What the user asked the report for, validated once at the edge.
+
+The CLI's strings become a frozen :class:`ReportOptions`; a bad value raises
+:class:`ReportInputError`, which the CLI prints and turns into exit status 2. The rest
+of the package only sees validated options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from shadowproxy import jsonpath
+from shadowproxy.errors import ShadowproxyError
+
+
+class ReportInputError(ShadowproxyError):
+    """The report's input is unusable: a missing root, no matching rows, a malformed
+    labels file or a corrupt Parquet file. The message says which and how to fix it."""
+
+
+class CorruptFileError(ReportInputError):
+    """A Parquet file that cannot be read; ``--skip-bad-files`` skips and counts it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"corrupt Parquet file {path}: {reason} "
+            "(remove it, or pass --skip-bad-files to report without it)"
+        )
+
+
+@dataclass(frozen=True)
+class Filters:
+    routes: tuple[str, ...] = ()
+    shadows: tuple[str, ...] = ()
+    since: datetime | None = None
+    """Inclusive, UTC."""
+    until: datetime | None = None
+    """Exclusive, UTC."""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "route": list(self.routes) or None,
+            "shadow": list(self.shadows) or None,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+        }
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    root: str
+    filters: Filters = Filters()
+    labels: str | None = None
+    segments: tuple[jsonpath.JsonPath, ...] = ()
+    out: str | None = None
+    json_out: str | None = None
+    skip_bad_files: bool = False
+    memory_limit: str = "1GB"
+    """DuckDB's budget; past it, sorts and joins spill to ``temp_directory``."""
+    threads: int | None = None
+    temp_directory: str | None = None
+    """Where DuckDB spills; a fresh temporary directory when None."""
+    examples_per_pair: int = 5
+    top_classes: int = 8
+    top_segments: int = 12
+    sample_size: int = 20_000
+    """Per-request pairs fetched for the Wilcoxon tests and bootstraps."""
+    bootstrap_size: int = 2_000
+    """Paired errors the MAE bootstrap resamples (1,000 times, in pure Python: a larger
+    set would cost seconds per shadow for a barely narrower interval estimate)."""
+
+
+def parse_time(text: str, *, end: bool) -> datetime:
+    """An ISO date or timestamp as aware UTC. A bare date used as ``--until`` means the
+    end of that day, so ``--since 2024-05-01 --until 2024-05-01`` is that whole day."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return moment + timedelta(days=1) if end else moment
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        flag = "--until" if end else "--since"
+        raise ReportInputError(
+            f"{flag} {text!r} is not an ISO date or timestamp (e.g. 2024-05-01 or "
+            "2024-05-01T12:00:00Z)"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_segment(text: str) -> jsonpath.JsonPath:
+    try:
+        return jsonpath.parse(text)
+    except ValueError as exc:
+        raise ReportInputError(f"--segment: {exc}") from None
+
+
+def duckdb_path(path: jsonpath.JsonPath) -> tuple[str, bool]:
+    """Our JSON path in DuckDB's syntax, and whether it selects several values.
+
+    Keys are always quoted (``$."a"``) so any character is safe; negative indexes
+    become ``[#-N]``. DuckDB's ``[*]`` walks arrays only and ``.*`` objects only, while
+    ours means either: each wildcard keeps the spelling it was written with.
+    """
+    wildcards = iter(_wildcard_tokens(path.text))
+    parts = ["$"]
+    for step in path.steps:
+        if isinstance(step, int):
+            parts.append(f"[#{step}]" if step < 0 else f"[{step}]")
+        elif isinstance(step, str):
+            parts.append('."' + step.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            parts.append(next(wildcards))
+    return "".join(parts), any(not isinstance(s, int | str) for s in path.steps)
+
+
+def _wildcard_tokens(text: str) -> list[str]:
+    """``.*`` and ``[*]`` in order of appearance, skipping quoted keys."""
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(text):
+        if text.startswith(("['", '["'), pos):
+            quote = text[pos + 1]
+            pos += 2
+            while pos < len(text) and text[pos] != quote:
+                pos += 2 if text[pos] == "\\" else 1
+            pos += 2
+        elif text.startswith((".*", "[*]"), pos):
+            token = ".*" if text.startswith(".*", pos) else "[*]"
+            tokens.append(token)
+            pos += len(token)
+        else:
+            pos += 1
+    return tokens

@@ -1,0 +1,449 @@
+"""Every SQL statement of the report, and nothing else.
+
+The report is a handful of aggregations over the recorded pairs, each run as one
+streaming scan; only aggregates and capped samples come back to Python. Keeping all
+SQL in this module is what lets the same queries move to Spark or Trino later: the
+DuckDB-specific pieces are few and named here (``read_parquet`` options, the ``sp_*``
+macros, ``approx_quantile``, ``max_by(x, y, n)``, ``hash``, ``try``/``decode`` for
+bodies) and each has a direct counterpart there.
+
+Every query reads the view ``scope``: the pairs after the command line's filters.
+Functions return :class:`Query` values (text plus positional parameters); nothing here
+opens a connection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from shadowproxy.report.options import Filters
+
+KINDS = "regexp_replace(coalesce(comparator, ''), '^auto:', '')"
+"""The comparator family of a row: ``auto:label`` and ``label`` are both ``label``."""
+
+CLASS_KINDS = "('label', 'probabilities')"
+"""Comparators whose predictions name a class (a score vector's class is its argmax)."""
+
+LATENCY_PAIR = (
+    "shadow_outcome = 'ok' AND prod_latency_ms IS NOT NULL AND shadow_latency_ms IS NOT NULL"
+)
+"""Latencies are compared only on requests both sides answered."""
+
+LATENCY_BUCKETS_PER_DOUBLING = 8
+HASH_MODULUS = 1_000_000
+
+REQUIRED_COLUMNS = (
+    "request_id",
+    "ts",
+    "route",
+    "shadow",
+    "role",
+    "method",
+    "path",
+    "prod_status",
+    "prod_latency_ms",
+    "shadow_outcome",
+    "shadow_status",
+    "shadow_latency_ms",
+    "request_body",
+    "prod_body",
+    "shadow_body",
+    "prod_prediction",
+    "shadow_prediction",
+    "agree",
+    "comparator",
+    "diff_score",
+    "compare_detail",
+)
+
+MACROS = (
+    # A prediction or label as JSON, with a one-element list unwrapped ("[3]" -> "3").
+    """CREATE OR REPLACE TEMP MACRO sp_unwrap(j) AS
+       CASE WHEN NOT json_valid(j) THEN NULL
+            WHEN json_type(j) = 'ARRAY' AND json_array_length(j) = 1 THEN json_extract(j, '$[0]')
+            ELSE j::JSON END""",
+    # The class a prediction or label names, as comparable text: strings as themselves,
+    # integral numbers without ".0" (so "2", 2 and 2.0 meet), a score vector's argmax.
+    """CREATE OR REPLACE TEMP MACRO sp_class_of(u) AS
+       CASE json_type(u)
+            WHEN 'VARCHAR' THEN json_extract_string(u, '$')
+            WHEN 'NULL' THEN NULL
+            WHEN 'ARRAY' THEN CAST(list_position(TRY_CAST(u AS DOUBLE[]),
+                                   list_max(TRY_CAST(u AS DOUBLE[]))) - 1 AS VARCHAR)
+            WHEN 'BOOLEAN' THEN u::VARCHAR
+            WHEN 'OBJECT' THEN u::VARCHAR
+            ELSE CASE WHEN u::DOUBLE = floor(u::DOUBLE) AND abs(u::DOUBLE) < 1e15
+                      THEN CAST(CAST(u::DOUBLE AS BIGINT) AS VARCHAR)
+                      ELSE CAST(u::DOUBLE AS VARCHAR) END
+       END""",
+    "CREATE OR REPLACE TEMP MACRO sp_class(j) AS sp_class_of(sp_unwrap(j))",
+    # A numeric prediction or label; NULL when it is not a JSON number.
+    """CREATE OR REPLACE TEMP MACRO sp_number_of(u) AS
+       CASE WHEN json_type(u) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN u::DOUBLE END""",
+    "CREATE OR REPLACE TEMP MACRO sp_number(j) AS sp_number_of(sp_unwrap(j))",
+    # A label typed by a person ("cat", 3, true) as JSON text: plain words become strings.
+    """CREATE OR REPLACE TEMP MACRO sp_label_json(t) AS
+       CASE WHEN t IS NULL OR trim(t) = '' THEN NULL
+            WHEN json_valid(trim(t)) THEN trim(t)
+            ELSE to_json(t)::VARCHAR END""",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement; its result columns all have names (rows come back as dicts)."""
+
+    name: str
+    """What the progress bar says while it runs."""
+    sql: str
+    params: tuple[object, ...] = ()
+
+
+def literal(value: str) -> str:
+    """A SQL string literal; only for view definitions, which take no parameters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _string_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(literal(v) for v in values) + "]"
+
+
+# --- sources -------------------------------------------------------------------------
+
+
+def parquet_source(paths: Sequence[str], *, hive: bool) -> str:
+    """A scan of the given files. ``union_by_name`` tolerates files written before a
+    column was added; Hive partition values come back as text, never guessed types."""
+    options = "union_by_name = true"
+    if hive:
+        options += ", hive_partitioning = true, hive_types = {'route': VARCHAR, 'date': VARCHAR}"
+    return f"read_parquet({_string_list(paths)}, {options})"
+
+
+def create_view(name: str, source: str) -> str:
+    return f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {source}"
+
+
+def scope_view(filters: Filters) -> str:
+    """The filtered pairs every other query reads. Conditions on ``route`` and ``date``
+    are plain comparisons with constants, so DuckDB prunes whole partitions."""
+    conditions = ["TRUE"]
+    if filters.routes:
+        conditions.append(f"route IN ({', '.join(literal(r) for r in filters.routes)})")
+    if filters.shadows:
+        conditions.append(f"shadow IN ({', '.join(literal(s) for s in filters.shadows)})")
+    if filters.since is not None:
+        conditions.append(f"date >= {literal(filters.since.date().isoformat())}")
+        conditions.append(f"ts >= {_timestamp(filters.since)}")
+    if filters.until is not None:
+        conditions.append(f"date <= {literal(filters.until.date().isoformat())}")
+        conditions.append(f"ts < {_timestamp(filters.until)}")
+    return "CREATE OR REPLACE TEMP VIEW scope AS SELECT * FROM pairs_raw WHERE " + " AND ".join(
+        conditions
+    )
+
+
+def _timestamp(moment: datetime) -> str:
+    return f"TIMESTAMPTZ {literal(moment.isoformat())}"
+
+
+def columns(view: str) -> Query:
+    return Query(f"columns of {view}", f"DESCRIBE SELECT * FROM {view}")
+
+
+# --- labels --------------------------------------------------------------------------
+
+
+def labels_file_source(path: str) -> str:
+    """A labels file read as text, so ids like ``007`` and labels like ``1.0`` survive."""
+    lowered = path.lower()
+    if lowered.endswith(".parquet") or lowered.endswith(".pq"):
+        return f"read_parquet({literal(path)})"
+    return f"read_csv({literal(path)}, header = true, all_varchar = true)"
+
+
+def create_labels(feedback_source: str | None, file_source: str | None) -> str:
+    """One label per request: the newest feedback, overridden by the ``--labels`` file
+    (an explicit file is a deliberate correction)."""
+    parts = []
+    if feedback_source is not None:
+        parts.append(
+            f"""SELECT request_id::VARCHAR AS request_id,
+                       arg_max(sp_label_json(label::VARCHAR), ts) AS label, 1 AS priority
+                FROM {feedback_source}
+                WHERE request_id IS NOT NULL AND sp_label_json(label::VARCHAR) IS NOT NULL
+                GROUP BY request_id"""
+        )
+    if file_source is not None:
+        parts.append(
+            f"""SELECT request_id::VARCHAR AS request_id,
+                       min(sp_label_json(label::VARCHAR)) AS label, 2 AS priority
+                FROM {file_source}
+                WHERE request_id IS NOT NULL AND sp_label_json(label::VARCHAR) IS NOT NULL
+                GROUP BY request_id"""
+        )
+    union = "\nUNION ALL\n".join(parts)
+    return f"""CREATE OR REPLACE TEMP TABLE labels AS
+        SELECT request_id, arg_max(label, priority) AS label
+        FROM ({union}) GROUP BY request_id"""
+
+
+# --- aggregations --------------------------------------------------------------------
+
+
+def pair_summary() -> Query:
+    """Volume, outcomes, agreement, HTTP errors and latency percentiles per pair.
+
+    Percentiles are t-digest approximations: exact ones would hold every latency in
+    memory, which the report must not need for any dataset size.
+    """
+    outcomes = ",\n".join(
+        f"count(*) FILTER (WHERE shadow_outcome = '{o}') AS {o}"
+        for o in ("ok", "error", "timeout", "dropped", "skipped")
+    )
+    sql = f"""
+    SELECT route, shadow, mode(role) AS role, count(*) AS rows,
+        {outcomes},
+        count(agree) AS compared,
+        count(*) FILTER (WHERE agree) AS agreed,
+        count(prod_status) AS prod_responses,
+        count(*) FILTER (WHERE prod_status >= 500) AS prod_5xx,
+        count(shadow_status) AS shadow_responses,
+        count(*) FILTER (WHERE shadow_status >= 500) AS shadow_5xx,
+        count(*) FILTER (WHERE shadow_status <> prod_status) AS status_mismatch,
+        mode({KINDS}) FILTER (WHERE agree IS NOT NULL) AS comparator,
+        min(ts) AS first_ts, max(ts) AS last_ts,
+        count(*) FILTER (WHERE {LATENCY_PAIR}) AS latency_pairs,
+        approx_quantile(prod_latency_ms, [0.5, 0.95, 0.99])
+            FILTER (WHERE {LATENCY_PAIR}) AS prod_q,
+        approx_quantile(shadow_latency_ms, [0.5, 0.95, 0.99])
+            FILTER (WHERE {LATENCY_PAIR}) AS shadow_q,
+        min(diff_score) FILTER (WHERE agree IS NOT NULL) AS diff_min,
+        approx_quantile(diff_score, 0.99) FILTER (WHERE agree IS NOT NULL) AS diff_p99,
+        max(diff_score) FILTER (WHERE agree IS NOT NULL) AS diff_max
+    FROM scope GROUP BY route, shadow ORDER BY route, shadow"""
+    return Query("volume, outcomes, agreement, latency", sql)
+
+
+def agreement_over_time(bucket_seconds: int) -> Query:
+    sql = """
+    SELECT route, shadow, CAST(floor(epoch_us(ts) / ?) AS BIGINT) AS bucket,
+           count(*) AS compared, count(*) FILTER (WHERE agree) AS agreed
+    FROM scope WHERE agree IS NOT NULL
+    GROUP BY ALL ORDER BY ALL"""
+    return Query("agreement over time", sql, (bucket_seconds * 1_000_000,))
+
+
+def latency_histogram() -> Query:
+    """Both sides' latencies on a log scale (``LATENCY_BUCKETS_PER_DOUBLING`` buckets per
+    doubling), one scan with grouping sets."""
+    k = LATENCY_BUCKETS_PER_DOUBLING
+    sql = f"""
+    SELECT route, shadow,
+           CASE WHEN grouping(pb) = 0 THEN 'production' ELSE 'shadow' END AS side,
+           coalesce(pb, sb) AS bucket, count(*) AS n
+    FROM (SELECT route, shadow,
+                 CAST(floor(log2(greatest(prod_latency_ms, 0.01)) * {k}) AS INTEGER) AS pb,
+                 CAST(floor(log2(greatest(shadow_latency_ms, 0.01)) * {k}) AS INTEGER) AS sb
+          FROM scope WHERE {LATENCY_PAIR})
+    GROUP BY GROUPING SETS ((route, shadow, pb), (route, shadow, sb))
+    ORDER BY ALL"""
+    return Query("latency distributions", sql)
+
+
+def _pair_table(
+    name: str, rows: Sequence[tuple[str, str, object]]
+) -> tuple[str, tuple[object, ...]]:
+    """An inline ``(route, shadow, value)`` table and its parameters."""
+    values = ", ".join("(?, ?, ?)" for _ in rows)
+    params = tuple(item for row in rows for item in row)
+    return f"{name}(route, shadow, v) AS (VALUES {values})", params
+
+
+def hash_thresholds(
+    counts: dict[tuple[str, str], int], per_pair: int
+) -> list[tuple[str, str, int]]:
+    """Hash thresholds (out of ``HASH_MODULUS``) that let about ``per_pair`` plus a safety
+    margin through for each pair, so the bottom-k selection sorts few rows."""
+    out = []
+    for (route, shadow), count in sorted(counts.items()):
+        if count <= 0:
+            continue
+        wanted = per_pair + 5 * math.sqrt(per_pair) + 100
+        share = min(1.0, wanted / count)
+        out.append((route, shadow, math.ceil(share * HASH_MODULUS)))
+    return out
+
+
+def latency_sample(thresholds: Sequence[tuple[str, str, int]], per_pair: int) -> Query:
+    """Per-request latency pairs: a deterministic hash sample, at most ``per_pair`` per pair.
+
+    Rows pass when ``hash(request_id) mod 10^6`` is under the pair's threshold (chosen
+    so about twice ``per_pair`` pass), so the window only ever sorts a small set; and
+    the same requests are sampled for every shadow.
+    """
+    table, params = _pair_table("thresholds", thresholds)
+    sql = f"""
+    WITH {table}
+    SELECT s.route, s.shadow, s.prod_latency_ms, s.shadow_latency_ms
+    FROM scope s JOIN thresholds t ON s.route = t.route AND s.shadow = t.shadow
+    WHERE {LATENCY_PAIR} AND hash(s.request_id) % {HASH_MODULUS} < t.v
+    QUALIFY row_number() OVER (PARTITION BY s.route, s.shadow
+                               ORDER BY hash(s.request_id), s.request_id) <= ?"""
+    return Query("latency sample", sql, (*params, per_pair))
+
+
+def diff_histogram(ranges: Sequence[tuple[str, str, float, float]], bins: int) -> Query:
+    """``diff_score`` histogram per pair; ``ranges`` gives each pair's (low, bin width).
+    Values past the last bin land in it (an overflow bin)."""
+    values = ", ".join("(?, ?, ?, ?)" for _ in ranges)
+    params = tuple(item for row in ranges for item in row)
+    sql = f"""
+    WITH ranges(route, shadow, lo, width) AS (VALUES {values})
+    SELECT s.route, s.shadow,
+           CAST(least(greatest(floor((s.diff_score - r.lo) / r.width), 0), ?) AS INTEGER) AS bin,
+           count(*) AS n
+    FROM scope s JOIN ranges r ON s.route = r.route AND s.shadow = r.shadow
+    WHERE s.agree IS NOT NULL AND s.diff_score IS NOT NULL
+    GROUP BY ALL ORDER BY ALL"""
+    return Query("diff score histograms", sql, (*params, bins - 1))
+
+
+def confusion(top_classes: int) -> Query:
+    """Production class x shadow class counts for class comparators, the ``top_classes``
+    most frequent classes of each pair kept and the rest grouped as ``(other)``."""
+    sql = f"""
+    WITH cells AS (
+        SELECT route, shadow, coalesce(sp_class(prod_prediction), '(none)') AS p,
+               coalesce(sp_class(shadow_prediction), '(none)') AS s, count(*) AS n
+        FROM scope WHERE agree IS NOT NULL AND {KINDS} IN {CLASS_KINDS} GROUP BY ALL),
+    margins AS (
+        SELECT route, shadow, c, sum(n) AS n
+        FROM (SELECT route, shadow, p AS c, n FROM cells
+              UNION ALL SELECT route, shadow, s AS c, n FROM cells)
+        GROUP BY ALL),
+    top AS (
+        SELECT route, shadow, c FROM margins
+        QUALIFY row_number() OVER (PARTITION BY route, shadow ORDER BY n DESC, c) <= ?)
+    SELECT cells.route, cells.shadow, coalesce(tp.c, '(other)') AS p,
+           coalesce(ts.c, '(other)') AS s, sum(cells.n) AS n
+    FROM cells
+    LEFT JOIN top tp ON tp.route = cells.route AND tp.shadow = cells.shadow AND tp.c = cells.p
+    LEFT JOIN top ts ON ts.route = cells.route AND ts.shadow = cells.shadow AND ts.c = cells.s
+    GROUP BY ALL ORDER BY ALL"""
+    return Query("confusion matrices", sql, (top_classes,))
+
+
+def top_disagreements(per_pair: int) -> Query:
+    """The most different disagreeing pairs, without bodies. ``max_by(x, key, n)`` is a
+    streaming top-n: no sort of all disagreements."""
+    sql = """
+    SELECT route, shadow,
+           max_by(struct_pack(request_id, ts, method, path, prod_prediction,
+                              shadow_prediction, diff_score, compare_detail),
+                  struct_pack(d := coalesce(diff_score, -1e308), r := request_id), ?) AS examples
+    FROM scope WHERE agree = false GROUP BY route, shadow ORDER BY route, shadow"""
+    return Query("top disagreements", sql, (per_pair,))
+
+
+def bodies(keys: Sequence[tuple[str, str, str]]) -> Query:
+    """The bodies of the handful of example rows: the only query that reads them."""
+    table, params = _pair_table("wanted", keys)
+    sql = f"""
+    WITH {table}
+    SELECT s.route, s.shadow, s.request_id, s.request_body, s.prod_body, s.shadow_body
+    FROM scope s JOIN wanted w
+      ON s.route = w.route AND s.shadow = w.shadow AND s.request_id = w.v
+    WHERE s.request_id IN (SELECT v FROM wanted)"""
+    return Query("example bodies", sql, params)
+
+
+def segments(duck_path: str, wildcard: bool, top_n: int) -> Query:
+    """Agreement per value of a JSON path into the request body, top ``top_n`` values
+    per pair by volume, the rest grouped as ``(other)``. A wildcard path selects a list:
+    a request whose values are all equal joins that value, else ``(mixed)``."""
+    value = "v"
+    if wildcard:
+        value = """CASE len(list_distinct(v)) WHEN 0 THEN NULL
+                   WHEN 1 THEN list_distinct(v)[1] ELSE '(mixed)' END"""
+    sql = f"""
+    WITH extracted AS (
+        SELECT route, shadow, agree,
+               try(json_extract_string(decode(request_body), ?)) AS v
+        FROM scope),
+    seg AS (
+        SELECT route, shadow, coalesce({value}, '(missing)') AS segment,
+               count(*) AS rows, count(agree) AS compared, count(*) FILTER (WHERE agree) AS agreed
+        FROM extracted GROUP BY ALL),
+    ranked AS (
+        SELECT *, row_number() OVER (PARTITION BY route, shadow
+                                     ORDER BY rows DESC, segment) AS rank
+        FROM seg)
+    SELECT route, shadow, CASE WHEN rank <= ? THEN segment ELSE '(other)' END AS segment,
+           sum(rows) AS rows, sum(compared) AS compared, sum(agreed) AS agreed,
+           min(rank) AS rank
+    FROM ranked GROUP BY ALL ORDER BY route, shadow, rank"""
+    return Query("segments", sql, (duck_path, top_n))
+
+
+def labeled_pairs() -> Query:
+    """Ground-truth aggregates per pair over the requests with a label and both answers:
+    classification counts (both right, McNemar's discordant cells) and regression sums,
+    plus what the labels look like so the caller can tell the task."""
+    sql = """
+    WITH joined AS (
+        SELECT s.route, s.shadow, l.label,
+               sp_class(l.label) AS lc, sp_class(s.prod_prediction) AS pc,
+               sp_class(s.shadow_prediction) AS sc,
+               sp_number(l.label) AS ln, sp_number(s.prod_prediction) AS pn,
+               sp_number(s.shadow_prediction) AS sn
+        FROM scope s JOIN labels l ON s.request_id = l.request_id
+        WHERE s.prod_prediction IS NOT NULL AND s.shadow_prediction IS NOT NULL),
+    scored AS (
+        SELECT *, coalesce(pc = lc, false) AS pr, coalesce(sc = lc, false) AS sr,
+               abs(pn - ln) AS pe, abs(sn - ln) AS se
+        FROM joined)
+    SELECT route, shadow, count(*) AS n,
+           count(ln) AS numeric_labels,
+           count(*) FILTER (WHERE ln <> floor(ln)) AS fractional_labels,
+           count(*) FILTER (WHERE pr) AS prod_right,
+           count(*) FILTER (WHERE sr) AS shadow_right,
+           count(*) FILTER (WHERE pr AND NOT sr) AS b,
+           count(*) FILTER (WHERE sr AND NOT pr) AS c,
+           count(*) FILTER (WHERE pe IS NOT NULL AND se IS NOT NULL) AS n_reg,
+           sum(pe) FILTER (WHERE se IS NOT NULL) AS prod_abs,
+           sum(pe * pe) FILTER (WHERE se IS NOT NULL) AS prod_sq,
+           sum(se) FILTER (WHERE pe IS NOT NULL) AS shadow_abs,
+           sum(se * se) FILTER (WHERE pe IS NOT NULL) AS shadow_sq,
+           sum(se - pe) AS d_sum,
+           sum((se - pe) * (se - pe)) AS d_sq
+    FROM scored GROUP BY route, shadow ORDER BY route, shadow"""
+    return Query("ground truth", sql)
+
+
+def regression_sample(thresholds: Sequence[tuple[str, str, int]], per_pair: int) -> Query:
+    """Per-request absolute errors of both models, hash-sampled like latencies."""
+    table, params = _pair_table("thresholds", thresholds)
+    sql = f"""
+    WITH {table},
+    joined AS (
+        SELECT s.route, s.shadow, s.request_id,
+               abs(sp_number(s.prod_prediction) - sp_number(l.label)) AS pe,
+               abs(sp_number(s.shadow_prediction) - sp_number(l.label)) AS se
+        FROM scope s JOIN labels l ON s.request_id = l.request_id
+        JOIN thresholds t ON s.route = t.route AND s.shadow = t.shadow
+        WHERE hash(s.request_id) % {HASH_MODULUS} < t.v)
+    SELECT route, shadow, pe, se FROM joined
+    WHERE pe IS NOT NULL AND se IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY route, shadow
+                               ORDER BY hash(request_id), request_id) <= ?"""
+    return Query("regression sample", sql, (*params, per_pair))
+
+
+def probe_file(path_source: str) -> Query:
+    """Decode every column of one file: how a corrupt file that DuckDB did not name in
+    its error is found."""
+    return Query("checking file", f"SELECT max(hash(t)) FROM {path_source} t")

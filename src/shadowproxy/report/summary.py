@@ -1,0 +1,148 @@
+"""``summary.json``: the report's numbers for machines (CI gates, dashboards).
+
+The keys listed in the README's "summary.json reference" are a contract; keys may be
+added, never renamed or removed. Missing values are ``null`` (never NaN, which is not
+JSON), rates are fractions and latencies milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from shadowproxy.report.model import (
+    Interval,
+    Labels,
+    Latency,
+    NoiseFloor,
+    PairReport,
+    Percentiles,
+    Report,
+    Segment,
+)
+from shadowproxy.report.stats import TestResult
+
+
+def summary(report: Report) -> dict[str, Any]:
+    data: dict[str, Any] = clean(
+        {
+            "generated_at": report.generated_at.isoformat(),
+            "root": report.root,
+            "filters": report.filters,
+            "bucket_seconds": report.bucket_seconds,
+            "skipped_files": [{"path": p, "reason": r} for p, r in report.skipped_files],
+            "pairs": [_pair(p) for p in report.pairs],
+        }
+    )
+    return data
+
+
+def dumps(report: Report) -> str:
+    return json.dumps(summary(report), indent=2, allow_nan=False) + "\n"
+
+
+def _pair(pair: PairReport) -> dict[str, Any]:
+    return {
+        "route": pair.route,
+        "shadow": pair.shadow,
+        "role": pair.role,
+        "rows": pair.rows,
+        "outcomes": dict(pair.outcomes),
+        "compared": pair.compared,
+        "agreed": pair.agreed,
+        "agreement_rate": pair.agreement_rate,
+        "agreement_ci95": _interval(pair.agreement_ci),
+        "comparator": pair.comparator or None,
+        "http_5xx_rate": {"production": pair.prod_5xx_rate, "shadow": pair.shadow_5xx_rate},
+        "status_mismatch": pair.status_mismatch,
+        "prod_latency_ms": _percentiles(pair.latency.production),
+        "shadow_latency_ms": _percentiles(pair.latency.shadow),
+        "latency_test": _latency_test(pair.latency),
+        "noise_floor": _noise(pair.noise_floor),
+        "labels": _labels(pair.labels),
+        "segments": [_segment(s) for s in pair.segments],
+        "verdict": pair.verdict,
+    }
+
+
+def _interval(ci: Interval | None) -> list[float] | None:
+    return None if ci is None else [ci.lo, ci.hi]
+
+
+def _percentiles(p: Percentiles) -> dict[str, float | None]:
+    return {"p50": p.p50, "p95": p.p95, "p99": p.p99}
+
+
+def _test(test: TestResult | None) -> dict[str, Any] | None:
+    if test is None:
+        return None
+    return {"name": test.name, "statistic": test.statistic, "p_value": test.p_value}
+
+
+def _latency_test(latency: Latency) -> dict[str, Any]:
+    test = _test(latency.test) or {
+        "name": "Wilcoxon signed-rank",
+        "statistic": None,
+        "p_value": None,
+    }
+    return test | {
+        "pairs": latency.pairs,
+        "sample": latency.sample,
+        "median_diff_ms": latency.median_diff,
+        "median_diff_ci95": _interval(latency.median_diff_ci),
+    }
+
+
+def _noise(floor: NoiseFloor | None) -> dict[str, Any] | None:
+    if floor is None:
+        return None
+    return {
+        "baselines": list(floor.baselines),
+        "compared": floor.compared,
+        "disagreement_rate": floor.rate,
+        "disagreement_ci95": _interval(floor.ci),
+        "excess_test": _test(floor.test),
+        "mde": floor.mde,
+    }
+
+
+def _labels(labels: Labels | None) -> dict[str, Any] | None:
+    if labels is None:
+        return None
+    return {
+        "n": labels.n,
+        "task": labels.task,
+        "production": dict(labels.production),
+        "shadow": dict(labels.shadow),
+        "test": _test(labels.test),
+        "difference": labels.difference,
+        "difference_ci95": _interval(labels.difference_ci),
+        "mde": labels.mde,
+        "more_labels_needed": labels.more_labels_needed,
+    }
+
+
+def _segment(segment: Segment) -> dict[str, Any]:
+    return {
+        "path": segment.path,
+        "value": segment.value,
+        "rows": segment.rows,
+        "compared": segment.compared,
+        "agreement_rate": segment.rate,
+        "agreement_ci95": _interval(segment.ci),
+        "p_value": segment.p_value,
+        "p_adjusted": segment.p_adjusted,
+        "worse": segment.worse,
+    }
+
+
+def clean(value: Any) -> Any:
+    """NaN and infinities become ``null``; everything else passes through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value

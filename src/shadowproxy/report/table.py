@@ -1,0 +1,103 @@
+"""Terminal output: the summary table on stdout (always) and a progress bar on stderr
+(only when stderr is a terminal, so logs and pipes stay clean)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shadowproxy.report.model import PairReport, Report
+from shadowproxy.report.render import interval, ms, pct
+
+
+def print_summary(report: Report, out: TextIO | None = None) -> None:
+    stream = out or sys.stdout
+    # A pipe gets a wide, colourless table so that no column is folded.
+    console = Console(file=stream, width=None if stream.isatty() else 160, highlight=False)
+    console.print(f"shadowproxy report: {report.root}", soft_wrap=True, markup=False)
+    console.print(summary_table(report))
+    for pair in report.pairs:
+        console.print(f"{pair.route} / {pair.verdict}", soft_wrap=True, markup=False)
+    for path, reason in report.skipped_files:
+        console.print(f"skipped unreadable file {path}: {reason}", soft_wrap=True, markup=False)
+
+
+def summary_table(report: Report) -> Table:
+    table = Table()
+    for name, justify in (
+        ("route", "left"),
+        ("shadow", "left"),
+        ("role", "left"),
+        ("rows", "right"),
+        ("ok", "right"),
+        ("agreement [95% CI]", "right"),
+        ("noise floor", "right"),
+        ("labels", "right"),
+        ("p50 prod→shadow", "right"),
+        ("p99 prod→shadow", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for pair in report.pairs:
+        table.add_row(*_row(pair))
+    return table
+
+
+def _row(pair: PairReport) -> list[str]:
+    lat = pair.latency
+    return [
+        pair.route,
+        pair.shadow,
+        pair.role,
+        f"{pair.rows:,}",
+        pct(pair.outcomes["ok"] / pair.rows) if pair.rows else "-",
+        f"{pct(pair.agreement_rate)} {interval(pair.agreement_ci)}",
+        pct(pair.noise_floor.rate) if pair.noise_floor else "-",
+        _labels(pair),
+        f"{ms(lat.production.p50)} → {ms(lat.shadow.p50)}",
+        f"{ms(lat.production.p99)} → {ms(lat.shadow.p99)}",
+    ]
+
+
+def _labels(pair: PairReport) -> str:
+    labels = pair.labels
+    if labels is None:
+        return "-"
+    if labels.task == "classification":
+        return f"{labels.n:,}: acc {100 * labels.difference:+.1f} pts"
+    return f"{labels.n:,}: MAE {labels.difference:+.3g}"
+
+
+@contextmanager
+def progress(total: int, enabled: bool | None = None) -> Iterator[Callable[[str], None]]:
+    """A callback advancing a transient progress bar, one step per query."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda _name: None
+        return
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=Console(file=sys.stderr),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task("scanning", total=total)
+        started = False
+
+        def step(name: str) -> None:
+            nonlocal started
+            if started:
+                bar.advance(task)
+            started = True
+            bar.update(task, description=f"scanning: {name}")
+
+        yield step
