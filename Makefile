@@ -35,7 +35,7 @@ demo: $(STAMP)
 	$(BIN)/shadowproxy demo
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_proxy.py
+	$(BIN)/python benchmarks/bench_proxy.py $(BENCH_ARGS)
 
 validate: $(STAMP)
 	$(BIN)/shadowproxy validate --config config/shadowproxy.yaml
