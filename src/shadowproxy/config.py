@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shadowproxy import jsonpath
+from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -150,6 +151,7 @@ class RouteConfig(_Model):
     max_body_bytes: ByteCount = 10 * 1024 * 1024
     max_capture_bytes: ByteCount = 1024 * 1024
     record: RecordConfig = RecordConfig()
+    compare: CompareConfig = CompareConfig()
 
     @model_validator(mode="after")
     def _unique_shadows(self) -> RouteConfig:

@@ -1,0 +1,165 @@
+"""From a ``records.Pair`` to a ``records.Comparison``: the whole comparison of one pair.
+
+For each side: is there an answer worth reading (shadow outcome, HTTP status), decode
+the body (``decode``), extract the prediction (``extract``) and serialise it for the
+record; then judge both predictions with the route's comparator. The first reason the
+pair cannot be judged wins, in this order: the shadow's outcome, production's status,
+the shadow's status, production's body, the shadow's body, the comparator. Whatever
+could be extracted is still recorded, so a shadow timeout keeps production's prediction.
+
+Pure and thread-safe (apart from ``Comparer``'s tally, which takes a lock): it runs in
+the sink's worker, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from shadowproxy.compare.comparators import judge, resolve
+from shadowproxy.compare.decode import decode
+from shadowproxy.compare.extract import Extractor
+from shadowproxy.compare.spec import MAX_DEPTH, CompareConfig
+from shadowproxy.compare.verdict import Incomparable, Verdict, clip, identical
+from shadowproxy.records import Comparison, Pair
+
+if TYPE_CHECKING:  # config imports this package for CompareConfig: no import cycle
+    from shadowproxy.config import RouteConfig
+
+_ERROR_CHARS = 120
+
+
+@dataclass(slots=True)
+class _Side:
+    """One side's prediction (and its JSON text), or why it has none."""
+
+    value: Any = None
+    text: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A route's comparison, compiled once: call it with each pair."""
+
+    config: CompareConfig
+    extract: Extractor
+
+    @classmethod
+    def build(cls, config: CompareConfig) -> Plan:
+        return cls(config, Extractor.build(config))
+
+    def __call__(self, pair: Pair) -> Comparison:
+        outcome = _outcome_reason(pair)
+        prod_status = _status_reason("production", pair.production.status, pair.production.error)
+        shadow_status = _status_reason("shadow", pair.result.status, pair.result.error)
+        prod = _Side(reason=prod_status) if prod_status else self._read("production", pair)
+        skip_shadow = outcome or shadow_status
+        shadow = _Side(reason=skip_shadow) if skip_shadow else self._read("shadow", pair)
+        kind: str = self.config.kind
+        name: str = kind
+        if prod.reason is None:
+            kind, name = resolve(self.config.kind, prod.value)
+        reason = outcome or prod_status or shadow_status or prod.reason or shadow.reason
+        verdict = Verdict(None, None, clip(reason)) if reason else self._judge(kind, prod, shadow)
+        return Comparison(
+            comparator=name,
+            prod_prediction=prod.text,
+            shadow_prediction=shadow.text,
+            agree=verdict.agree,
+            diff_score=verdict.diff_score,
+            detail=verdict.detail,
+            batch_size=verdict.batch_size,
+            batch_agree=verdict.batch_agree,
+        )
+
+    def _judge(self, kind: str, prod: _Side, shadow: _Side) -> Verdict:
+        if kind == "exact" and prod.text == shadow.text:
+            # Same JSON text, same value: skip the walk (the common case for ``exact``).
+            return identical(len(prod.value) if isinstance(prod.value, list) else None)
+        return judge(kind, prod.value, shadow.value, self.config)
+
+    def _read(self, side: str, pair: Pair) -> _Side:
+        result = pair.production if side == "production" else pair.result
+        try:
+            answer = decode(side, result.body, result.content_type, result.body_truncated)
+            value = self.extract(side, answer)
+            return _Side(value, _serialise(side, value))
+        except Incomparable as exc:
+            return _Side(reason=exc.reason)
+
+
+def _outcome_reason(pair: Pair) -> str | None:
+    result = pair.result
+    if result.outcome == "ok":
+        return None
+    return f"shadow {result.outcome}{_because(result.error)}"
+
+
+def _status_reason(side: str, status: int | None, error: str | None) -> str | None:
+    if status is None:
+        return f"{side} gave no answer{_because(error)}"
+    if not 200 <= status < 300:
+        return f"{side} status {status}"
+    return None
+
+
+def _because(error: str | None) -> str:
+    return f" ({clip(error, _ERROR_CHARS)})" if error else ""
+
+
+def _serialise(side: str, value: Any) -> str:
+    """The prediction as recorded; also where over-deep JSON is caught (orjson's limit)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError as exc:
+        if "recursion" in str(exc).lower():
+            raise Incomparable(
+                f"{side} prediction is nested too deep (limit {MAX_DEPTH} levels)"
+            ) from None
+        raise Incomparable(f"{side} prediction cannot be serialised: {exc}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def plan_for(config: CompareConfig) -> Plan:
+    return Plan.build(config)
+
+
+def compare(config: CompareConfig, pair: Pair) -> Comparison:
+    """Compare one pair under ``config`` (compiled once per distinct config and cached)."""
+    return plan_for(config)(pair)
+
+
+class Comparer:
+    """Every route's comparison, compiled once; call it with each finished pair.
+
+    Pairs of a route it does not know (the ``default_upstream`` pass-through) are
+    compared with the defaults (``raw`` + ``auto``). It also tallies what ``auto``
+    picked per route, for ``/routes``: ``auto_choices()``. Thread-safe.
+    """
+
+    def __init__(self, routes: Sequence[RouteConfig]) -> None:
+        self._plans = {route.name: Plan.build(route.compare) for route in routes}
+        self._default = Plan.build(CompareConfig())
+        self._lock = threading.Lock()
+        self._auto: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    def __call__(self, pair: Pair) -> Comparison:
+        route = pair.request.route
+        comparison = self._plans.get(route, self._default)(pair)
+        kind, sep, picked = comparison.comparator.partition(":")
+        if sep and kind == "auto":
+            with self._lock:
+                self._auto[route][picked] += 1
+        return comparison
+
+    def auto_choices(self) -> dict[str, dict[str, int]]:
+        """``{route: {comparator: pairs}}`` for the pairs ``auto`` judged so far."""
+        with self._lock:
+            return {route: dict(counts) for route, counts in self._auto.items()}
