@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shadowproxy.compare import Comparer, describe
 from shadowproxy.config import Config, RouteConfig
 from shadowproxy.feedback import FeedbackError, FeedbackItem, parse_feedback
 from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
@@ -82,8 +84,11 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
-def routes_document(config: Config, runners: dict[str, list[ShadowRunner]]) -> dict[str, Any]:
-    """What ``/routes`` shows: the active routes and each shadow's live state."""
+def routes_document(
+    config: Config, runners: dict[str, list[ShadowRunner]], comparer: Comparer | None = None
+) -> dict[str, Any]:
+    """What ``/routes`` shows: the active routes, how each compares, each shadow's state."""
+    auto_choices = comparer.auto_choices() if comparer is not None else {}
 
     def shadow_entry(runner: ShadowRunner) -> dict[str, Any]:
         shadow = runner.config
@@ -109,6 +114,11 @@ def routes_document(config: Config, runners: dict[str, list[ShadowRunner]]) -> d
                 "timeout_s": route.production.timeout_s,
             },
             "max_body_bytes": route.max_body_bytes,
+            "record": route.record.model_dump(mode="json"),
+            "compare": {
+                **describe(route.compare),
+                "auto_picked": auto_choices.get(route.name, {}),
+            },
             "shadows": [shadow_entry(runner) for runner in runners[route.name]],
         }
 
@@ -132,8 +142,10 @@ class Server:
         metrics: Metrics | None = None,
         sink: Sink | None = None,
         feedback: FeedbackSink | None = None,
+        comparer: Comparer | None = None,
     ) -> None:
         self.config = config
+        self.comparer = comparer
         self.metrics = metrics or Metrics()
         self.sink = sink or DiscardSink()
         self.feedback = feedback
@@ -258,7 +270,7 @@ class Server:
         return _json({"accepted": len(items)}, status=202)
 
     async def _routes(self, request: web.Request) -> web.Response:
-        return _json(routes_document(self.config, self._runners))
+        return _json(routes_document(self.config, self._runners, self.comparer))
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -279,15 +291,32 @@ async def _bind(runner: web.BaseRunner, listen: str) -> tuple[str, int]:
     return address[0], address[1]
 
 
+# The recorder's writer thread runs Python code (redaction, comparison, Arrow
+# building). With the default 5 ms switch interval the event loop can wait that long
+# for the GIL on every wake-up; 1 ms bounds what recording can add to a request.
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
 async def serve(
     config: Config,
     sink_factory: Callable[[Config, Metrics], RecordingSink] | None = None,
     on_ready: Callable[[Server], Awaitable[None]] | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then shut down in order."""
+    """Run until SIGTERM or SIGINT, then shut down in order.
+
+    By default pairs are compared and recorded to Parquet; ``sink_factory`` replaces
+    that (benchmarks, embedding).
+    """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     metrics = Metrics()
-    sink = sink_factory(config, metrics) if sink_factory else None
-    server = Server(config, metrics, sink, sink)
+    comparer = Comparer(config.routes)
+    if sink_factory is None:
+        from shadowproxy.recording import Recorder
+
+        sink: RecordingSink = Recorder(config.main.recording, config.routes, metrics, comparer)
+    else:
+        sink = sink_factory(config, metrics)
+    server = Server(config, metrics, sink, sink, comparer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
