@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="train two models, shadow one behind the other, write the report"
     )
     demo.add_argument("--out", default="demo-output", help="directory for config, data, report")
-    demo.add_argument("--rate", type=float, default=200.0, help="requests per second to replay")
+    demo.add_argument("--rate", type=float, default=100.0, help="requests per second to replay")
     demo.add_argument(
         "--keep-running", action="store_true", help="leave the stack up after the traffic"
     )

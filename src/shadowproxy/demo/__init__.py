@@ -92,7 +92,9 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def spawn(children: list[subprocess.Popen[bytes]], *args: str) -> subprocess.Popen[bytes]:
-    child = subprocess.Popen([sys.executable, "-m", *args])
+    # One thread per model server: per-request predictions gain nothing from a pool.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", *args], env=env)
     children.append(child)
     return child
 
@@ -188,7 +190,7 @@ def print_urls(stack: Stack, example: list[float]) -> None:
     )
 
 
-def run_demo(out: Path, rate: float = 200.0, keep_running: bool = False) -> int:
+def run_demo(out: Path, rate: float = 100.0, keep_running: bool = False) -> int:
     out = out.resolve()
     shutil.rmtree(out / "shadow-logs", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
