@@ -67,11 +67,15 @@ async def run_cli_proxy(config: Path, port: int, traffic: Any) -> str:
     return output
 
 
-async def send_many(url: str, count: int, body: bytes, concurrency: int = 16) -> None:
+async def send_many(
+    url: str, count: int, body: bytes, concurrency: int = 16, interval_s: float = 0.0
+) -> None:
+    """``count`` requests with ids ``req-00000``...; ``interval_s`` paces their starts."""
     semaphore = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession() as session:
 
         async def one(index: int) -> None:
+            await asyncio.sleep(index * interval_s)
             async with semaphore:
                 headers = {"X-Request-Id": f"req-{index:05d}", "Content-Type": "application/json"}
                 async with session.post(url, data=body, headers=headers) as response:
@@ -157,7 +161,9 @@ async def test_black_holed_shadow_still_yields_a_row_per_request(tmp_path: Path)
             admin_listen=f"127.0.0.1:{free_port()}",
         )
         url = f"http://127.0.0.1:{port}/v1/models/m:predict"
-        await run_cli_proxy(config, port, lambda: send_many(url, 300, b"{}"))
+        # 1.5 s of traffic: the first copies time out (0.5 s) while requests still
+        # arrive, so the breaker opens and the rest are skipped.
+        await run_cli_proxy(config, port, lambda: send_many(url, 300, b"{}", interval_s=0.005))
     table = read_dataset(str(tmp_path / "shadow-logs"))
     assert table.num_rows == 300
     outcomes = table.column("shadow_outcome").to_pylist()

@@ -4,7 +4,7 @@ The report is a handful of aggregations over the recorded pairs, each run as one
 streaming scan; only aggregates and capped samples come back to Python. Keeping all
 SQL in this module is what lets the same queries move to Spark or Trino later: the
 DuckDB-specific pieces are few and named here (``read_parquet`` options, the ``sp_*``
-macros, ``approx_quantile``, ``max_by(x, y, n)``, ``hash``, ``try``/``decode`` for
+macros, ``quantile_cont`` (exact, so a report is reproducible), ``max_by(x, y, n)``, ``hash``, ``try``/``decode`` for
 bodies) and each has a direct counterpart there.
 
 Every query reads the view ``scope``: the pairs after the command line's filters.
@@ -217,12 +217,12 @@ def pair_summary() -> Query:
         mode({KINDS}) FILTER (WHERE agree IS NOT NULL) AS comparator,
         min(ts) AS first_ts, max(ts) AS last_ts,
         count(*) FILTER (WHERE {LATENCY_PAIR}) AS latency_pairs,
-        approx_quantile(prod_latency_ms, [0.5, 0.95, 0.99])
+        quantile_cont(prod_latency_ms, [0.5, 0.95, 0.99])
             FILTER (WHERE {LATENCY_PAIR}) AS prod_q,
-        approx_quantile(shadow_latency_ms, [0.5, 0.95, 0.99])
+        quantile_cont(shadow_latency_ms, [0.5, 0.95, 0.99])
             FILTER (WHERE {LATENCY_PAIR}) AS shadow_q,
         min(diff_score) FILTER (WHERE agree IS NOT NULL) AS diff_min,
-        approx_quantile(diff_score, 0.99) FILTER (WHERE agree IS NOT NULL) AS diff_p99,
+        quantile_cont(diff_score, 0.99) FILTER (WHERE agree IS NOT NULL) AS diff_p99,
         max(diff_score) FILTER (WHERE agree IS NOT NULL) AS diff_max
     FROM scope GROUP BY route, shadow ORDER BY route, shadow"""
     return Query("volume, outcomes, agreement, latency", sql)
