@@ -4,8 +4,9 @@ The report is a handful of aggregations over the recorded pairs, each run as one
 streaming scan; only aggregates and capped samples come back to Python. Keeping all
 SQL in this module is what lets the same queries move to Spark or Trino later: the
 DuckDB-specific pieces are few and named here (``read_parquet`` options, the ``sp_*``
-macros, ``quantile_cont`` (exact, so a report is reproducible), ``max_by(x, y, n)``, ``hash``, ``try``/``decode`` for
-bodies) and each has a direct counterpart there.
+macros, ``quantile_cont``, ``max_by(x, y, n)``, ``hash``, ``try``/``decode`` for
+bodies) and each has a direct counterpart there. Quantiles are exact, not t-digest
+estimates, so the same recording always gives the same report.
 
 Every query reads the view ``scope``: the pairs after the command line's filters.
 Functions return :class:`Query` values (text plus positional parameters); nothing here
