@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,7 +31,7 @@ from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
 from shadowproxy.proxy import ProxyHandler, RouteMetrics, RouteRuntime, route_runtime
 from shadowproxy.records import Pair, Sink
 from shadowproxy.tee import ShadowRunner, Tee
-from shadowproxy.upstream import production_session, shadow_session
+from shadowproxy.upstream import Pools
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ class Server:
         self.feedback = feedback
         self.tee = Tee(self.sink)
         self.ready = False
-        self._sessions: list[aiohttp.ClientSession] = []
+        self._pools: Pools | None = None
         self._runners: dict[str, list[ShadowRunner]] = {}
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -163,29 +162,28 @@ class Server:
     async def start(self) -> None:
         main = self.config.main
         await self.sink.start()
-        production = production_session(main.upstream_pool)
-        self._sessions.append(production)
+        pools = self._pools = Pools(main.upstream_pool)
         runtimes: dict[str, RouteRuntime] = {}
         for route in self.config.routes:
-            shadows = []
-            for shadow in route.shadows:
-                session = shadow_session(shadow)
-                self._sessions.append(session)
-                shadows.append(ShadowRunner(route, shadow, session, self.metrics))
+            shadows = [
+                ShadowRunner(route, shadow, pools.shadow(shadow), self.metrics)
+                for shadow in route.shadows
+            ]
             self._runners[route.name] = shadows
-            runtimes[route.name] = route_runtime(route, shadows, self.metrics)
+            production = pools.production(route.production.url)
+            runtimes[route.name] = route_runtime(route, production, shadows, self.metrics)
         default = None
         if main.default_upstream is not None:
             default = RouteRuntime(
                 name=DEFAULT_ROUTE,
-                upstream=main.default_upstream,
+                pool=pools.production(main.default_upstream),
                 timeout_s=main.default_upstream_timeout_s,
                 max_body_bytes=0,
                 capture_bytes=0,
                 shadows=[],
                 metrics=RouteMetrics(self.metrics, DEFAULT_ROUTE),
             )
-        handler = ProxyHandler(self.config, runtimes, default, production, self.tee, self.metrics)
+        handler = ProxyHandler(self.config, runtimes, default, self.tee, self.metrics)
         server = web.Server(
             handler,
             max_line_size=MAX_LINE_SIZE,
@@ -222,8 +220,8 @@ class Server:
         # Step 4: flush what was recorded.
         await self.sink.close()
         # Step 5: pools and admin.
-        for session in self._sessions:
-            await session.close()
+        if self._pools is not None:
+            await self._pools.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from shadowproxy.config import Config, RouteConfig
-from shadowproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from shadowproxy.errors import (
+    ShadowproxyError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from shadowproxy.headers import (
     REQUEST_ID,
     client_response_headers,
@@ -25,11 +30,12 @@ from shadowproxy.headers import (
     upstream_request_headers,
     valid_request_id,
 )
+from shadowproxy.http1 import Pool, Response
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
 from shadowproxy.records import ProductionResult, RequestInfo
 from shadowproxy.routing import RouteTable
 from shadowproxy.tee import Exchange, ShadowRunner, Tee
-from shadowproxy.upstream import chain, upstream_url
+from shadowproxy.upstream import header
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +50,7 @@ class RouteRuntime:
     """What the handler needs per route, built once: config, shadows, metric children."""
 
     name: str
-    upstream: str
+    pool: Pool
     timeout_s: float
     max_body_bytes: int
     capture_bytes: int
@@ -69,11 +75,11 @@ class RouteMetrics:
 
 
 def route_runtime(
-    route: RouteConfig, shadows: list[ShadowRunner], metrics: Metrics
+    route: RouteConfig, pool: Pool, shadows: list[ShadowRunner], metrics: Metrics
 ) -> RouteRuntime:
     return RouteRuntime(
         name=route.name,
-        upstream=route.production.url,
+        pool=pool,
         timeout_s=route.production.timeout_s,
         max_body_bytes=route.max_body_bytes,
         capture_bytes=route.max_capture_bytes,
@@ -88,14 +94,12 @@ class ProxyHandler:
         config: Config,
         runtimes: dict[str, RouteRuntime],
         default: RouteRuntime | None,
-        session: aiohttp.ClientSession,
         tee: Tee,
         metrics: Metrics,
     ) -> None:
         self._table = RouteTable(config.routes)
         self._runtimes = runtimes
         self._default = default
-        self._session = session
         self._tee = tee
         self._unmatched = RouteMetrics(metrics, UNMATCHED_ROUTE)
 
@@ -142,7 +146,7 @@ class ProxyHandler:
                 headers, body, complete,
             )  # fmt: skip
             exchange = self._tee.start(runtime.shadows, info, headers, raw_path, request.headers)
-        data: object = body if complete else chain(body, request.content)
+        data = body if complete else _chain(body, request.content)
         outcome = _Production(runtime.capture_bytes)
         try:
             response = await self._forward(request, runtime, request_id, headers, data, outcome)
@@ -159,22 +163,21 @@ class ProxyHandler:
         runtime: RouteRuntime,
         request_id: str,
         headers: list[tuple[str, str]],
-        data: object,
+        data: bytes | AsyncIterator[bytes],
         outcome: _Production,
     ) -> web.StreamResponse:
-        url = upstream_url(runtime.upstream, request.raw_path)
         try:
             upstream = await _open(
-                self._session, request.method, url, headers, data, runtime.timeout_s
+                runtime.pool, request.method, request.raw_path, headers, data, runtime.timeout_s
             )
         except UpstreamError as exc:
             outcome.error = str(exc)
             runtime.metrics.count(runtime.name, exc.status)
             return _json_error(exc.status, str(exc), request_id)
         outcome.status = upstream.status
-        outcome.content_type = upstream.headers.get("Content-Type")
+        outcome.content_type = header(upstream.headers, "content-type")
         runtime.metrics.count(runtime.name, upstream.status)
-        reply_headers = client_response_headers(upstream.headers.items(), request_id)
+        reply_headers = client_response_headers(upstream.headers, request_id)
         length = upstream.content_length
         streamed = (
             request.method != "HEAD"
@@ -186,7 +189,7 @@ class ProxyHandler:
             )
         )
         if streamed:
-            return await _stream(request, upstream, reply_headers, length, outcome)
+            return await _stream(request, upstream, reply_headers, length, outcome, runtime)
         return await _buffered(request, upstream, reply_headers, outcome, runtime, request_id)
 
 
@@ -241,51 +244,52 @@ async def _read_body(request: web.BaseRequest, cap: int) -> tuple[bytes, bool]:
             return b"".join(chunks), False
 
 
+async def _chain(head: bytes, rest: StreamReader) -> AsyncIterator[bytes]:
+    """A request body already partly read: what was read, then the rest as it arrives."""
+    if head:
+        yield head
+    async for chunk in rest.iter_any():
+        yield chunk
+
+
 async def _open(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     method: str,
-    url: object,
+    target: str,
     headers: list[tuple[str, str]],
-    data: object,
+    data: bytes | AsyncIterator[bytes],
     timeout_s: float,
-) -> aiohttp.ClientResponse:
+) -> Response:
     """Send the request and wait for response headers, within the route's timeout."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await session.request(
-                method,
-                url,  # type: ignore[arg-type]
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_s),
-            )
+            return await pool.request(method, target, headers, data or None)
     except TimeoutError:
         raise UpstreamTimeout(f"production did not answer within {timeout_s:g}s") from None
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
+    except (ShadowproxyError, OSError, ValueError) as exc:
         raise UpstreamUnavailable(f"production unreachable: {_short(exc)}") from None
 
 
 async def _buffered(
     request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     headers: list[tuple[str, str]],
     outcome: _Production,
     runtime: RouteRuntime,
     request_id: str,
 ) -> web.StreamResponse:
     try:
-        payload = await upstream.read()
+        async with asyncio.timeout(runtime.timeout_s):
+            payload = await upstream.read()
     except TimeoutError:
         upstream.close()
         outcome.error = "production body timed out"
         return _json_error(504, outcome.error, request_id)
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
+    except (ShadowproxyError, OSError) as exc:
         upstream.close()
         outcome.error = f"production body failed: {_short(exc)}"
         return _json_error(502, outcome.error, request_id)
-    finally:
-        upstream.release()
+    upstream.release()
     outcome.capture(payload)
     response: web.StreamResponse
     if request.method == "HEAD":
@@ -308,27 +312,37 @@ async def _buffered(
 
 async def _stream(
     request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     headers: list[tuple[str, str]],
     length: int | None,
     outcome: _Production,
+    runtime: RouteRuntime,
 ) -> web.StreamResponse:
-    """Pass a body through as it arrives: the client sees the first event at once."""
+    """Pass a body through as it arrives: the client sees the first event at once.
+
+    Each read waits at most the route's ``timeout_s``: a stalled stream is cut, not
+    left holding the client's connection.
+    """
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if length is not None:
         response.content_length = length
     else:
         response.enable_chunked_encoding()
+    chunks = upstream.iter_chunks()
     try:
         await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
+        while True:
+            async with asyncio.timeout(runtime.timeout_s):
+                chunk = await anext(chunks, b"")
+            if not chunk:
+                break
             outcome.capture(chunk)
             await response.write(chunk)
         await response.write_eof()
     except ConnectionError:
         outcome.error = "client disconnected"
         upstream.close()
-    except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
+    except (ShadowproxyError, OSError, TimeoutError) as exc:
         # Headers are out: the only honest signal left is to cut the connection so
         # the client sees an incomplete body rather than a clean end.
         outcome.error = f"production stream failed: {_short(exc)}"

@@ -13,11 +13,10 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-import aiohttp
-
 from shadowproxy.breaker import CircuitBreaker
 from shadowproxy.config import RouteConfig, ShadowConfig
 from shadowproxy.headers import shadow_request_headers
+from shadowproxy.http1 import Pool
 from shadowproxy.metrics import Metrics
 from shadowproxy.records import (
     OUTCOMES,
@@ -30,7 +29,7 @@ from shadowproxy.records import (
 )
 from shadowproxy.routing import is_sampled
 from shadowproxy.tasks import TaskSet
-from shadowproxy.upstream import fetch_shadow, upstream_url
+from shadowproxy.upstream import fetch_shadow
 
 
 def not_sent(outcome: ShadowOutcome, reason: str) -> ShadowResult:
@@ -44,13 +43,13 @@ class ShadowRunner:
         self,
         route: RouteConfig,
         config: ShadowConfig,
-        session: aiohttp.ClientSession,
+        pool: Pool,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.route = route
         self.config = config
-        self.session = session
+        self.pool = pool
         self.breaker = CircuitBreaker(config.circuit_breaker)
         self.in_flight = 0
         self.clock = clock
@@ -90,9 +89,9 @@ class ShadowRunner:
     ) -> ShadowResult:
         try:
             result = await fetch_shadow(
-                self.session,
-                upstream_url(self.config.url, raw_path),
+                self.pool,
                 info.method,
+                raw_path,
                 shadow_request_headers(headers),
                 info.body,
                 self.config.timeout_s,

@@ -1,88 +1,81 @@
-"""HTTP client side: connection pools and the shadow fetch.
+"""Client side: connection pools per upstream, and the shadow fetch.
 
-Production and every shadow get their own ``ClientSession`` and connector, so a
-black-holed shadow holding all its connections cannot take one from production.
-Sessions never decompress (production's bytes go back to the client unchanged), never
-keep cookies and never add headers the client did not send.
+Calls go through ``shadowproxy.http1``, a lean HTTP/1.1 client: about a quarter of the
+CPU of aiohttp's client per call, which was half of the proxy's CPU. Production
+upstreams share a pool per origin; every shadow gets a pool of its own, sized by its
+``max_in_flight``, so a black-holed shadow holding all its connections cannot take one
+from production. Bytes pass through undecoded and no header the client did not send is
+added (but ``Host`` and body framing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-
-import aiohttp
-from yarl import URL
+from urllib.parse import urlsplit
 
 from shadowproxy.config import PoolConfig, ShadowConfig
+from shadowproxy.errors import ShadowproxyError
+from shadowproxy.http1 import Pool
 from shadowproxy.records import ShadowOutcome, ShadowResult
 
-# aiohttp would add these when absent; a transparent proxy must not.
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type")
+
+def origin(url: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of a validated ``scheme://host[:port]`` URL."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    assert parts.hostname is not None  # config validation guarantees a host
+    return parts.hostname, parts.port or (443 if tls else 80), tls
 
 
-def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=_SKIP_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(total=None),
-        trust_env=False,
-    )
+def header(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The first value of a header, by case-insensitive name."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
 
 
-def production_session(pool: PoolConfig) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=pool.max_connections,
-        limit_per_host=0,
-        keepalive_timeout=pool.keepalive_timeout_s,
-        ttl_dns_cache=300,
-    )
-    return _session(connector)
+class Pools:
+    """Every upstream pool of one server, so they are created and closed together."""
 
+    def __init__(self, production: PoolConfig) -> None:
+        self._production_config = production
+        self._production: dict[str, Pool] = {}
+        self._all: list[Pool] = []
 
-def shadow_session(shadow: ShadowConfig) -> aiohttp.ClientSession:
-    # One connection per allowed copy: the in-flight bound is also the socket bound.
-    connector = aiohttp.TCPConnector(
-        limit=shadow.max_in_flight, keepalive_timeout=30.0, ttl_dns_cache=300
-    )
-    return _session(connector)
+    def production(self, url: str) -> Pool:
+        """The shared pool of a production origin (routes on one origin share it)."""
+        pool = self._production.get(url)
+        if pool is None:
+            pool = self._production[url] = self._new(url, self._production_config.max_connections)
+        return pool
 
+    def shadow(self, shadow: ShadowConfig) -> Pool:
+        # One connection per allowed copy: the in-flight bound is also the socket bound.
+        return self._new(shadow.url, shadow.max_in_flight)
 
-def upstream_url(base: str, raw_path: str) -> URL:
-    """The upstream URL for a request: its raw path and query, byte for byte."""
-    return URL(base + raw_path, encoded=True)
+    def _new(self, url: str, max_connections: int) -> Pool:
+        host, port, tls = origin(url)
+        pool = Pool(
+            host,
+            port,
+            max_connections=max_connections,
+            keepalive_timeout_s=self._production_config.keepalive_timeout_s,
+            ssl=tls or None,
+        )
+        self._all.append(pool)
+        return pool
 
-
-async def read_capped(stream: aiohttp.StreamReader, cap: int) -> tuple[bytes, bool]:
-    """Read a body up to ``cap`` bytes; ``(bytes, truncated)``. Stops reading at the cap."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await stream.readany()
-        if not chunk:
-            return b"".join(chunks), False
-        size += len(chunk)
-        if size > cap:
-            chunks.append(chunk[: cap - (size - len(chunk))])
-            return b"".join(chunks), True
-        chunks.append(chunk)
-
-
-async def chain(head: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """A request body already partly read: what was read, then the rest as it arrives."""
-    if head:
-        yield head
-    async for chunk in rest.iter_any():
-        yield chunk
+    async def close(self) -> None:
+        for pool in self._all:
+            await pool.close()
 
 
 async def fetch_shadow(
-    session: aiohttp.ClientSession,
-    url: URL,
+    pool: Pool,
     method: str,
+    target: str,
     headers: list[tuple[str, str]],
     body: bytes,
     timeout_s: float,
@@ -93,16 +86,17 @@ async def fetch_shadow(
     status: int | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.request(
-                method, url, headers=headers, data=body or None, allow_redirects=False
-            ) as response:
-                status = response.status
-                content_type = response.headers.get("Content-Type")
-                captured, truncated = await read_capped(response.content, capture_bytes)
+            response = await pool.request(method, target, headers, body)
+            status = response.status
+            content_type = header(response.headers, "content-type")
+            try:
+                captured, truncated = await response.read_capped(capture_bytes)
+            finally:
+                response.release()
     except TimeoutError:
         return _failed("timeout", status, started, f"no complete answer within {timeout_s:g}s")
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return _failed("error", status, started, _describe(exc))
+    except (ShadowproxyError, OSError, ValueError) as exc:
+        return _failed("error", status, started, describe(exc))
     latency = (time.perf_counter() - started) * 1000.0
     return ShadowResult("ok", status, latency, None, captured, truncated, content_type)
 
@@ -112,6 +106,6 @@ def _failed(outcome: ShadowOutcome, status: int | None, started: float, error: s
     return ShadowResult(outcome, status, latency, error, b"", False, None)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     text = str(exc) or exc.__class__.__name__
     return f"{exc.__class__.__name__}: {text}"[:500]
