@@ -231,7 +231,7 @@ async def test_agreement_equals_the_programmed_disagreement(tmp_path: Path, prot
         metrics = Metrics(registry)
         comparer = Comparer(config.routes)
         recorder = Recorder(config.main.recording, config.routes, metrics, comparer)
-        server_ = Server(config, metrics, recorder, recorder, comparer)
+        server_ = Server(config, metrics, recorder, recorder, comparer.auto_choices)
         await server_.start()
         try:
             host, port = server_.proxy_address  # type: ignore[misc]

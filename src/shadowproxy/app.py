@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from shadowproxy.compare import Comparer, describe
 from shadowproxy.config import Config, RouteConfig
@@ -84,10 +84,12 @@ def redact_url(url: str) -> str:
 
 
 def routes_document(
-    config: Config, runners: dict[str, list[ShadowRunner]], comparer: Comparer | None = None
+    config: Config,
+    runners: dict[str, list[ShadowRunner]],
+    auto_choices: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """What ``/routes`` shows: the active routes, how each compares, each shadow's state."""
-    auto_choices = comparer.auto_choices() if comparer is not None else {}
+    auto_choices = auto_choices or {}
 
     def shadow_entry(runner: ShadowRunner) -> dict[str, Any]:
         shadow = runner.config
@@ -141,10 +143,10 @@ class Server:
         metrics: Metrics | None = None,
         sink: Sink | None = None,
         feedback: FeedbackSink | None = None,
-        comparer: Comparer | None = None,
+        auto_choices: Callable[[], dict[str, dict[str, int]]] | None = None,
     ) -> None:
         self.config = config
-        self.comparer = comparer
+        self.auto_choices = auto_choices
         self.metrics = metrics or Metrics()
         self.sink = sink or DiscardSink()
         self.feedback = feedback
@@ -268,7 +270,8 @@ class Server:
         return _json({"accepted": len(items)}, status=202)
 
     async def _routes(self, request: web.Request) -> web.Response:
-        return _json(routes_document(self.config, self._runners, self.comparer))
+        choices = self.auto_choices() if self.auto_choices is not None else {}
+        return _json(routes_document(self.config, self._runners, choices))
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -305,16 +308,27 @@ async def serve(
     By default pairs are compared and recorded to Parquet; ``sink_factory`` replaces
     that (benchmarks, embedding).
     """
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    metrics = Metrics()
-    comparer = Comparer(config.routes)
-    if sink_factory is None:
+    sink: RecordingSink
+    auto_choices: Callable[[], dict[str, dict[str, int]]] | None = None
+    if sink_factory is not None:
+        metrics = Metrics()
+        sink = sink_factory(config, metrics)
+    elif config.main.recording.writer == "process":
+        from shadowproxy.recording.process import RecorderProcess
+
+        # The writer process exports the recording metrics; ours would be zeros.
+        metrics = Metrics(recorder_registry=CollectorRegistry())
+        process = RecorderProcess(config, metrics)
+        sink, auto_choices = process, process.auto_choices
+    else:
         from shadowproxy.recording import Recorder
 
-        sink: RecordingSink = Recorder(config.main.recording, config.routes, metrics, comparer)
-    else:
-        sink = sink_factory(config, metrics)
-    server = Server(config, metrics, sink, sink, comparer)
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        metrics = Metrics()
+        comparer = Comparer(config.routes)
+        sink = Recorder(config.main.recording, config.routes, metrics, comparer)
+        auto_choices = comparer.auto_choices
+    server = Server(config, metrics, sink, sink, auto_choices)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -170,6 +170,10 @@ class RecordingConfig(_Model):
     max_pending_records: Annotated[int, Field(ge=1)] = 100_000
     close_timeout_s: Seconds = 10.0
     """At shutdown, how long failing writes are retried before the rest is dropped."""
+    writer: Literal["process", "thread"] = "process"
+    """``process``: redaction, comparison and Parquet writing run in a child process,
+    so they never compete with the event loop for the GIL. ``thread``: in this
+    process (one interpreter, no child; costs production latency under load)."""
 
 
 class PoolConfig(_Model):

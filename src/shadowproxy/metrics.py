@@ -23,9 +23,16 @@ DEFAULT_ROUTE = "_default"
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        recorder_registry: CollectorRegistry | None = None,
+    ) -> None:
+        """``recorder_registry``: where the comparison and recording metrics live when
+        they are not this process's to export (the writer process serves them)."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        rr = recorder_registry if recorder_registry is not None else r
         self.requests = Counter(
             "shadowproxy_requests",
             "Client requests answered, by route and HTTP status sent to the client.",
@@ -80,39 +87,39 @@ class Metrics:
             "shadowproxy_comparisons",
             "Compared pairs by result (agree|disagree|incomparable).",
             ["route", "shadow", "result"],
-            registry=r,
+            registry=rr,
         )
         self.diff_score = Histogram(
             "shadowproxy_diff_score",
             "Comparator-specific difference between shadow and production (0 = identical).",
             ["route", "shadow"],
             buckets=DIFF_SCORE_BUCKETS,
-            registry=r,
+            registry=rr,
         )
         self.records_written = Counter(
             "shadowproxy_records_written",
             "Records that reached a complete Parquet file.",
             ["kind"],
-            registry=r,
+            registry=rr,
         )
         self.records_dropped = Counter(
             "shadowproxy_records_dropped",
-            "Records lost on purpose, by reason (queue_full|write_failed|shutdown).",
+            "Records lost on purpose, by reason (queue_full|write_failed|shutdown|writer_died).",
             ["reason"],
-            registry=r,
+            registry=rr,
         )
         self.recorder_pending = Gauge(
             "shadowproxy_recorder_pending_records",
             "Records buffered in memory, waiting for the writer thread.",
-            registry=r,
+            registry=rr,
         )
         self.recorder_write_errors = Counter(
             "shadowproxy_recorder_write_errors",
             "Failed attempts to write a Parquet file (retried with backoff).",
-            registry=r,
+            registry=rr,
         )
         self.recorder_degraded = Gauge(
             "shadowproxy_recorder_degraded",
             "1 while the recorder cannot write (disk full, permissions, bucket unreachable).",
-            registry=r,
+            registry=rr,
         )

@@ -1,0 +1,122 @@
+"""The writer process: runs the recorder (redact, compare, write Parquet) off the proxy.
+
+Started by ``RecorderProcess`` as ``python -m shadowproxy.recording.child``. It reads
+frames from stdin (``wire``), feeds them to a ``Recorder`` with its own metrics, and
+every ``STATUS_INTERVAL_S`` writes a status frame to stdout: records finished, health,
+the metrics exposition and what ``auto`` picked. End of stdin means "flush and exit":
+it ignores SIGINT and SIGTERM, so a Ctrl-C on the terminal cannot cut the flush short;
+the proxy decides when recording ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import signal
+import sys
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shadowproxy.compare import Comparer
+from shadowproxy.config import Config
+from shadowproxy.metrics import Metrics
+from shadowproxy.recording import wire
+from shadowproxy.recording.recorder import Recorder
+from shadowproxy.tasks import TaskSet
+
+log = logging.getLogger("shadowproxy.recording.child")
+
+STATUS_INTERVAL_S = 0.5
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, Any] | None:
+    try:
+        head = await reader.readexactly(wire.HEADER.size)
+    except asyncio.IncompleteReadError:
+        return None
+    size, kind = wire.HEADER.unpack(head)
+    if size > wire.MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes announced: the stream is corrupt")
+    return kind, pickle.loads(await reader.readexactly(size))
+
+
+class Child:
+    def __init__(self, config: Config, out: asyncio.StreamWriter) -> None:
+        self.registry = CollectorRegistry()
+        self.comparer = Comparer(config.routes)
+        self.recorder = Recorder(
+            config.main.recording, config.routes, Metrics(self.registry), self.comparer
+        )
+        self.received = 0
+        self.out = out
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "finished": self.received - self.recorder.pending,
+            "health": self.recorder.health(),
+            "metrics": generate_latest(self.registry),
+            "auto": self.comparer.auto_choices(),
+        }
+
+    async def report(self) -> None:
+        self.out.write(wire.frame(wire.STATUS, self.status()))
+        await self.out.drain()
+
+    async def report_forever(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            await self.report()
+
+    def take(self, kind: int, payload: Any) -> None:
+        if kind == wire.PAIRS:
+            for packed in payload:
+                self.recorder.submit(wire.unpack(packed))
+            self.received += len(payload)
+        elif kind == wire.FEEDBACK:
+            # The parent bounds what it accepts by the same limit; a refusal here can
+            # only follow a parent bug, so it is logged rather than silently lost.
+            if not self.recorder.submit_feedback(payload):
+                log.error("writer: %d feedback items refused (buffer full)", len(payload))
+            self.received += len(payload)
+
+
+async def run() -> int:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=wire.MAX_FRAME)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, sys.stdout
+    )
+    out = asyncio.StreamWriter(transport, protocol, None, loop)
+    first = await read_frame(reader)
+    if first is None or first[0] != wire.CONFIG:
+        log.error("writer: no config frame; exiting")
+        return 2
+    child = Child(first[1], out)
+    await child.recorder.start()
+    tasks = TaskSet()
+    tasks.spawn(child.report_forever(), name="writer-status")
+    try:
+        while (item := await read_frame(reader)) is not None:
+            child.take(*item)
+    finally:
+        await tasks.drain(0)
+        await child.recorder.close()
+        await child.report()
+        transport.close()
+    return 0
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sys.exit(asyncio.run(run()))
+
+
+if __name__ == "__main__":
+    main()

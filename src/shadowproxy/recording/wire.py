@@ -1,0 +1,66 @@
+"""What crosses the pipe between the proxy and its writer process.
+
+Frames are ``length (4 bytes, big endian) | kind (1 byte) | pickle``. Pairs travel as
+flat tuples of plain values: pickling those is C code only, so packing a batch costs
+the event loop a few microseconds a pair (a slotted dataclass would go through Python
+``__getstate__`` for each object). Headers are left behind: they are never recorded.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Any, Final
+
+from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
+
+HEADER: Final = struct.Struct("!IB")
+MAX_FRAME: Final = 1 << 30
+"""A frame announcing more than this is corrupt (the stream cannot be trusted)."""
+
+CONFIG: Final = ord("C")
+"""Parent -> child, first frame: the ``Config`` to record for."""
+PAIRS: Final = ord("P")
+"""Parent -> child: a list of packed pairs."""
+FEEDBACK: Final = ord("F")
+"""Parent -> child: a list of (request_id, label JSON text, received ts)."""
+STATUS: Final = ord("S")
+"""Child -> parent: a status dict (records finished, health, metrics exposition)."""
+
+PackedPair = tuple[Any, ...]
+
+
+def frame(kind: int, payload: object) -> bytes:
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data), kind) + data
+
+
+def pack(pair: Pair) -> PackedPair:
+    request, production, result = pair.request, pair.production, pair.result
+    return (
+        request.request_id, request.ts, request.route, request.method, request.path,
+        request.query, request.body, request.body_complete,
+        pair.shadow, pair.role,
+        production.status, production.latency_ms, production.error, production.body,
+        production.body_truncated, production.content_type,
+        result.outcome, result.status, result.latency_ms, result.error, result.body,
+        result.body_truncated, result.content_type,
+    )  # fmt: skip
+
+
+def unpack(packed: PackedPair) -> Pair:
+    (
+        request_id, ts, route, method, path, query, body, body_complete,
+        shadow, role,
+        prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type,
+        outcome, status, latency, error, shadow_body, truncated, content_type,
+    ) = packed  # fmt: skip
+    return Pair(
+        RequestInfo(request_id, ts, route, method, path, query, [], body, body_complete),
+        shadow,
+        role,
+        ProductionResult(
+            prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type
+        ),
+        ShadowResult(outcome, status, latency, error, shadow_body, truncated, content_type),
+    )

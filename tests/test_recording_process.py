@@ -1,0 +1,123 @@
+"""The recorder in its own process: same files, metrics served by the parent, a dead
+writer restarted, bounds still counted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shadowproxy.config import Config, MainConfig
+from shadowproxy.metrics import Metrics
+from shadowproxy.recording import read_dataset, read_feedback, wire
+from shadowproxy.recording.process import RecorderProcess
+from tests.test_recording import make_pair, make_route, wait_until
+
+
+def config(root: Path, **recording: Any) -> Config:
+    route = make_route()
+    main = MainConfig.model_validate({"recording": {"dir": str(root), **recording}})
+    return Config(source="test", main=main, routes=(route,), route_sources=("test",))
+
+
+def parent_metrics() -> tuple[CollectorRegistry, Metrics]:
+    registry = CollectorRegistry()
+    return registry, Metrics(registry, recorder_registry=CollectorRegistry())
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_pairs_survive_the_wire_unchanged() -> None:
+    pair = make_pair(3)
+    back = wire.unpack(wire.pack(pair))
+    assert back.request.headers == []
+    pair.request.headers = []
+    assert back == pair
+
+
+async def test_rows_metrics_and_feedback_through_the_writer_process(tmp_path: Path) -> None:
+    registry, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.2), metrics)
+    await recorder.start()
+    for n in range(500):
+        recorder.submit(make_pair(n))
+    assert recorder.submit_feedback([("req-1", "1", 1.0), ("req-2", "0", 1.0)])
+    await wait_until(lambda: recorder.pending == 0, within_s=20)
+    assert recorder.health()["status"] == "ok"
+    await recorder.close()
+    assert read_dataset(str(tmp_path)).num_rows == 500
+    assert read_feedback(str(tmp_path)).num_rows == 2
+    # The writer's metrics are served by the parent's registry, once each.
+    assert sample(registry, "shadowproxy_records_written_total", kind="pairs") == 500
+    labels = {"route": "price", "shadow": "cand"}
+    assert sample(registry, "shadowproxy_comparisons_total", **labels, result="disagree") == 500
+    text = generate_latest(registry).decode()
+    assert text.count("# TYPE shadowproxy_records_dropped_total counter") == 1
+    assert text.count("# TYPE shadowproxy_comparisons_total counter") == 1
+
+
+async def test_parent_bound_counts_queue_full_while_the_writer_is_stuck(tmp_path: Path) -> None:
+    registry, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, max_pending_records=100), metrics)
+    await recorder.start()
+    process = recorder._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        for n in range(150):
+            recorder.submit(make_pair(n))
+        assert sample(registry, "shadowproxy_records_dropped_total", reason="queue_full") == 50
+        assert not recorder.submit_feedback([("r", "1", 1.0)])
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    await recorder.close()
+    assert read_dataset(str(tmp_path)).num_rows == 100
+
+
+async def test_a_dead_writer_is_restarted_and_its_losses_counted(tmp_path: Path) -> None:
+    registry, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.1), metrics)
+    await recorder.start()
+    for n in range(50):
+        recorder.submit(make_pair(n))
+    await wait_until(lambda: recorder.pending == 0, within_s=20)
+    first = recorder._process
+    assert first is not None
+    first.kill()
+    await wait_until(lambda: recorder.health()["status"] == "degraded", within_s=5)
+    await wait_until(
+        lambda: recorder._process is not first and recorder.health()["status"] == "ok",
+        within_s=20,
+    )
+    for n in range(50, 80):
+        recorder.submit(make_pair(n))
+    await recorder.close()
+    ids = set(read_dataset(str(tmp_path)).column("request_id").to_pylist())
+    assert {f"req-{n}" for n in range(50, 80)} <= ids
+    assert len(ids) == 80
+    assert sample(registry, "shadowproxy_records_dropped_total", reason="writer_died") == 0
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_both_writers_are_selectable(tmp_path: Path, writer: str) -> None:
+    assert config(tmp_path, writer=writer).main.recording.writer == writer
+
+
+async def test_shutdown_ships_what_is_buffered(tmp_path: Path) -> None:
+    _, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path), metrics)
+    await recorder.start()
+    for n in range(300):
+        recorder.submit(make_pair(n))
+    await recorder.close()  # no wait: close itself ships, flushes and waits
+    assert read_dataset(str(tmp_path)).num_rows == 300
+    recorder.submit(make_pair(999))
+    await asyncio.sleep(0)
+    assert read_dataset(str(tmp_path)).num_rows == 300
