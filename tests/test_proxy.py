@@ -498,3 +498,26 @@ async def test_production_failing_mid_stream_cuts_the_client_connection(
                     pass
                 else:
                     raise AssertionError("a cut stream must not look complete")
+
+
+async def test_production_reset_mid_body_before_the_client_got_headers_is_502(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async def liar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(liar, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        config = write_config(tmp_path, [route("m", f"http://127.0.0.1:{port}")])
+        async with running_proxy(config) as proxy:
+            async with client.get(proxy.url + PREDICT, headers={"X-Request-Id": "cut"}) as resp:
+                assert resp.status == 502
+                assert (await resp.json())["request_id"] == "cut"
+            assert proxy.metric("shadowproxy_requests_total", route="m", code="502") == 1
+            assert proxy.metric("shadowproxy_requests_total", route="m", code="200") == 0
+    finally:
+        server.close()

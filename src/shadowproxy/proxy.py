@@ -176,7 +176,6 @@ class ProxyHandler:
             return _json_error(exc.status, str(exc), request_id)
         outcome.status = upstream.status
         outcome.content_type = header(upstream.headers, "content-type")
-        runtime.metrics.count(runtime.name, upstream.status)
         reply_headers = client_response_headers(upstream.headers, request_id)
         length = upstream.content_length
         streamed = (
@@ -189,6 +188,7 @@ class ProxyHandler:
             )
         )
         if streamed:
+            runtime.metrics.count(runtime.name, upstream.status)
             return await _stream(request, upstream, reply_headers, length, outcome, runtime)
         return await _buffered(request, upstream, reply_headers, outcome, runtime, request_id)
 
@@ -284,12 +284,15 @@ async def _buffered(
     except TimeoutError:
         upstream.close()
         outcome.error = "production body timed out"
+        runtime.metrics.count(runtime.name, 504)
         return _json_error(504, outcome.error, request_id)
     except (ShadowproxyError, OSError) as exc:
         upstream.close()
         outcome.error = f"production body failed: {_short(exc)}"
+        runtime.metrics.count(runtime.name, 502)
         return _json_error(502, outcome.error, request_id)
     upstream.release()
+    runtime.metrics.count(runtime.name, upstream.status)
     outcome.capture(payload)
     response: web.StreamResponse
     if request.method == "HEAD":
