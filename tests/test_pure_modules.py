@@ -16,3 +16,12 @@ import pytest
 def test_imports_without_aiohttp(module: str) -> None:
     code = f"import sys, {module}; assert 'aiohttp' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_serving_process_does_not_load_arrow() -> None:
+    """Arrow (tens of MB of RSS) belongs to the writer process and the report only."""
+    code = (
+        "import sys, shadowproxy.app, shadowproxy.cli, shadowproxy.recording.process; "
+        "assert 'pyarrow' not in sys.modules and 'duckdb' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -28,14 +28,8 @@ from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import Recorder, read_dataset, read_feedback
-from shadowproxy.records import (
-    PAIRS_SCHEMA,
-    Comparison,
-    Pair,
-    ProductionResult,
-    RequestInfo,
-    ShadowResult,
-)
+from shadowproxy.records import Comparison, Pair, ProductionResult, RequestInfo, ShadowResult
+from shadowproxy.schema import PAIRS_SCHEMA
 
 TS = datetime(2024, 5, 17, 12, 0, tzinfo=UTC).timestamp()
 SSN = "987-65-4321"

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shadowproxy.config import Config, MainConfig
+from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import read_dataset, read_feedback, wire
 from shadowproxy.recording.process import RecorderProcess
@@ -121,3 +122,11 @@ async def test_shutdown_ships_what_is_buffered(tmp_path: Path) -> None:
     recorder.submit(make_pair(999))
     await asyncio.sleep(0)
     assert read_dataset(str(tmp_path)).num_rows == 300
+
+
+async def test_a_bad_recording_dir_fails_at_start(tmp_path: Path) -> None:
+    _, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, dir="nosuchscheme://bucket/x"), metrics)
+    with pytest.raises(ConfigError, match=r"recording\.dir"):
+        await recorder.start()
+    await recorder.close()

@@ -7,15 +7,11 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 import pytest
 
-from shadowproxy.records import (
+from shadowproxy.records import Comparison, Pair, ProductionResult, RequestInfo, ShadowResult
+from shadowproxy.schema import (
     FEEDBACK_SCHEMA,
     NOTHING_WITHHELD,
     PAIRS_SCHEMA,
-    Comparison,
-    Pair,
-    ProductionResult,
-    RequestInfo,
-    ShadowResult,
     Withheld,
     feedback_row,
     pair_row,

@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from shadowproxy.config import RecordConfig, load_config
 from shadowproxy.errors import ConfigError
-from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult, Withheld
+from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
 from shadowproxy.redact import REDACTED, Redactor
+from shadowproxy.schema import Withheld
 
 SSN = "123-45-6789"
 PATHS = ("$.customer.ssn", "$.instances[*].email")

@@ -27,7 +27,8 @@ from typing import Any
 import orjson
 
 from shadowproxy import jsonpath
-from shadowproxy.records import Pair, Withheld
+from shadowproxy.records import Pair
+from shadowproxy.schema import Withheld
 
 REDACTED = "[redacted]"
 

@@ -11,10 +11,31 @@
 
 ``recorder`` holds the event-loop side and the thread, ``writer`` the thread's work,
 ``storage`` the layout, atomic writes and reading back. The row schema lives in
-``shadowproxy.records``; redaction in ``shadowproxy.redact``.
+``shadowproxy.schema``; redaction in ``shadowproxy.redact``. By default the recorder
+runs in a writer process (``process`` and ``child``, talking over ``wire``).
+
+The exports load lazily: the serving process imports ``recording.process`` and must
+not pay for Arrow, which only the writer needs.
 """
 
-from shadowproxy.recording.recorder import Recorder
-from shadowproxy.recording.storage import read_dataset, read_feedback
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shadowproxy.recording.recorder import Recorder
+    from shadowproxy.recording.storage import read_dataset, read_feedback
 
 __all__ = ["Recorder", "read_dataset", "read_feedback"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Recorder":
+        from shadowproxy.recording.recorder import Recorder
+
+        return Recorder
+    if name in ("read_dataset", "read_feedback"):
+        from shadowproxy.recording import storage
+
+        return getattr(storage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

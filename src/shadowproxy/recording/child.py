@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from shadowproxy.compare import Comparer
 from shadowproxy.config import Config
+from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import wire
 from shadowproxy.recording.recorder import Recorder
@@ -95,7 +96,13 @@ async def run() -> int:
         log.error("writer: no config frame; exiting")
         return 2
     child = Child(first[1], out)
-    await child.recorder.start()
+    try:
+        await child.recorder.start()
+    except ConfigError as exc:
+        out.write(wire.frame(wire.STATUS, {"fatal": str(exc)}))
+        await out.drain()
+        return 2
+    await child.report()  # ready
     tasks = TaskSet()
     tasks.spawn(child.report_forever(), name="writer-status")
     try:

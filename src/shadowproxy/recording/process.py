@@ -35,7 +35,6 @@ from shadowproxy.config import Config
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import wire
-from shadowproxy.recording.storage import resolve_root
 from shadowproxy.records import Pair
 from shadowproxy.tasks import TaskSet
 
@@ -46,6 +45,7 @@ BATCH_INTERVAL_S = 0.05
 PIPE_HIGH_WATER = 8 * 1024 * 1024
 """Bytes waiting in the pipe's buffer above which no more batches are shipped."""
 RESTART_PAUSE_S = 1.0
+READY_TIMEOUT_S = 30.0
 EXIT_GRACE_S = 15.0
 """Beyond ``close_timeout_s``, how long shutdown waits for the writer to finish."""
 DROP_REASONS = ("queue_full", "write_failed", "shutdown", "writer_died")
@@ -165,11 +165,24 @@ class RecorderProcess:
     # --- the child -------------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            resolve_root(self._config.main.recording.dir)
-        except ValueError as exc:
-            raise ConfigError(None, "recording.dir", str(exc)) from None
+        """Start the writer and wait until it is ready, so a bad ``recording.dir``
+        fails ``serve`` at start, like every other config error."""
         await self._spawn()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT_S
+        while not self._status and loop.time() < deadline:
+            if self._process is None or self._process.returncode is not None:
+                break
+            await asyncio.sleep(0.02)
+        fatal = self._status.get("fatal")
+        if fatal is not None:
+            self._closing = True
+            if self._process is not None and self._process.stdin is not None:
+                self._process.stdin.close()
+            await self._tasks.drain(EXIT_GRACE_S)
+            raise ConfigError(None, None, fatal)
+        if not self._status:
+            log.warning("recorder: writer process not ready after %.0fs", READY_TIMEOUT_S)
         self._tick()
 
     async def _spawn(self) -> None:

@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from shadowproxy.records import (
+from shadowproxy.schema import (
     FEEDBACK_SCHEMA,
     PAIR_COLUMNS,
     PAIRS_SCHEMA,

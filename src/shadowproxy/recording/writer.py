@@ -38,18 +38,17 @@ from shadowproxy.recording.storage import (
     feedback_directory,
     pairs_directory,
 )
-from shadowproxy.records import (
+from shadowproxy.records import Comparison, Pair
+from shadowproxy.redact import Memo, Redactor
+from shadowproxy.schema import (
     FEEDBACK_SCHEMA,
     PAIRS_SCHEMA,
-    Comparison,
-    Pair,
     feedback_row,
     pair_row,
     row_bytes,
     to_record_batch,
     utc_date,
 )
-from shadowproxy.redact import Memo, Redactor
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,223 @@
+"""The recorded form of a pair, written down once.
+
+``PAIR_COLUMNS`` (names, Arrow types, meanings) -> ``PAIRS_SCHEMA``; ``pair_row`` (a
+redacted pair and its comparison -> one row) and ``to_record_batch`` (rows -> Arrow).
+All pure: no I/O, no clock. Only the recorder imports this module (and with it Arrow),
+so the serving process stays small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from shadowproxy.records import Comparison, Pair
+
+# --- the recorded row: the schema, written down once ------------------------------
+#
+# Readers (pyarrow, DuckDB, Polars, Spark, Trino) see exactly these names and types.
+# ``route`` and ``date`` are not stored in the files: they come from the Hive
+# partition directories (``pairs/route=<route>/date=<YYYY-MM-DD>/``), so readers that
+# merge partition columns into file columns never see a conflict.
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One recorded column: its name, Arrow type and meaning (stored as field metadata)."""
+
+    name: str
+    type: pa.DataType
+    doc: str
+
+
+def _schema(columns: tuple[Column, ...]) -> pa.Schema:
+    return pa.schema([pa.field(c.name, c.type, metadata={"description": c.doc}) for c in columns])
+
+
+_TS = pa.timestamp("us", tz="UTC")
+
+PAIR_COLUMNS: tuple[Column, ...] = (
+    Column("request_id", pa.string(), "X-Request-Id of the client request (one per request)"),
+    Column("ts", _TS, "request arrival at the proxy, UTC, microseconds"),
+    Column("shadow", pa.string(), "shadow name from the route config"),
+    Column("role", pa.string(), "candidate | baseline, from the shadow config"),
+    Column("method", pa.string(), "HTTP method"),
+    Column("path", pa.string(), "request path, as received (percent-encoded)"),
+    Column("query", pa.string(), "query string without '?', empty when none"),
+    Column("prod_status", pa.int32(), "production's HTTP status; null when it did not answer"),
+    Column("prod_latency_ms", pa.float64(), "production time until its response ended"),
+    Column("prod_error", pa.string(), "why production failed (502/504 sent); null when fine"),
+    Column("prod_content_type", pa.string(), "production's Content-Type"),
+    Column("shadow_outcome", pa.string(), "ok | error | timeout | dropped | skipped"),
+    Column("shadow_status", pa.int32(), "shadow's HTTP status; null without a response"),
+    Column("shadow_latency_ms", pa.float64(), "shadow time until its response ended"),
+    Column("shadow_error", pa.string(), "why the copy failed or was not sent; null when ok"),
+    Column("shadow_content_type", pa.string(), "shadow's Content-Type"),
+    Column("request_body", pa.binary(), "request body after redaction, capped"),
+    Column("request_body_truncated", pa.bool_(), "request_body is shorter than what was sent"),
+    Column("request_body_withheld", pa.bool_(), "body not written: redaction needs JSON"),
+    Column("prod_body", pa.binary(), "production's body after redaction, capped"),
+    Column("prod_body_truncated", pa.bool_(), "prod_body is shorter than what was sent"),
+    Column("prod_body_withheld", pa.bool_(), "body not written: redaction needs JSON"),
+    Column("shadow_body", pa.binary(), "shadow's body after redaction, capped"),
+    Column("shadow_body_truncated", pa.bool_(), "shadow_body is shorter than what was sent"),
+    Column("shadow_body_withheld", pa.bool_(), "body not written: redaction needs JSON"),
+    Column("comparator", pa.string(), "comparator that ran; null when none ran"),
+    Column("prod_prediction", pa.string(), "production's extracted prediction, JSON text"),
+    Column("shadow_prediction", pa.string(), "shadow's extracted prediction, JSON text"),
+    Column("agree", pa.bool_(), "the comparator's verdict; null when incomparable"),
+    Column("diff_score", pa.float64(), "0 = identical; scale depends on the comparator"),
+    Column("compare_detail", pa.string(), "first differing path, or why incomparable"),
+    Column("batch_size", pa.int32(), "predictions in a batched answer"),
+    Column("batch_agree", pa.int32(), "predictions of the batch that agree"),
+)
+PAIRS_SCHEMA = _schema(PAIR_COLUMNS)
+
+FEEDBACK_COLUMNS: tuple[Column, ...] = (
+    Column("request_id", pa.string(), "the request the label belongs to"),
+    Column("label", pa.string(), "ground truth, JSON text"),
+    Column("ts", _TS, "when the label was received, UTC, microseconds"),
+)
+FEEDBACK_SCHEMA = _schema(FEEDBACK_COLUMNS)
+
+PARTITION_COLUMNS: tuple[Column, ...] = (
+    Column("route", pa.string(), "route name (partition directory)"),
+    Column("date", pa.date32(), "UTC date of ts (partition directory)"),
+)
+
+_BODIES = ("request_body", "prod_body", "shadow_body")
+
+
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """Which bodies redaction could not make safe (not JSON), so they are not written."""
+
+    request: bool = False
+    production: bool = False
+    shadow: bool = False
+
+
+NOTHING_WITHHELD = Withheld()
+
+
+def ts_micros(ts: float) -> int:
+    """Seconds since the epoch -> the integer microseconds Arrow timestamps hold."""
+    return round(ts * 1_000_000)
+
+
+def utc_date(ts: float) -> str:
+    """The ``date=`` partition of a timestamp: its UTC calendar day."""
+    return datetime.fromtimestamp(ts, UTC).date().isoformat()
+
+
+def pair_row(
+    pair: Pair,
+    comparison: Comparison | None,
+    *,
+    bodies: bool,
+    max_body_bytes: int,
+    withheld: Withheld = NOTHING_WITHHELD,
+    compare_detail: str | None = None,
+) -> dict[str, object]:
+    """The row of one pair, keyed by ``PAIRS_SCHEMA`` names.
+
+    ``pair`` must already be redacted: this only caps bodies, it never inspects them.
+    ``compare_detail`` stands in for the comparison's detail when none exists (e.g.
+    why the comparator failed).
+    """
+    request, prod, result = pair.request, pair.production, pair.result
+    cap = max_body_bytes if bodies else None
+    c = comparison
+    return {
+        "request_id": request.request_id,
+        "ts": ts_micros(request.ts),
+        "shadow": pair.shadow,
+        "role": pair.role,
+        "method": request.method,
+        "path": request.path,
+        "query": request.query,
+        "prod_status": prod.status,
+        "prod_latency_ms": prod.latency_ms,
+        "prod_error": prod.error,
+        "prod_content_type": prod.content_type,
+        "shadow_outcome": result.outcome,
+        "shadow_status": result.status,
+        "shadow_latency_ms": result.latency_ms,
+        "shadow_error": result.error,
+        "shadow_content_type": result.content_type,
+        **_body_cells(
+            "request_body",
+            request.body,
+            cap=cap,
+            held=withheld.request,
+            truncated=not request.body_complete,
+            present=True,
+        ),
+        **_body_cells(
+            "prod_body",
+            prod.body,
+            cap=cap,
+            held=withheld.production,
+            truncated=prod.body_truncated,
+            present=prod.status is not None,
+        ),
+        **_body_cells(
+            "shadow_body",
+            result.body,
+            cap=cap,
+            held=withheld.shadow,
+            truncated=result.body_truncated,
+            present=result.status is not None,
+        ),
+        "comparator": c.comparator if c else None,
+        "prod_prediction": c.prod_prediction if c else None,
+        "shadow_prediction": c.shadow_prediction if c else None,
+        "agree": c.agree if c else None,
+        "diff_score": c.diff_score if c else None,
+        "compare_detail": c.detail if c else compare_detail,
+        "batch_size": c.batch_size if c else None,
+        "batch_agree": c.batch_agree if c else None,
+    }
+
+
+def _body_cells(
+    name: str, raw: bytes, *, cap: int | None, held: bool, truncated: bool, present: bool
+) -> dict[str, object]:
+    """``<name>``, ``<name>_truncated``, ``<name>_withheld`` of one body.
+
+    The body is null when bodies are not recorded (``cap`` is None), when there was no
+    response, or when it is withheld; ``_truncated`` is then null too. ``_withheld`` is
+    true only for a body that would have been written but could not be redacted.
+    """
+    if cap is None or not present:
+        return {name: None, f"{name}_truncated": None, f"{name}_withheld": False}
+    if held:
+        return {name: None, f"{name}_truncated": None, f"{name}_withheld": True}
+    if len(raw) > cap:
+        return {name: raw[:cap], f"{name}_truncated": True, f"{name}_withheld": False}
+    return {name: raw, f"{name}_truncated": truncated, f"{name}_withheld": False}
+
+
+def feedback_row(request_id: str, label: str, ts: float) -> dict[str, object]:
+    """The row of one ground-truth label, keyed by ``FEEDBACK_SCHEMA`` names."""
+    return {"request_id": request_id, "label": label, "ts": ts_micros(ts)}
+
+
+def row_bytes(row: dict[str, object]) -> int:
+    """Roughly what a row weighs in memory: its bodies dominate, the rest is ~1 KiB."""
+    size = 1024
+    for name in _BODIES:
+        value = row.get(name)
+        if isinstance(value, bytes):
+            size += len(value)
+    return size
+
+
+def to_record_batch(
+    rows: Sequence[dict[str, object]], schema: pa.Schema = PAIRS_SCHEMA
+) -> pa.RecordBatch:
+    """Rows (from ``pair_row`` or ``feedback_row``) -> one Arrow batch of ``schema``."""
+    return pa.RecordBatch.from_pylist(list(rows), schema=schema)
