@@ -97,7 +97,9 @@ def _start_shadowproxy(
         argv = [sys.executable, str(HERE / "serve_without_recording.py")]
     child = children.start(name, [*argv, "--config", str(config)])
     wait_for_http(f"http://127.0.0.1:{admin}/readyz", child)
-    return Running(system, f"http://127.0.0.1:{listen}", (child.pid,), recording)
+    # The whole process group: the proxy and its writer process, whose CPU and memory
+    # are part of what recording costs (as nginx's figures sum master and workers).
+    return Running(system, f"http://127.0.0.1:{listen}", tuple(group_pids(child.pid)), recording)
 
 
 def recorded_files(running: Running) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,49 +21,16 @@ from shadowproxy.compare import Comparer
 from shadowproxy.config import load_config
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import Recorder, read_dataset
-from tests.support import black_hole, route, upstream, write_config
+from tests.support import (
+    black_hole,
+    free_port,
+    route,
+    run_cli_proxy,
+    upstream,
+    write_config,
+)
 
 SECRET = "123-45-6789"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_listening(port: int) -> None:
-    for _ in range(400):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise AssertionError(f"nothing listens on {port}")
-
-
-async def run_cli_proxy(config: Path, port: int, traffic: Any) -> str:
-    """Start ``shadowproxy serve``, run ``traffic``, SIGTERM right after, return its output."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shadowproxy", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        await wait_listening(port)
-        await traffic()
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    output = (await process.stdout.read()).decode()  # type: ignore[union-attr]
-    assert code == 0, output
-    return output
 
 
 async def send_many(
