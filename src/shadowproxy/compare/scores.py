@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from functools import partial
 from itertools import chain
 from typing import Any
 
@@ -33,9 +34,7 @@ from shadowproxy.compare.verdict import (
     Incomparable,
     Item,
     Verdict,
-    combine,
-    index_path,
-    pair_batches,
+    judge_items,
     show,
 )
 
@@ -50,15 +49,7 @@ def is_flat(value: Any) -> bool:
 
 
 def probabilities(prod: Any, shadow: Any, config: CompareConfig) -> Verdict:
-    pairing = pair_batches(prod, shadow, single=is_flat)
-    if isinstance(pairing, Verdict):
-        return pairing
-    p_items, s_items, is_batch = pairing
-    items = [
-        _distribution_item(x, y, index_path(index) if is_batch else "", config)
-        for index, (x, y) in enumerate(zip(p_items, s_items, strict=True))
-    ]
-    return combine(items, is_batch)
+    return judge_items(prod, shadow, partial(_distribution_item, config=config), single=is_flat)
 
 
 def _distribution_item(x: Any, y: Any, where: str, config: CompareConfig) -> Item:
@@ -133,15 +124,7 @@ def jensen_shannon(p: list[float], q: list[float]) -> float:
 
 
 def ranking(prod: Any, shadow: Any, config: CompareConfig) -> Verdict:
-    pairing = pair_batches(prod, shadow, single=is_flat)
-    if isinstance(pairing, Verdict):
-        return pairing
-    p_items, s_items, is_batch = pairing
-    items = [
-        _ranking_item(x, y, index_path(index) if is_batch else "", config)
-        for index, (x, y) in enumerate(zip(p_items, s_items, strict=True))
-    ]
-    return combine(items, is_batch)
+    return judge_items(prod, shadow, partial(_ranking_item, config=config), single=is_flat)
 
 
 def _ranking_item(x: Any, y: Any, where: str, config: CompareConfig) -> Item:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from itertools import pairwise
 from typing import Any
 
@@ -26,9 +27,7 @@ from shadowproxy.compare.verdict import (
     Incomparable,
     Item,
     Verdict,
-    combine,
-    index_path,
-    pair_batches,
+    judge_items,
     show,
 )
 
@@ -38,15 +37,7 @@ _BELOW_ONE = 1.0 - 1e-9
 
 
 def text(prod: Any, shadow: Any, config: CompareConfig) -> Verdict:
-    pairing = pair_batches(prod, shadow)
-    if isinstance(pairing, Verdict):
-        return pairing
-    p_items, s_items, is_batch = pairing
-    items = [
-        _item(x, y, index_path(index) if is_batch else "", config)
-        for index, (x, y) in enumerate(zip(p_items, s_items, strict=True))
-    ]
-    return combine(items, is_batch)
+    return judge_items(prod, shadow, partial(_item, config=config))
 
 
 def _item(x: Any, y: Any, where: str, config: CompareConfig) -> Item:

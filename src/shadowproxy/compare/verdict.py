@@ -115,6 +115,25 @@ def pair_batches(
     return p_items, s_items, p_batch
 
 
+def judge_items(
+    prod: Any,
+    shadow: Any,
+    judge_item: Callable[[Any, Any, str], Item],
+    single: Callable[[Any], bool] | None = None,
+) -> Verdict:
+    """Pair both sides into items, judge each (``judge_item(x, y, where)``, ``where`` the
+    item's path in a batch) and apply the batch rule: every per-item comparator's shape."""
+    pairing = pair_batches(prod, shadow, single=single)
+    if isinstance(pairing, Verdict):
+        return pairing
+    p_items, s_items, is_batch = pairing
+    items = [
+        judge_item(x, y, index_path(index) if is_batch else "")
+        for index, (x, y) in enumerate(zip(p_items, s_items, strict=True))
+    ]
+    return combine(items, is_batch)
+
+
 def batch_size_mismatch(prod: Sequence[Any] | None, shadow: Sequence[Any] | None) -> Verdict:
     """Both answers are valid but not the same shape: a disagreement, with no score."""
     size = len(prod) if prod is not None else None
