@@ -209,7 +209,6 @@ async def running_proxy(config: Config | Path) -> AsyncIterator[RunningProxy]:
 
 
 def free_port() -> int:
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
