@@ -130,3 +130,26 @@ async def test_a_bad_recording_dir_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"recording\.dir"):
         await recorder.start()
     await recorder.close()
+
+
+async def test_records_a_writer_dies_with_are_counted_not_silently_lost(tmp_path: Path) -> None:
+    registry, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.1), metrics)
+    await recorder.start()
+    first = recorder._process
+    assert first is not None
+    os.kill(first.pid, signal.SIGSTOP)  # it takes the batch into its pipe, writes nothing
+    for n in range(50):
+        recorder.submit(make_pair(n))
+    await wait_until(lambda: recorder._shipped == 50)
+    first.kill()
+    await wait_until(
+        lambda: recorder._process not in (None, first) and recorder.health()["status"] == "ok",
+        within_s=20,
+    )
+    assert sample(registry, "shadowproxy_records_dropped_total", reason="writer_died") == 50
+    for n in range(50, 80):
+        recorder.submit(make_pair(n))
+    await recorder.close()
+    assert read_dataset(str(tmp_path)).num_rows == 30
+    assert recorder.pending == 0

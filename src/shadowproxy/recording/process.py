@@ -208,20 +208,30 @@ class RecorderProcess:
             if kind == wire.STATUS:
                 self._status = pickle.loads(payload)
                 self._collector.exposition = self._status.get("metrics", b"")
+        # The writer is gone (or going): ship nothing more into its pipe, where it would
+        # be lost without a count; batches wait in the bounded queue for the next one.
+        if self._process is process:
+            self._process = None
         await process.wait()
         if not self._closing:
             await self._restart(process)
 
-    async def _restart(self, dead: asyncio.subprocess.Process) -> None:
-        lost = self._shipped - int(self._status.get("finished", 0))
+    def _count_lost(self) -> int:
+        """What the writer was given but never finished is lost with it: count it."""
+        lost = max(self._shipped - int(self._status.get("finished", 0)), 0)
         self._finished_before += self._shipped
+        self._status, self._shipped = {}, 0
+        for _ in range(lost):
+            self._drop("writer_died")
+        return lost
+
+    async def _restart(self, dead: asyncio.subprocess.Process) -> None:
+        lost = self._count_lost()
         log.error(
             "recorder: writer process exited with %s; %d records lost; restarting",
             dead.returncode,
             lost,
         )
-        for _ in range(max(lost, 0)):
-            self._drop("writer_died")
         await asyncio.sleep(RESTART_PAUSE_S)
         if not self._closing:
             await self._spawn()
@@ -235,6 +245,11 @@ class RecorderProcess:
             self._ticker.cancel()
         process = self._process
         if process is None or process.stdin is None:
+            # No writer to flush to (it died and shutdown came before its restart).
+            for _ in range(len(self._queue)):
+                self._drop("shutdown")
+            self._queue.clear()
+            await self._tasks.drain(0)
             return
         self._ship_all(process)
         try:
@@ -248,6 +263,9 @@ class RecorderProcess:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+        lost = self._count_lost()
+        if lost:
+            log.error("recorder: the writer exited with %d records unwritten", lost)
 
     def _ship_all(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdin is not None
