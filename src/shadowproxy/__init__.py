@@ -10,12 +10,14 @@ How a request travels::
                  └─► tee.Tee ──(sampled, bounded, timed out, circuit-broken)──► shadow upstreams
                         │
                         └─ one records.Pair per (request, shadow), once both sides are known
-                             └─► sink: compare, redact, record to Parquet (off the event loop)
+                             └─► recording.process ══pipe══► writer process (recording.child):
+                                   redact ─► compare ─► Parquet, metrics back to /metrics
 
 Modules follow that path: ``config`` (YAML -> frozen models), ``routing`` and
-``headers`` (pure rules), ``upstream`` (client pools), ``proxy`` (the handler), ``tee``
-(shadow fan-out), ``records`` (the pair), ``metrics``, ``app`` (composition and
-lifecycle), ``cli``.
+``headers`` (pure rules), ``upstream`` and ``http1`` (client pools), ``proxy`` (the
+handler), ``tee`` (shadow fan-out), ``records`` (the pair), ``recording`` (the writer,
+``schema`` its rows), ``compare`` (extraction and comparators), ``metrics``, ``app``
+(composition and lifecycle), ``cli``; offline: ``report``, ``demo``.
 """
 
 __version__ = "0.1.0"
