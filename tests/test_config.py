@@ -154,3 +154,19 @@ def test_validate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     bad = layout(tmp_path / "bad", {**GOOD_ROUTE, "shadows": [{"name": "v2"}]})
     assert cli_main(["validate", "--config", str(bad)]) == 2
     assert "shadows[0].url: required" in capsys.readouterr().err
+
+
+def test_shadow_rules_and_admin_token_are_validated(tmp_path: Path) -> None:
+    shadow = {**GOOD_ROUTE["shadows"][0], "headers": {"drop": ["Bad Name"]}}  # type: ignore[index]
+    error = error_of(layout(tmp_path, {**GOOD_ROUTE, "shadows": [shadow]}))
+    assert error.field == "shadows[0].headers.drop" and "not a valid header name" in error.message
+    shadow = {**GOOD_ROUTE["shadows"][0], "headers": {"set": {"X-A": "a\nb"}}}  # type: ignore[index]
+    error = error_of(layout(tmp_path / "b", {**GOOD_ROUTE, "shadows": [shadow]}))
+    assert "CR, LF or NUL" in error.message
+    shadow = {**GOOD_ROUTE["shadows"][0], "methods": ["YEET"]}  # type: ignore[index]
+    error = error_of(layout(tmp_path / "c", {**GOOD_ROUTE, "shadows": [shadow]}))
+    assert error.field == "shadows[0].methods" and "YEET" in error.message
+    error = error_of(layout(tmp_path / "d", GOOD_ROUTE, admin_token="${TOKEN:-}"))
+    assert error.field == "admin_token" and "is empty" in error.message
+    config = load_config(layout(tmp_path / "e", GOOD_ROUTE, admin_token="${TOKEN}"), {"TOKEN": "t"})
+    assert config.main.admin_token == "t"

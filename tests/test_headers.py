@@ -74,3 +74,16 @@ def test_request_id_validation() -> None:
     assert not valid_request_id("")
     assert not valid_request_id("x" * 129)
     assert not valid_request_id("a\x00b")
+
+
+def test_shadow_header_rules_drop_case_insensitively_and_replace() -> None:
+    production = [("Authorization", "Bearer secret"), ("Cookie", "a=1"), ("X-Env", "prod"),
+                  ("Accept", "*/*")]  # fmt: skip
+    copy = shadow_request_headers(
+        production, frozenset({"authorization", "cookie"}), {"X-Env": "shadow"}
+    )
+    assert copy == [("Accept", "*/*"), ("X-Env", "shadow"), ("X-Shadow-Request", "true")]
+    assert production[0] == ("Authorization", "Bearer secret")  # production untouched
+    # No rule can hide that a request is a copy.
+    spoofed = shadow_request_headers([("x-shadow-request", "false")], frozenset(), {"X-Other": "1"})
+    assert spoofed == [("X-Other", "1"), ("X-Shadow-Request", "true")]

@@ -521,3 +521,58 @@ async def test_production_reset_mid_body_before_the_client_got_headers_is_502(
             assert proxy.metric("shadowproxy_requests_total", route="m", code="200") == 0
     finally:
         server.close()
+
+
+async def test_shadow_header_rules_and_methods_apply_to_the_copy_only(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async with upstream() as prod, upstream() as shadow:
+        shadows = [
+            {
+                "name": "s",
+                "url": shadow.url,
+                "methods": ["post"],
+                "headers": {"drop": ["authorization", "Cookie"], "set": {"X-Env": "shadow"}},
+            }
+        ]
+        config = write_config(tmp_path, [route("m", prod.url, shadows)])
+        async with running_proxy(config) as proxy:
+            secret = {"Authorization": "Bearer t0k3n", "Cookie": "s=1", "X-Env": "prod"}
+            async with client.post(proxy.url + PREDICT, data=b"{}", headers=secret) as resp:
+                assert resp.status == 200
+            async with client.get(proxy.url + PREDICT, headers=secret) as resp:
+                assert resp.status == 200
+            pairs = await proxy.sink.wait_for(1)
+            await asyncio.sleep(0.1)
+            # The GET is not a method this shadow takes: no copy and no row.
+            assert [pair.request.method for pair in proxy.sink.pairs] == ["POST"]
+        assert len(shadow.seen) == 1 and len(prod.seen) == 2
+        copy = CIMultiDict(shadow.seen[0].headers)
+        assert "Authorization" not in copy and "Cookie" not in copy
+        assert copy["X-Env"] == "shadow"
+        original = CIMultiDict(prod.seen[0].headers)
+        assert original["Authorization"] == "Bearer t0k3n" and original["X-Env"] == "prod"
+        assert pairs[0].result.outcome == "ok"
+
+
+async def test_admin_token_guards_state_but_not_probes(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async with upstream() as prod:
+        config = write_config(tmp_path, [route("m", prod.url)], admin_token="s3cret")
+        async with running_proxy(config) as proxy:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                async with client.get(proxy.admin_url + path) as resp:
+                    assert resp.status == 200, path
+            async with client.get(proxy.admin_url + "/routes") as resp:
+                assert resp.status == 401
+                assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+            async with client.post(proxy.admin_url + "/feedback", json=[]) as resp:
+                assert resp.status == 401
+            wrong = {"Authorization": "Bearer nope"}
+            async with client.get(proxy.admin_url + "/routes", headers=wrong) as resp:
+                assert resp.status == 401
+            right = {"Authorization": "Bearer s3cret"}
+            async with client.get(proxy.admin_url + "/routes", headers=right) as resp:
+                assert resp.status == 200
+                assert "s3cret" not in await resp.text()

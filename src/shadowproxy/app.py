@@ -12,6 +12,7 @@ Shutdown, step by step (SIGTERM or SIGINT):
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 import sys
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 MAX_LINE_SIZE = 16 * 1024
 MAX_FIELD_SIZE = 64 * 1024
 
+
+# Probes and scrapers need no credentials; everything else does once a token is set.
+OPEN_ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Feedback bodies are small JSON; a cap keeps a bad client from filling memory.
 MAX_FEEDBACK_BYTES = 8 * 1024 * 1024
@@ -230,13 +236,31 @@ class Server:
     # --- admin ------------------------------------------------------------------
 
     def _admin_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_FEEDBACK_BYTES)
+        middlewares = [] if self.config.main.admin_token is None else [self._require_token]
+        app = web.Application(client_max_size=MAX_FEEDBACK_BYTES, middlewares=middlewares)
         app.router.add_post("/feedback", self._feedback)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/routes", self._routes)
         return app
+
+    @web.middleware
+    async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Bearer token on everything but the probes and the scrape endpoint."""
+        if request.path in OPEN_ADMIN_PATHS:
+            return await handler(request)
+        token = self.config.main.admin_token
+        assert token is not None
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            return _json(
+                {"error": "missing or wrong bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="shadowproxy"'},
+            )
+        return await handler(request)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -274,11 +298,12 @@ class Server:
         return _json(routes_document(self.config, self._runners, choices))
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(body, option=orjson.OPT_INDENT_2),
         status=status,
         content_type="application/json",
+        headers=headers,
     )
 
 

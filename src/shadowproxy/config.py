@@ -90,6 +90,49 @@ class UpstreamConfig(_Model):
     _url = field_validator("url")(_check_url)
 
 
+def _check_methods(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    upper = tuple(method.upper() for method in value)
+    unknown = sorted(set(upper) - HTTP_METHODS)
+    if unknown:
+        raise ValueError(f"unknown HTTP method {', '.join(unknown)}")
+    if not upper:
+        raise ValueError("must name at least one method, or be left out to match all")
+    return upper
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+class ShadowHeadersConfig(_Model):
+    """Header rules for one shadow's copies; production's request is never changed.
+
+    ``drop`` names are matched case-insensitively; ``set`` replaces the client's value.
+    """
+
+    drop: tuple[str, ...] = ()
+    set: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("drop")
+    @classmethod
+    def _drop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+        return value
+
+    @field_validator("set")
+    @classmethod
+    def _set(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if any(char in text for char in "\r\n\0"):
+                raise ValueError(f"the value for {name!r} contains CR, LF or NUL")
+        return value
+
+
 class ShadowConfig(_Model):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     url: Url
@@ -99,9 +142,14 @@ class ShadowConfig(_Model):
     max_in_flight: Annotated[int, Field(ge=1)] = 64
     role: Literal["candidate", "baseline"] = "candidate"
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    methods: tuple[str, ...] | None = None
+    """Only requests with these methods are copied (default: all the route takes). A
+    request whose method a shadow does not take is not sampled for it: no copy, no row."""
+    headers: ShadowHeadersConfig = ShadowHeadersConfig()
 
     _url = field_validator("url")(_check_url)
     _rate = field_validator("sample_rate")(_check_rate)
+    _methods = field_validator("methods")(_check_methods)
 
 
 class MatchConfig(_Model):
@@ -115,18 +163,7 @@ class MatchConfig(_Model):
             raise ValueError(f"must start with '/', got {value!r}")
         return value
 
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        upper = tuple(method.upper() for method in value)
-        unknown = sorted(set(upper) - HTTP_METHODS)
-        if unknown:
-            raise ValueError(f"unknown HTTP method {', '.join(unknown)}")
-        if not upper:
-            raise ValueError("must name at least one method, or be left out to match all")
-        return upper
+    _methods = field_validator("methods")(_check_methods)
 
 
 class RecordConfig(_Model):
@@ -192,6 +229,9 @@ class MainConfig(_Model):
     routes_dir: str | None = None
     routes: tuple[RouteConfig, ...] = ()
     recording: RecordingConfig = RecordingConfig()
+    admin_token: str | None = None
+    """Bearer token for the admin endpoints that read or change state (``/routes``,
+    ``/feedback``); ``/healthz``, ``/readyz`` and ``/metrics`` stay open for probes."""
     drain_timeout_s: Seconds = 10.0
     shutdown_timeout_s: Seconds = 30.0
     upstream_pool: PoolConfig = PoolConfig()
@@ -202,6 +242,13 @@ class MainConfig(_Model):
     @classmethod
     def _default_upstream(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty; set a token, or leave admin_token out")
+        return value
 
 
 class Config(_Model):

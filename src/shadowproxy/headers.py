@@ -6,7 +6,7 @@ Pure functions over ``(name, value)`` pairs so they can be tested without a sock
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 REQUEST_ID = "X-Request-Id"
 SHADOW_MARKER = "X-Shadow-Request"
@@ -103,9 +103,23 @@ def upstream_request_headers(
     return out
 
 
-def shadow_request_headers(production_headers: Headers) -> Headers:
-    """The shadow copy carries what production got, plus the marker."""
-    return [*production_headers, (SHADOW_MARKER, "true")]
+def shadow_request_headers(
+    production_headers: Headers,
+    drop: frozenset[str] = frozenset(),
+    replace: Mapping[str, str] | None = None,
+) -> Headers:
+    """The shadow copy carries what production got, plus the marker.
+
+    ``drop`` holds lower-case names removed from the copy (credentials a shadow run by
+    another team need not see); ``replace`` sets headers, replacing the client's value.
+    The marker is always set last, so no rule can hide that a request is a copy.
+    """
+    replace = replace or {}
+    removed = drop | {name.lower() for name in replace} | {SHADOW_MARKER.lower()}
+    if not drop and not replace:
+        return [*production_headers, (SHADOW_MARKER, "true")]
+    kept = [(name, value) for name, value in production_headers if name.lower() not in removed]
+    return [*kept, *replace.items(), (SHADOW_MARKER, "true")]
 
 
 def client_response_headers(headers: Iterable[tuple[str, str]], request_id: str) -> Headers:

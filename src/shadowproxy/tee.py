@@ -51,6 +51,9 @@ class ShadowRunner:
         self.config = config
         self.pool = pool
         self.breaker = CircuitBreaker(config.circuit_breaker)
+        self.methods = frozenset(config.methods) if config.methods else None
+        self._drop_headers = frozenset(name.lower() for name in config.headers.drop)
+        self._set_headers = dict(config.headers.set)
         self.in_flight = 0
         self.clock = clock
         labels = (route.name, config.name)
@@ -92,7 +95,7 @@ class ShadowRunner:
                 self.pool,
                 info.method,
                 raw_path,
-                shadow_request_headers(headers),
+                shadow_request_headers(headers, self._drop_headers, self._set_headers),
                 info.body,
                 self.config.timeout_s,
                 self.route.max_capture_bytes,
@@ -156,6 +159,8 @@ class Tee:
     ) -> Exchange | None:
         exchange: Exchange | None = None
         for runner in runners:
+            if runner.methods is not None and info.method not in runner.methods:
+                continue  # not a request this shadow takes: not sampled, no row
             key_header = runner.config.sample_key
             key = client_headers.get(key_header) if key_header else None
             if not is_sampled(runner.config, key):
