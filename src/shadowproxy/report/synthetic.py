@@ -25,48 +25,12 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shadowproxy.schema import FEEDBACK_SCHEMA, PAIRS_SCHEMA
+
 CLASSES = ("cat", "dog", "bird", "fish")
 COUNTRIES = ("US", "DE", "FR", "JP", "BR")
 REGRESSION_TOLERANCE = 0.01
 """Relative difference up to which the synthetic numeric comparator says "agree"."""
-
-PAIRS_SCHEMA = pa.schema(
-    [
-        ("request_id", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("shadow", pa.string()),
-        ("role", pa.string()),
-        ("method", pa.string()),
-        ("path", pa.string()),
-        ("query", pa.string()),
-        ("prod_status", pa.int32()),
-        ("prod_latency_ms", pa.float64()),
-        ("prod_error", pa.string()),
-        ("shadow_outcome", pa.string()),
-        ("shadow_status", pa.int32()),
-        ("shadow_latency_ms", pa.float64()),
-        ("shadow_error", pa.string()),
-        ("request_body", pa.binary()),
-        ("request_body_truncated", pa.bool_()),
-        ("prod_body", pa.binary()),
-        ("prod_body_truncated", pa.bool_()),
-        ("shadow_body", pa.binary()),
-        ("shadow_body_truncated", pa.bool_()),
-        ("prod_prediction", pa.string()),
-        ("shadow_prediction", pa.string()),
-        ("agree", pa.bool_()),
-        ("comparator", pa.string()),
-        ("diff_score", pa.float64()),
-        ("compare_detail", pa.string()),
-        ("batch_size", pa.int32()),
-        ("batch_agree", pa.int32()),
-    ]
-)
-"""The recorded pair columns; ``route`` comes from the partition directory."""
-
-FEEDBACK_SCHEMA = pa.schema(
-    [("request_id", pa.string()), ("label", pa.string()), ("ts", pa.timestamp("us", tz="UTC"))]
-)
 
 Failure = Literal["error", "timeout", "dropped", "skipped"]
 
@@ -337,8 +301,10 @@ def _pairs_table(spec: DatasetSpec, plan: _RoutePlan, requests: range) -> pa.Tab
         request = _request_fields(spec, plan, i, rng)
         for shadow in plan.route.shadows:
             row = request | _shadow_fields(spec, plan, plan.shadow_plans[shadow.name], i, rng)
+            # Columns the generator has no truth for (withheld flags, content types)
+            # stay null, as they do for a recorder that saw none.
             for name, values in columns.items():
-                values.append(row[name])
+                values.append(row.get(name))
     return pa.table(columns, schema=PAIRS_SCHEMA)
 
 
