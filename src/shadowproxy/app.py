@@ -31,14 +31,13 @@ from shadowproxy.feedback import FeedbackError, FeedbackItem, parse_feedback
 from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
 from shadowproxy.proxy import ProxyHandler, RouteMetrics, RouteRuntime, route_runtime
 from shadowproxy.records import Pair, Sink
+from shadowproxy.server import HttpServer, ServerLimits
 from shadowproxy.tee import ShadowRunner, Tee
 from shadowproxy.upstream import Pools
 
 log = logging.getLogger(__name__)
 
 # Large enough for any sane header block, small enough to refuse abuse (431/400).
-MAX_LINE_SIZE = 16 * 1024
-MAX_FIELD_SIZE = 64 * 1024
 
 
 # Probes and scrapers need no credentials; everything else does once a token is set.
@@ -160,7 +159,7 @@ class Server:
         self.ready = False
         self._pools: Pools | None = None
         self._runners: dict[str, list[ShadowRunner]] = {}
-        self._proxy_runner: web.ServerRunner | None = None
+        self._proxy_server: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None
         self.proxy_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -192,19 +191,19 @@ class Server:
                 metrics=RouteMetrics(self.metrics, DEFAULT_ROUTE),
             )
         handler = ProxyHandler(self.config, runtimes, default, self.tee, self.metrics)
-        server = web.Server(
-            handler,
-            max_line_size=MAX_LINE_SIZE,
-            max_field_size=MAX_FIELD_SIZE,
-            access_log=None,
+        limits = ServerLimits(
+            max_header_bytes=main.max_header_bytes,
+            header_timeout_s=main.client_header_timeout_s,
+            keepalive_timeout_s=main.client_keepalive_timeout_s,
         )
-        self._proxy_runner = web.ServerRunner(
-            server, shutdown_timeout=main.shutdown_timeout_s, handle_signals=False
+        rejected = self.metrics.rejected_requests
+        self._proxy_server = HttpServer(
+            handler, limits, lambda reason: rejected.labels(reason).inc()
         )
-        await self._proxy_runner.setup()
         self._admin_runner = web.AppRunner(self._admin_app(), access_log=None)
         await self._admin_runner.setup()
-        self.proxy_address = await _bind(self._proxy_runner, main.listen)
+        host, _, port = main.listen.rpartition(":")
+        self.proxy_address = await self._proxy_server.listen(host.strip("[]"), int(port))
         self.admin_address = await _bind(self._admin_runner, main.admin_listen)
         self.ready = True
         log.info(
@@ -218,9 +217,9 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
-        if self._proxy_runner is not None:
+        if self._proxy_server is not None:
             # Steps 1 and 2: stop accepting, wait for in-flight handlers.
-            await self._proxy_runner.cleanup()
+            await self._proxy_server.close(self.config.main.shutdown_timeout_s)
         # Step 3: drain shadows.
         cancelled = await self.tee.drain(self.config.main.drain_timeout_s)
         if cancelled:

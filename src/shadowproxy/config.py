@@ -234,6 +234,11 @@ class MainConfig(_Model):
     ``/feedback``); ``/healthz``, ``/readyz`` and ``/metrics`` stay open for probes."""
     drain_timeout_s: Seconds = 10.0
     shutdown_timeout_s: Seconds = 30.0
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    """Request line plus headers; a client sending more gets 431."""
+    client_header_timeout_s: Seconds = 30.0
+    """A request head must arrive within this (slowloris gets 408)."""
+    client_keepalive_timeout_s: Seconds = 75.0
     upstream_pool: PoolConfig = PoolConfig()
 
     _listen = field_validator("listen", "admin_listen")(_check_listen)

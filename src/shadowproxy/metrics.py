@@ -22,6 +22,9 @@ UNMATCHED_ROUTE = "_unmatched"
 DEFAULT_ROUTE = "_default"
 
 
+REJECT_REASONS = ("bad_request", "header_too_large", "header_timeout", "upgrade")
+
+
 class Metrics:
     def __init__(
         self,
@@ -71,6 +74,15 @@ class Metrics:
             ["route", "shadow"],
             registry=r,
         )
+        self.rejected_requests = Counter(
+            "shadowproxy_rejected_requests",
+            "Client requests refused before routing, by reason "
+            "(bad_request|header_too_large|header_timeout|upgrade).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECT_REASONS:
+            self.rejected_requests.labels(reason)
         self.shadow_circuit_open = Gauge(
             "shadowproxy_shadow_circuit_open",
             "1 while a shadow's circuit breaker is open (copies are skipped), else 0.",

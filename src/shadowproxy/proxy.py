@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import StreamReader, web
 
 from shadowproxy.config import Config, RouteConfig
 from shadowproxy.errors import (
@@ -34,6 +33,7 @@ from shadowproxy.http1 import Pool, Response
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
 from shadowproxy.records import ProductionResult, RequestInfo
 from shadowproxy.routing import RouteTable
+from shadowproxy.server import Body, HttpRequest, RequestBodyError
 from shadowproxy.tee import Exchange, ShadowRunner, Tee
 from shadowproxy.upstream import header
 
@@ -103,7 +103,7 @@ class ProxyHandler:
         self._tee = tee
         self._unmatched = RouteMetrics(metrics, UNMATCHED_ROUTE)
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: HttpRequest) -> None:
         started = time.perf_counter()
         arrived = time.time()
         request_id = request.headers.get(REQUEST_ID)
@@ -113,31 +113,36 @@ class ProxyHandler:
         route = self._table.match(request.method, request.path)
         runtime = self._runtimes[route.name] if route is not None else self._default
         if runtime is None:
-            response = _json_error(404, "no route matches this request", request_id)
+            _json_error(request, 404, "no route matches this request", request_id)
             self._unmatched.count(UNMATCHED_ROUTE, 404)
-            return response
+            return
         try:
-            return await self._proxy(request, runtime, request_id, started, arrived)
+            await self._proxy(request, runtime, request_id, started, arrived)
         finally:
             runtime.metrics.duration.observe(time.perf_counter() - started)
 
     async def _proxy(
         self,
-        request: web.BaseRequest,
+        request: HttpRequest,
         runtime: RouteRuntime,
         request_id: str,
         started: float,
         arrived: float,
-    ) -> web.StreamResponse:
-        body, complete = await _read_body(request, runtime.max_body_bytes)
+    ) -> None:
+        try:
+            body, complete = await _read_body(request, runtime.max_body_bytes)
+        except RequestBodyError as exc:
+            runtime.metrics.count(runtime.name, 400)
+            _json_error(request, 400, f"request body unreadable: {exc}", request_id)
+            return
         headers = upstream_request_headers(
             request.headers.items(),
             request_id=request_id,
             client_ip=request.remote,
-            scheme=request.scheme,
-            host=request.host,
+            scheme="http",
+            host=request.headers.get("host"),
         )
-        raw_path = request.raw_path
+        raw_path = request.target
         exchange: Exchange | None = None
         if runtime.shadows:
             path, _, query = raw_path.partition("?")
@@ -146,34 +151,40 @@ class ProxyHandler:
                 headers, body, complete,
             )  # fmt: skip
             exchange = self._tee.start(runtime.shadows, info, headers, raw_path, request.headers)
-        data = body if complete else _chain(body, request.content)
+        data = body if complete else _chain(body, request.body)
         outcome = _Production(runtime.capture_bytes)
         try:
-            response = await self._forward(request, runtime, request_id, headers, data, outcome)
+            await self._forward(request, runtime, request_id, headers, data, outcome)
         finally:
             result = outcome.result(started)
             runtime.metrics.upstream.observe(result.latency_ms / 1000.0)
             if exchange is not None:
                 exchange.finish(result)
-        return response
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        request: HttpRequest,
         runtime: RouteRuntime,
         request_id: str,
         headers: list[tuple[str, str]],
         data: bytes | AsyncIterator[bytes],
         outcome: _Production,
-    ) -> web.StreamResponse:
+    ) -> None:
         try:
             upstream = await _open(
-                runtime.pool, request.method, request.raw_path, headers, data, runtime.timeout_s
+                runtime.pool, request.method, request.target, headers, data, runtime.timeout_s
             )
         except UpstreamError as exc:
+            if request.body.error is not None:
+                # Production failed because the client's body did.
+                outcome.error = f"request body unreadable: {request.body.error}"
+                runtime.metrics.count(runtime.name, 400)
+                _json_error(request, 400, outcome.error, request_id)
+                return
             outcome.error = str(exc)
             runtime.metrics.count(runtime.name, exc.status)
-            return _json_error(exc.status, str(exc), request_id)
+            _json_error(request, exc.status, str(exc), request_id)
+            return
         outcome.status = upstream.status
         outcome.content_type = header(upstream.headers, "content-type")
         reply_headers = client_response_headers(upstream.headers, request_id)
@@ -189,8 +200,9 @@ class ProxyHandler:
         )
         if streamed:
             runtime.metrics.count(runtime.name, upstream.status)
-            return await _stream(request, upstream, reply_headers, length, outcome, runtime)
-        return await _buffered(request, upstream, reply_headers, outcome, runtime, request_id)
+            await _stream(request, upstream, reply_headers, length, outcome, runtime)
+        else:
+            await _buffered(request, upstream, reply_headers, outcome, runtime, request_id)
 
 
 class _Production:
@@ -220,35 +232,35 @@ class _Production:
         )
 
 
-async def _read_body(request: web.BaseRequest, cap: int) -> tuple[bytes, bool]:
+async def _read_body(request: HttpRequest, cap: int) -> tuple[bytes, bool]:
     """Read the request body once, up to ``cap``; ``(head, complete)``.
 
     A body over the cap is not buffered: ``head`` holds what was read and the caller
     streams the rest to production (the request's shadows are skipped).
     """
-    if not request.body_exists:
-        return b"", True
     declared = request.content_length
     if declared is not None and declared > cap:
         return b"", False
-    chunks: list[bytes] = []
-    size = 0
-    content = request.content
-    while True:
-        chunk = await content.readany()
+    body = request.body
+    first = await body.read_chunk()
+    if not first:
+        return b"", True
+    chunks = [first]
+    size = len(first)
+    while size <= cap:
+        chunk = await body.read_chunk()
         if not chunk:
-            return b"".join(chunks), True
+            return first if len(chunks) == 1 else b"".join(chunks), True
         chunks.append(chunk)
         size += len(chunk)
-        if size > cap:
-            return b"".join(chunks), False
+    return b"".join(chunks), False
 
 
-async def _chain(head: bytes, rest: StreamReader) -> AsyncIterator[bytes]:
+async def _chain(head: bytes, rest: Body) -> AsyncIterator[bytes]:
     """A request body already partly read: what was read, then the rest as it arrives."""
     if head:
         yield head
-    async for chunk in rest.iter_any():
+    while chunk := await rest.read_chunk():
         yield chunk
 
 
@@ -271,13 +283,13 @@ async def _open(
 
 
 async def _buffered(
-    request: web.BaseRequest,
+    request: HttpRequest,
     upstream: Response,
     headers: list[tuple[str, str]],
     outcome: _Production,
     runtime: RouteRuntime,
     request_id: str,
-) -> web.StreamResponse:
+) -> None:
     try:
         async with asyncio.timeout(runtime.timeout_s):
             payload = await upstream.read()
@@ -285,63 +297,48 @@ async def _buffered(
         upstream.close()
         outcome.error = "production body timed out"
         runtime.metrics.count(runtime.name, 504)
-        return _json_error(504, outcome.error, request_id)
+        _json_error(request, 504, outcome.error, request_id)
+        return
     except (ShadowproxyError, OSError) as exc:
         upstream.close()
         outcome.error = f"production body failed: {_short(exc)}"
         runtime.metrics.count(runtime.name, 502)
-        return _json_error(502, outcome.error, request_id)
+        _json_error(request, 502, outcome.error, request_id)
+        return
     upstream.release()
     runtime.metrics.count(runtime.name, upstream.status)
     outcome.capture(payload)
-    response: web.StreamResponse
-    if request.method == "HEAD":
-        # No body, but the headers describe the GET answer: keep its Content-Length.
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(headers)
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-    else:
-        response = web.Response(
-            status=upstream.status, reason=upstream.reason, body=payload or None, headers=headers
-        )
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
+    # To a HEAD the headers describe the GET answer: keep its Content-Length.
+    length = upstream.content_length if request.method == "HEAD" else None
+    request.reply(upstream.status, upstream.reason, headers, payload, content_length=length)
+    if request.disconnected:
         outcome.error = "client disconnected"
-    return response
 
 
 async def _stream(
-    request: web.BaseRequest,
+    request: HttpRequest,
     upstream: Response,
     headers: list[tuple[str, str]],
     length: int | None,
     outcome: _Production,
     runtime: RouteRuntime,
-) -> web.StreamResponse:
+) -> None:
     """Pass a body through as it arrives: the client sees the first event at once.
 
     Each read waits at most the route's ``timeout_s``: a stalled stream is cut, not
     left holding the client's connection.
     """
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if length is not None:
-        response.content_length = length
-    else:
-        response.enable_chunked_encoding()
     chunks = upstream.iter_chunks()
     try:
-        await response.prepare(request)
+        request.start(upstream.status, upstream.reason, headers, length)
         while True:
             async with asyncio.timeout(runtime.timeout_s):
                 chunk = await anext(chunks, b"")
             if not chunk:
                 break
             outcome.capture(chunk)
-            await response.write(chunk)
-        await response.write_eof()
+            await request.write(chunk)
+        request.end()
     except ConnectionError:
         outcome.error = "client disconnected"
         upstream.close()
@@ -350,21 +347,18 @@ async def _stream(
         # the client sees an incomplete body rather than a clean end.
         outcome.error = f"production stream failed: {_short(exc)}"
         upstream.close()
-        if request.protocol is not None:
-            request.protocol.force_close()
+        request.abort()
     else:
         upstream.release()
-    return response
 
 
-def _json_error(status: int, message: str, request_id: str) -> web.Response:
+def _json_error(request: HttpRequest, status: int, message: str, request_id: str) -> None:
     body = orjson.dumps({"error": message, "status": status, "request_id": request_id})
-    return web.Response(
-        status=status,
-        body=body,
-        content_type="application/json",
-        headers={REQUEST_ID: request_id},
-    )
+    headers = [("Content-Type", "application/json"), (REQUEST_ID, request_id)]
+    request.reply(status, _REASONS.get(status, "Error"), headers, body)
+
+
+_REASONS = {400: "Bad Request", 404: "Not Found", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
 def _short(exc: BaseException) -> str:
