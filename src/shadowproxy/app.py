@@ -149,8 +149,11 @@ class Server:
         sink: Sink | None = None,
         feedback: FeedbackSink | None = None,
         auto_choices: Callable[[], dict[str, dict[str, int]]] | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
+        self.reuse_port = reuse_port
         self.auto_choices = auto_choices
         self.metrics = metrics or Metrics()
         self.sink = sink or DiscardSink()
@@ -203,7 +206,9 @@ class Server:
         self._admin_runner = web.AppRunner(self._admin_app(), access_log=None)
         await self._admin_runner.setup()
         host, _, port = main.listen.rpartition(":")
-        self.proxy_address = await self._proxy_server.listen(host.strip("[]"), int(port))
+        self.proxy_address = await self._proxy_server.listen(
+            host.strip("[]"), int(port), reuse_port=self.reuse_port
+        )
         self.admin_address = await _bind(self._admin_runner, main.admin_listen)
         self.ready = True
         log.info(
@@ -326,6 +331,8 @@ async def serve(
     config: Config,
     sink_factory: Callable[[Config, Metrics], RecordingSink] | None = None,
     on_ready: Callable[[Server], Awaitable[None]] | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order.
 
@@ -352,7 +359,7 @@ async def serve(
         comparer = Comparer(config.routes)
         sink = Recorder(config.main.recording, config.routes, metrics, comparer)
         auto_choices = comparer.auto_choices
-    server = Server(config, metrics, sink, sink, auto_choices)
+    server = Server(config, metrics, sink, sink, auto_choices, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

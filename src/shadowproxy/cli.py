@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="main YAML file")
     serve.add_argument("--listen", help="host:port for traffic (overrides the file)")
     serve.add_argument("--admin-listen", help="host:port for the admin side (overrides the file)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the traffic port (one per core; default 1)",
+    )
+    # Set by the supervisor for its workers: bind the shared port with SO_REUSEPORT.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     demo = commands.add_parser(
@@ -132,9 +140,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = with_overrides(
         load_config(args.config), listen=args.listen, admin_listen=args.admin_listen
     )
+    if args.workers < 1:
+        print("shadowproxy: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.workers > 1:
+        from shadowproxy.supervisor import Supervisor
+
+        supervisor = Supervisor(config, args.config, args.workers, args.log_level)
+        return run_code(supervisor.run())
     from shadowproxy.app import serve
 
-    run(serve(config))
+    run(serve(config, reuse_port=args.reuse_port))
     return 0
 
 
@@ -152,13 +168,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
+    run_code(coro)
+
+
+def run_code(coro: Coroutine[Any, Any, int | None]) -> int:
     """Run on uvloop where it is installed (Linux, macOS), else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+        return asyncio.run(coro) or 0
+    return uvloop.run(coro) or 0
 
 
 def summary(config: Config) -> str:

@@ -1,0 +1,185 @@
+"""``serve --workers N``: one port, N processes, one admin listener, merged metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pyarrow.dataset as ds
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shadowproxy.metrics_merge import merge_expositions
+from tests.support import free_port, route, upstream, wait_listening, write_config
+
+
+def _exposition(requests: float, latency: list[float], open_: float, in_flight: float) -> str:
+    registry = CollectorRegistry()
+    counter = Counter("shadowproxy_requests", "Requests.", ["route", "code"], registry=registry)
+    counter.labels("r", "200").inc(requests)
+    histogram = Histogram(
+        "shadowproxy_request_duration_seconds", "Latency.", ["route"], buckets=(0.1, 1.0),
+        registry=registry,
+    )  # fmt: skip
+    for value in latency:
+        histogram.labels("r").observe(value)
+    flag = Gauge("shadowproxy_shadow_circuit_open", "Open.", ["shadow"], registry=registry)
+    flag.labels("s").set(open_)
+    gauge = Gauge("shadowproxy_shadow_in_flight", "In flight.", ["shadow"], registry=registry)
+    gauge.labels("s").set(in_flight)
+    return generate_latest(registry).decode()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_merged_exposition_adds_amounts_and_takes_the_max_of_flags() -> None:
+    merged = merge_expositions(
+        [_exposition(3, [0.05, 0.5], 0, 2), _exposition(4, [0.05, 5.0], 1, 5)]
+    )
+    samples = _samples(merged)
+    assert samples[("shadowproxy_requests_total", (("code", "200"), ("route", "r")))] == 7
+    bucket = "shadowproxy_request_duration_seconds_bucket"
+    assert samples[(bucket, (("le", "0.1"), ("route", "r")))] == 2
+    assert samples[(bucket, (("le", "1.0"), ("route", "r")))] == 3
+    assert samples[(bucket, (("le", "+Inf"), ("route", "r")))] == 4
+    assert samples[("shadowproxy_request_duration_seconds_count", (("route", "r"),))] == 4
+    assert samples[("shadowproxy_request_duration_seconds_sum", (("route", "r"),))] == 5.6
+    assert samples[("shadowproxy_shadow_circuit_open", (("shadow", "s"),))] == 1
+    assert samples[("shadowproxy_shadow_in_flight", (("shadow", "s"),))] == 7
+    assert "# TYPE shadowproxy_requests_total counter" in merged
+    assert "_created" not in merged
+
+
+def test_label_values_survive_escaping() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("c", "Help with \\ and\nnewline.", ["v"], registry=registry)
+    counter.labels('quote " back \\ nl \n').inc()
+    text = generate_latest(registry).decode()
+    merged = merge_expositions([text, text])
+    assert _samples(merged) == {("c_total", (("v", 'quote " back \\ nl \n'),)): 2.0}
+
+
+async def _wait_ready(admin: str, session: aiohttp.ClientSession) -> dict[str, object]:
+    for _ in range(300):
+        try:
+            async with session.get(f"{admin}/readyz") as response:
+                if response.status == 200:
+                    body: dict[str, object] = await response.json()
+                    return body
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the workers never became ready")
+
+
+async def _metric(session: aiohttp.ClientSession, admin: str, name: str, **labels: str) -> float:
+    async with session.get(f"{admin}/metrics") as response:
+        text = await response.text()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def test_two_workers_share_the_port_record_and_merge_metrics(tmp_path: Path) -> None:
+    port, admin_port = free_port(), free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    async with upstream() as production, upstream() as shadow:
+        config = write_config(
+            tmp_path,
+            [route("m", production.url, [{"name": "s", "url": shadow.url}])],
+            listen=f"127.0.0.1:{port}",
+            admin_listen=f"127.0.0.1:{admin_port}",
+            recording={"dir": str(tmp_path / "shadow-logs"), "flush_interval_s": 0.2},
+        )
+        log = (tmp_path / "serve.log").open("wb")
+        # A file, not a pipe: nobody reads a pipe while the test runs, and N workers
+        # logging into a full one would block.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shadowproxy", "serve", "--config", str(config),
+            "--workers", "2", stdout=log, stderr=log,
+        )  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as session:
+                ready = await _wait_ready(admin, session)
+                workers = ready["workers"]
+                assert isinstance(workers, list) and len(workers) == 2
+                await wait_listening(port)
+                # A new connection per request: the kernel spreads them over workers.
+                connector = aiohttp.TCPConnector(force_close=True)
+                async with aiohttp.ClientSession(connector=connector) as fresh:
+                    for index in range(200):
+                        async with fresh.post(
+                            f"http://127.0.0.1:{port}/v1/models/m:predict",
+                            data=b'{"instances": [%d]}' % index,
+                        ) as response:
+                            assert response.status == 200
+                            await response.read()
+                requests = await _metric(
+                    session, admin, "shadowproxy_requests_total", route="m", code="200"
+                )
+                assert requests == 200
+                assert await _metric(session, admin, "shadowproxy_workers") == 2
+                async with session.get(f"{admin}/routes") as response:
+                    assert response.status == 200
+                    assert "m" in await response.text()
+
+                for _ in range(100):
+                    written = await _metric(
+                        session, admin, "shadowproxy_records_written_total", kind="pairs"
+                    )
+                    if written == 200:
+                        break
+                    await asyncio.sleep(0.1)
+                assert written == 200
+
+                # A worker that dies is replaced; traffic goes on.
+                victim = workers[0]
+                assert isinstance(victim, dict)
+                os.kill(int(victim["pid"]), signal.SIGKILL)
+                for _ in range(300):
+                    await asyncio.sleep(0.1)
+                    state = await _wait_ready(admin, session)
+                    pids = {w["pid"] for w in state["workers"]}  # type: ignore[attr-defined]
+                    if victim["pid"] not in pids:
+                        break
+                else:
+                    raise AssertionError("the dead worker was not replaced")
+                assert await _metric(session, admin, "shadowproxy_worker_restarts_total") == 1
+                async with fresh_session() as again:
+                    for _ in range(20):
+                        async with again.get(f"http://127.0.0.1:{port}/v1/models/m") as response:
+                            assert response.status == 200
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 60)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            log.close()
+        output = (tmp_path / "serve.log").read_text()
+        assert code == 0, output
+    table = ds.dataset(tmp_path / "shadow-logs" / "pairs", partitioning="hive").to_table()
+    # Every pair was in a file before the kill; the 20 after it are there too.
+    assert table.num_rows == 220
+    files = list((tmp_path / "shadow-logs" / "pairs").rglob("*.parquet"))
+    pids = {re.split(r"-", path.name)[1] for path in files}
+    assert len(pids) >= 2, files
+
+
+def fresh_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
