@@ -129,12 +129,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = with_overrides(
-        load_config(args.config), listen=args.listen, admin_listen=args.admin_listen
-    )
+    def load() -> Config:
+        # A reload reads the same files with the same flags on top.
+        config = load_config(args.config)
+        return with_overrides(config, listen=args.listen, admin_listen=args.admin_listen)
+
     from shadowproxy.app import serve
 
-    run(serve(config))
+    run(serve(load(), load=load))
     return 0
 
 

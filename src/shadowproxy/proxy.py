@@ -12,11 +12,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import StreamReader, web
 
-from shadowproxy.config import Config, RouteConfig
+from shadowproxy.config import RouteConfig
 from shadowproxy.errors import (
     ShadowproxyError,
     UpstreamError,
@@ -33,9 +34,11 @@ from shadowproxy.headers import (
 from shadowproxy.http1 import Pool, Response
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
 from shadowproxy.records import ProductionResult, RequestInfo
-from shadowproxy.routing import RouteTable
 from shadowproxy.tee import Exchange, ShadowRunner, Tee
 from shadowproxy.upstream import header
+
+if TYPE_CHECKING:  # runtime builds RouteRuntimes: no import cycle
+    from shadowproxy.runtime import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +92,10 @@ def route_runtime(
 
 
 class ProxyHandler:
-    def __init__(
-        self,
-        config: Config,
-        runtimes: dict[str, RouteRuntime],
-        default: RouteRuntime | None,
-        tee: Tee,
-        metrics: Metrics,
-    ) -> None:
-        self._table = RouteTable(config.routes)
-        self._runtimes = runtimes
-        self._default = default
+    """Serves with ``snapshot``; a reload replaces it (see ``shadowproxy.runtime``)."""
+
+    def __init__(self, snapshot: Snapshot, tee: Tee, metrics: Metrics) -> None:
+        self.snapshot = snapshot
         self._tee = tee
         self._unmatched = RouteMetrics(metrics, UNMATCHED_ROUTE)
 
@@ -110,15 +106,19 @@ class ProxyHandler:
         if not valid_request_id(request_id):
             request_id = new_request_id()
         assert request_id is not None
-        route = self._table.match(request.method, request.path)
-        runtime = self._runtimes[route.name] if route is not None else self._default
+        # Read once: the request runs to its end under the config it started with.
+        snapshot = self.snapshot
+        route = snapshot.table.match(request.method, request.path)
+        runtime = snapshot.routes[route.name] if route is not None else snapshot.default
         if runtime is None:
             response = _json_error(404, "no route matches this request", request_id)
             self._unmatched.count(UNMATCHED_ROUTE, 404)
             return response
+        snapshot.in_flight += 1
         try:
             return await self._proxy(request, runtime, request_id, started, arrived)
         finally:
+            snapshot.in_flight -= 1
             runtime.metrics.duration.observe(time.perf_counter() - started)
 
     async def _proxy(
