@@ -16,8 +16,9 @@ How a request travels::
 Modules follow that path: ``config`` (YAML -> frozen models), ``routing`` and
 ``headers`` (pure rules), ``upstream`` and ``http1`` (client pools), ``proxy`` (the
 handler), ``tee`` (shadow fan-out), ``records`` (the pair), ``recording`` (the writer,
-``schema`` its rows), ``compare`` (extraction and comparators), ``metrics``, ``app``
-(composition and lifecycle), ``cli``; offline: ``report``, ``demo``.
+``schema`` its rows), ``compare`` (extraction and comparators), ``metrics``,
+``runtime`` (the snapshot of routes, pools and runners a config builds, swapped on
+reload), ``app`` (composition and lifecycle), ``cli``; offline: ``report``, ``demo``.
 """
 
 __version__ = "0.1.0"

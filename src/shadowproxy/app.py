@@ -7,18 +7,24 @@ Shutdown, step by step (SIGTERM or SIGINT):
    (their pairs are still emitted, as errors);
 4. flush the sink (the recorder writes everything buffered);
 5. close the upstream pools and the admin listener.
+
+Reload (SIGHUP or ``POST /reload``): the files are read again and new requests are
+served with them; requests in flight finish under the config they started with
+(``shadowproxy.runtime`` holds the steps).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -26,12 +32,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from shadowproxy.compare import Comparer, describe
-from shadowproxy.config import Config, RouteConfig
+from shadowproxy.config import Config, RouteConfig, load_config
+from shadowproxy.errors import ConfigError
 from shadowproxy.feedback import FeedbackError, FeedbackItem, parse_feedback
-from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
-from shadowproxy.proxy import ProxyHandler, RouteMetrics, RouteRuntime, route_runtime
+from shadowproxy.metrics import Metrics
+from shadowproxy.proxy import ProxyHandler
 from shadowproxy.records import Pair, Sink
+from shadowproxy.runtime import Retirer, build, check_reloadable
 from shadowproxy.server import HttpServer, ServerLimits
+from shadowproxy.tasks import TaskSet
 from shadowproxy.tee import ShadowRunner, Tee
 from shadowproxy.upstream import Pools
 
@@ -56,6 +65,24 @@ class FeedbackSink(Protocol):
 
 class RecordingSink(Sink, FeedbackSink, Protocol):
     """What ``serve`` records to: pairs and feedback (``shadowproxy.recording.Recorder``)."""
+
+
+@runtime_checkable
+class RouteAwareSink(Protocol):
+    """A sink that records each route its own way, told of the routes a reload brings."""
+
+    def update_routes(self, routes: Sequence[RouteConfig]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """How a reload went; ``error`` reads ``file: field: message`` for a bad config."""
+
+    ok: bool
+    routes: int = 0
+    error: str | None = None
+    status: int = 200
+    """What ``POST /reload`` answers: 422 for a rejected config, 503 when not serving."""
 
 
 class DiscardSink:
@@ -140,7 +167,10 @@ def routes_document(
 
 
 class Server:
-    """The proxy and admin listeners with everything behind them."""
+    """The proxy and admin listeners with everything behind them.
+
+    ``load`` reads the config again for a reload (default: the same main file).
+    """
 
     def __init__(
         self,
@@ -149,6 +179,7 @@ class Server:
         sink: Sink | None = None,
         feedback: FeedbackSink | None = None,
         auto_choices: Callable[[], dict[str, dict[str, int]]] | None = None,
+        load: Callable[[], Config] | None = None,
         *,
         reuse_port: bool = False,
     ) -> None:
@@ -160,8 +191,15 @@ class Server:
         self.feedback = feedback
         self.tee = Tee(self.sink)
         self.ready = False
-        self._pools: Pools | None = None
-        self._runners: dict[str, list[ShadowRunner]] = {}
+        self._load = load or functools.partial(load_config, config.source)
+        self._pools = Pools()
+        self._retirer = Retirer(self._pools, self.metrics)
+        self._handler: ProxyHandler | None = None
+        self._reloading = asyncio.Lock()
+        self._reloads = TaskSet()
+        self._recorded_routes = {route.name: route for route in config.routes}
+        """Every route ever configured, last version: a pair of a route a reload removed
+        may still be in flight, and is recorded with that route's settings."""
         self._proxy_server: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None
         self.proxy_address: tuple[str, int] | None = None
@@ -172,28 +210,10 @@ class Server:
     async def start(self) -> None:
         main = self.config.main
         await self.sink.start()
-        pools = self._pools = Pools(main.upstream_pool)
-        runtimes: dict[str, RouteRuntime] = {}
-        for route in self.config.routes:
-            shadows = [
-                ShadowRunner(route, shadow, pools.shadow(shadow), self.metrics)
-                for shadow in route.shadows
-            ]
-            self._runners[route.name] = shadows
-            production = pools.production(route.production.url)
-            runtimes[route.name] = route_runtime(route, production, shadows, self.metrics)
-        default = None
-        if main.default_upstream is not None:
-            default = RouteRuntime(
-                name=DEFAULT_ROUTE,
-                pool=pools.production(main.default_upstream),
-                timeout_s=main.default_upstream_timeout_s,
-                max_body_bytes=0,
-                capture_bytes=0,
-                shadows=[],
-                metrics=RouteMetrics(self.metrics, DEFAULT_ROUTE),
-            )
-        handler = ProxyHandler(self.config, runtimes, default, self.tee, self.metrics)
+        self._handler = ProxyHandler(
+            build(self.config, self.metrics, self._pools), self.tee, self.metrics
+        )
+        self._loaded()
         limits = ServerLimits(
             max_header_bytes=main.max_header_bytes,
             header_timeout_s=main.client_header_timeout_s,
@@ -201,7 +221,7 @@ class Server:
         )
         rejected = self.metrics.rejected_requests
         self._proxy_server = HttpServer(
-            handler, limits, lambda reason: rejected.labels(reason).inc()
+            self._handler, limits, lambda reason: rejected.labels(reason).inc()
         )
         self._admin_runner = web.AppRunner(self._admin_app(), access_log=None)
         await self._admin_runner.setup()
@@ -218,10 +238,69 @@ class Server:
             len(self.config.routes),
         )
 
+    # --- reload -----------------------------------------------------------------
+
+    async def reload(self) -> ReloadResult:
+        """Read the config again and serve new requests with it.
+
+        Requests in flight finish under the config they started with. A config that
+        does not load, or changes a restart-only setting, is rejected whole: the
+        running one keeps serving. Never raises.
+        """
+        async with self._reloading:
+            if not self.ready:
+                return ReloadResult(False, error="not serving (starting or stopping)", status=503)
+            try:
+                # In a thread: parsing and validating must not hold up the event loop.
+                config = await asyncio.to_thread(self._load)
+                check_reloadable(self.config, config)
+                if not self.ready:
+                    return ReloadResult(False, error="stopping", status=503)
+                self._swap(config)
+            except ConfigError as exc:
+                return self._reload_failed(str(exc), 422)
+            except Exception as exc:
+                log.exception("reload failed")
+                return self._reload_failed(f"{type(exc).__name__}: {exc}", 500)
+        self.metrics.config_reloads.labels("success").inc()
+        self._loaded()
+        log.info("reload: %d routes from %s", len(config.routes), config.source)
+        return ReloadResult(True, routes=len(config.routes))
+
+    def reload_soon(self) -> None:
+        """``reload()`` in the background (the SIGHUP handler)."""
+        if not self.ready:
+            log.warning("reload: ignored, not serving (starting or stopping)")
+            return
+        self._reloads.spawn(self.reload(), name="reload")
+
+    def _swap(self, config: Config) -> None:
+        """Build, then swap with no await in between: no request sees half of it."""
+        assert self._handler is not None
+        old = self._handler.snapshot
+        new = build(config, self.metrics, self._pools, previous=old)
+        self._recorded_routes.update((route.name, route) for route in config.routes)
+        if isinstance(self.sink, RouteAwareSink):
+            self.sink.update_routes(tuple(self._recorded_routes.values()))
+        self._handler.snapshot = new
+        self.config = config
+        self._retirer.retire(old, new)
+
+    def _reload_failed(self, error: str, status: int) -> ReloadResult:
+        self.metrics.config_reloads.labels("failure").inc()
+        self.metrics.config_last_reload_successful.set(0)
+        log.error("reload failed: %s", error)
+        return ReloadResult(False, error=error, status=status)
+
+    def _loaded(self) -> None:
+        self.metrics.config_last_reload_successful.set(1)
+        self.metrics.config_last_reload_success.set(time.time())
+
     # --- stop -------------------------------------------------------------------
 
     async def stop(self) -> None:
         self.ready = False
+        await self._reloads.drain(0)
         if self._proxy_server is not None:
             # Steps 1 and 2: stop accepting, wait for in-flight handlers.
             await self._proxy_server.close(self.config.main.shutdown_timeout_s)
@@ -231,18 +310,19 @@ class Server:
             log.warning("shutdown: cancelled %d shadow copies after the drain timeout", cancelled)
         # Step 4: flush what was recorded.
         await self.sink.close()
-        # Step 5: pools and admin.
-        if self._pools is not None:
-            await self._pools.close()
+        # Step 5: pools (those a reload left behind too) and admin.
+        await self._retirer.close()
+        await self._pools.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
 
     # --- admin ------------------------------------------------------------------
 
     def _admin_app(self) -> web.Application:
-        middlewares = [] if self.config.main.admin_token is None else [self._require_token]
-        app = web.Application(client_max_size=MAX_FEEDBACK_BYTES, middlewares=middlewares)
+        # Always installed: a reload may set, change or remove the token.
+        app = web.Application(client_max_size=MAX_FEEDBACK_BYTES, middlewares=[self._require_token])
         app.router.add_post("/feedback", self._feedback)
+        app.router.add_post("/reload", self._reload)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -252,10 +332,9 @@ class Server:
     @web.middleware
     async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Bearer token on everything but the probes and the scrape endpoint."""
-        if request.path in OPEN_ADMIN_PATHS:
-            return await handler(request)
         token = self.config.main.admin_token
-        assert token is not None
+        if token is None or request.path in OPEN_ADMIN_PATHS:
+            return await handler(request)
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
@@ -299,7 +378,16 @@ class Server:
 
     async def _routes(self, request: web.Request) -> web.Response:
         choices = self.auto_choices() if self.auto_choices is not None else {}
-        return _json(routes_document(self.config, self._runners, choices))
+        assert self._handler is not None
+        snapshot = self._handler.snapshot
+        runners = {name: runtime.shadows for name, runtime in snapshot.routes.items()}
+        return _json(routes_document(snapshot.config, runners, choices))
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        result = await self.reload()
+        if result.ok:
+            return _json({"result": "success", "routes": result.routes})
+        return _json({"result": "failure", "error": result.error}, status=result.status)
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -331,13 +419,14 @@ async def serve(
     config: Config,
     sink_factory: Callable[[Config, Metrics], RecordingSink] | None = None,
     on_ready: Callable[[Server], Awaitable[None]] | None = None,
+    load: Callable[[], Config] | None = None,
     *,
     reuse_port: bool = False,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then shut down in order.
+    """Run until SIGTERM or SIGINT, then shut down in order; reload on SIGHUP.
 
     By default pairs are compared and recorded to Parquet; ``sink_factory`` replaces
-    that (benchmarks, embedding).
+    that (benchmarks, embedding). ``load`` reads the config again for a reload.
     """
     sink: RecordingSink
     auto_choices: Callable[[], dict[str, dict[str, int]]] | None = None
@@ -359,11 +448,13 @@ async def serve(
         comparer = Comparer(config.routes)
         sink = Recorder(config.main.recording, config.routes, metrics, comparer)
         auto_choices = comparer.auto_choices
-    server = Server(config, metrics, sink, sink, auto_choices, reuse_port=reuse_port)
+    server = Server(config, metrics, sink, sink, auto_choices, load, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Taken before start: SIGHUP's default action would end the process.
+    loop.add_signal_handler(signal.SIGHUP, server.reload_soon)
     try:
         await server.start()
         if on_ready is not None:
@@ -372,5 +463,5 @@ async def serve(
         log.info("shutting down")
     finally:
         await server.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

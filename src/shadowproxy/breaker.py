@@ -27,6 +27,10 @@ class CircuitBreaker:
         self._backoff = config.backoff_s
 
     @property
+    def config(self) -> CircuitBreakerConfig:
+        return self._config
+
+    @property
     def state(self) -> str:
         if self._open_until is None:
             return "closed"

@@ -137,9 +137,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = with_overrides(
-        load_config(args.config), listen=args.listen, admin_listen=args.admin_listen
-    )
+    def load() -> Config:
+        # A reload reads the same files with the same flags on top.
+        config = load_config(args.config)
+        return with_overrides(config, listen=args.listen, admin_listen=args.admin_listen)
+
+    config = load()
     if args.workers < 1:
         print("shadowproxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
@@ -150,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_code(supervisor.run())
     from shadowproxy.app import serve
 
-    run(serve(config, reuse_port=args.reuse_port))
+    run(serve(config, load=load, reuse_port=args.reuse_port))
     return 0
 
 

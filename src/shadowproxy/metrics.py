@@ -20,6 +20,7 @@ DIFF_SCORE_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 10
 
 UNMATCHED_ROUTE = "_unmatched"
 DEFAULT_ROUTE = "_default"
+RELOAD_RESULTS = ("success", "failure")
 
 
 REJECT_REASONS = ("bad_request", "header_too_large", "header_timeout", "upgrade")
@@ -93,6 +94,24 @@ class Metrics:
             "shadowproxy_shadow_info",
             "One series per configured shadow, carrying its role (candidate|baseline).",
             ["route", "shadow", "role"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "shadowproxy_config_reloads",
+            "Config reloads (SIGHUP or POST /reload) by result (success|failure).",
+            ["result"],
+            registry=r,
+        )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
+        self.config_last_reload_successful = Gauge(
+            "shadowproxy_config_last_reload_successful",
+            "0 after a rejected reload (the previous config keeps serving), else 1.",
+            registry=r,
+        )
+        self.config_last_reload_success = Gauge(
+            "shadowproxy_config_last_reload_success_timestamp_seconds",
+            "When the config now serving was loaded (start or reload), in Unix seconds.",
             registry=r,
         )
         self.comparisons = Counter(

@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
-from shadowproxy.config import Config, RouteConfig
+from shadowproxy.config import RouteConfig
 from shadowproxy.errors import (
     ShadowproxyError,
     UpstreamError,
@@ -32,10 +33,12 @@ from shadowproxy.headers import (
 from shadowproxy.http1 import Pool, Response
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
 from shadowproxy.records import ProductionResult, RequestInfo
-from shadowproxy.routing import RouteTable
 from shadowproxy.server import Body, HttpRequest, RequestBodyError
 from shadowproxy.tee import Exchange, ShadowRunner, Tee
 from shadowproxy.upstream import header
+
+if TYPE_CHECKING:  # runtime builds RouteRuntimes: no import cycle
+    from shadowproxy.runtime import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 # write (fewer syscalls, simpler); larger, chunked or event-stream ones are streamed.
 BUFFER_LIMIT = 1024 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+CLIENT_CLOSED = 499
+"""Counted for a client that left before its answer (NGINX's convention)."""
 
 
 @dataclass(slots=True)
@@ -89,17 +94,10 @@ def route_runtime(
 
 
 class ProxyHandler:
-    def __init__(
-        self,
-        config: Config,
-        runtimes: dict[str, RouteRuntime],
-        default: RouteRuntime | None,
-        tee: Tee,
-        metrics: Metrics,
-    ) -> None:
-        self._table = RouteTable(config.routes)
-        self._runtimes = runtimes
-        self._default = default
+    """Serves with ``snapshot``; a reload replaces it (see ``shadowproxy.runtime``)."""
+
+    def __init__(self, snapshot: Snapshot, tee: Tee, metrics: Metrics) -> None:
+        self.snapshot = snapshot
         self._tee = tee
         self._unmatched = RouteMetrics(metrics, UNMATCHED_ROUTE)
 
@@ -110,15 +108,19 @@ class ProxyHandler:
         if not valid_request_id(request_id):
             request_id = new_request_id()
         assert request_id is not None
-        route = self._table.match(request.method, request.path)
-        runtime = self._runtimes[route.name] if route is not None else self._default
+        # Read once: the request runs to its end under the config it started with.
+        snapshot = self.snapshot
+        route = snapshot.table.match(request.method, request.path)
+        runtime = snapshot.routes[route.name] if route is not None else snapshot.default
         if runtime is None:
             _json_error(request, 404, "no route matches this request", request_id)
             self._unmatched.count(UNMATCHED_ROUTE, 404)
             return
+        snapshot.in_flight += 1
         try:
             await self._proxy(request, runtime, request_id, started, arrived)
         finally:
+            snapshot.in_flight -= 1
             runtime.metrics.duration.observe(time.perf_counter() - started)
 
     async def _proxy(
@@ -132,8 +134,7 @@ class ProxyHandler:
         try:
             body, complete = await _read_body(request, runtime.max_body_bytes)
         except RequestBodyError as exc:
-            runtime.metrics.count(runtime.name, 400)
-            _json_error(request, 400, f"request body unreadable: {exc}", request_id)
+            _body_failed(request, runtime, request_id, exc, None)
             return
         headers = upstream_request_headers(
             request.headers.items(),
@@ -176,10 +177,8 @@ class ProxyHandler:
             )
         except UpstreamError as exc:
             if request.body.error is not None:
-                # Production failed because the client's body did.
-                outcome.error = f"request body unreadable: {request.body.error}"
-                runtime.metrics.count(runtime.name, 400)
-                _json_error(request, 400, outcome.error, request_id)
+                # Production failed because the client's body did: not production's fault.
+                _body_failed(request, runtime, request_id, request.body.error, outcome)
                 return
             outcome.error = str(exc)
             runtime.metrics.count(runtime.name, exc.status)
@@ -306,13 +305,16 @@ async def _buffered(
         _json_error(request, 502, outcome.error, request_id)
         return
     upstream.release()
-    runtime.metrics.count(runtime.name, upstream.status)
     outcome.capture(payload)
+    if request.disconnected:
+        outcome.error = "client disconnected"
+        runtime.metrics.count(runtime.name, CLIENT_CLOSED)
+        request.abort()
+        return
+    runtime.metrics.count(runtime.name, upstream.status)
     # To a HEAD the headers describe the GET answer: keep its Content-Length.
     length = upstream.content_length if request.method == "HEAD" else None
     request.reply(upstream.status, upstream.reason, headers, payload, content_length=length)
-    if request.disconnected:
-        outcome.error = "client disconnected"
 
 
 async def _stream(
@@ -350,6 +352,28 @@ async def _stream(
         request.abort()
     else:
         upstream.release()
+
+
+def _body_failed(
+    request: HttpRequest,
+    runtime: RouteRuntime,
+    request_id: str,
+    error: RequestBodyError,
+    outcome: _Production | None,
+) -> None:
+    """The client's body failed: it left (counted as 499, as NGINX logs it, nobody is
+    there to answer) or sent broken framing (400)."""
+    if request.disconnected:
+        message, status = "client disconnected", CLIENT_CLOSED
+    else:
+        message, status = f"request body unreadable: {error}", 400
+    if outcome is not None:
+        outcome.error = message
+    runtime.metrics.count(runtime.name, status)
+    if not request.disconnected:
+        _json_error(request, status, message, request_id)
+    else:
+        request.abort()
 
 
 def _json_error(request: HttpRequest, status: int, message: str, request_id: str) -> None:

@@ -423,7 +423,10 @@ class HttpConnection(asyncio.Protocol):
             self._cancel_timer()
             self._dispatch(request)
         else:
+            # One request waits its turn; more wait in the socket. Reading otherwise
+            # goes on while a request is answered, so a client leaving is noticed.
             self._pipeline.append(request)
+            self.pause_reading()
         if self._expect_continue and request.version == "1.1":
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -435,9 +438,6 @@ class HttpConnection(asyncio.Protocol):
         request, self._parsing = self._parsing, None
         if request is not None:
             request.body.finish()
-        if self._current is not None:
-            # One request at a time: more pipelined bytes wait in the socket.
-            self.pause_reading()
 
     # --- answering --------------------------------------------------------------
 
@@ -519,8 +519,10 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_reading(self) -> None:
         if self._reading_paused and self._transport is not None and not self.lost:
-            if self._current is not None and self._current.body.arrived and self._parsing is None:
-                return  # the current body is in; the next request waits its turn
+            if self._pipeline:
+                return  # a request already waits its turn: more can wait in the socket
+            if self._parsing is not None and self._parsing.body.buffered > BODY_HIGH_WATER:
+                return
             self._reading_paused = False
             self._transport.resume_reading()
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from shadowproxy.breaker import CircuitBreaker
-from shadowproxy.config import RouteConfig, ShadowConfig
+from shadowproxy.config import CircuitBreakerConfig, RouteConfig, ShadowConfig
 from shadowproxy.headers import shadow_request_headers
 from shadowproxy.http1 import Pool
 from shadowproxy.metrics import Metrics
@@ -36,49 +36,80 @@ def not_sent(outcome: ShadowOutcome, reason: str) -> ShadowResult:
     return ShadowResult(outcome, None, None, reason, b"", False, None)
 
 
+class ShadowLane:
+    """A shadow's way to its upstream: the pool, the copies in flight on it, the breaker.
+
+    ``max_in_flight`` both bounds the copies and sizes the pool, so they belong
+    together. A reload that leaves a shadow's ``url`` and ``max_in_flight`` (and the
+    pool keep-alive) alone keeps its lane: connections, in-flight count and circuit
+    state carry over to the new runner, and the old runner's copies still in flight
+    count against the same bound.
+    """
+
+    __slots__ = ("breaker", "in_flight", "pool")
+
+    def __init__(self, pool: Pool, breaker: CircuitBreakerConfig) -> None:
+        self.pool = pool
+        self.breaker = CircuitBreaker(breaker)
+        self.in_flight = 0
+
+
 class ShadowRunner:
-    """One shadow of one route: its pool, bound, breaker and metric children."""
+    """One shadow of one route: its settings, its lane and its metric children."""
 
     def __init__(
         self,
         route: RouteConfig,
         config: ShadowConfig,
-        pool: Pool,
+        lane: ShadowLane,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.route = route
         self.config = config
-        self.pool = pool
-        self.breaker = CircuitBreaker(config.circuit_breaker)
+        self.lane = lane
+        if lane.breaker.config != config.circuit_breaker:
+            # New thresholds start from a closed circuit (the lane is this shadow's only).
+            lane.breaker = CircuitBreaker(config.circuit_breaker)
         self.methods = frozenset(config.methods) if config.methods else None
         self._drop_headers = frozenset(name.lower() for name in config.headers.drop)
         self._set_headers = dict(config.headers.set)
-        self.in_flight = 0
         self.clock = clock
         labels = (route.name, config.name)
         self._outcomes = {
             outcome: metrics.shadow_requests.labels(*labels, outcome) for outcome in OUTCOMES
         }
         self._skipped = metrics.shadow_skipped
+        # Not reset here: copies of the runner this one replaces may still be counted.
         self._in_flight_gauge = metrics.shadow_in_flight.labels(*labels)
-        self._circuit_gauge = metrics.shadow_circuit_open.labels(*labels)
+        # Read at scrape time from this runner's lane, so the newest runner of a shadow
+        # owns the series and a replaced lane's late results cannot set it.
+        metrics.shadow_circuit_open.labels(*labels).set_function(
+            lambda: 0.0 if lane.breaker.state == "closed" else 1.0
+        )
         self._latency = metrics.upstream_duration.labels(route.name, config.name, "shadow")
         metrics.shadow_info.labels(*labels, config.role).set(1)
-        self._circuit_gauge.set(0)
-        self._in_flight_gauge.set(0)
+
+    @property
+    def in_flight(self) -> int:
+        return self.lane.in_flight
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self.lane.breaker
 
     def decide(self, body_complete: bool) -> ShadowResult | None:
         """None: send a copy (the slot is taken). Otherwise the outcome of not sending."""
         if not body_complete:
             return not_sent("skipped", "body_too_large")
+        lane = self.lane
         # The bound is checked before the breaker: a half-open breaker hands out its
         # single probe only to a copy that is really sent.
-        if self.in_flight >= self.config.max_in_flight:
+        if lane.in_flight >= self.config.max_in_flight:
             return not_sent("dropped", "max_in_flight")
-        if not self.breaker.allow(self.clock()):
+        if not lane.breaker.allow(self.clock()):
             return not_sent("skipped", "circuit_open")
-        self.in_flight += 1
+        lane.in_flight += 1
         self._in_flight_gauge.inc()
         return None
 
@@ -90,9 +121,10 @@ class ShadowRunner:
     async def send(
         self, info: RequestInfo, headers: list[tuple[str, str]], raw_path: str
     ) -> ShadowResult:
+        lane = self.lane
         try:
             result = await fetch_shadow(
-                self.pool,
+                lane.pool,
                 info.method,
                 raw_path,
                 shadow_request_headers(headers, self._drop_headers, self._set_headers),
@@ -101,12 +133,11 @@ class ShadowRunner:
                 self.route.max_capture_bytes,
             )
         finally:
-            self.in_flight -= 1
+            lane.in_flight -= 1
             self._in_flight_gauge.dec()
         if result.latency_ms is not None and result.outcome == "ok":
             self._latency.observe(result.latency_ms / 1000.0)
-        self.breaker.record(result.outcome == "ok", self.clock())
-        self._circuit_gauge.set(1 if self.breaker.state != "closed" else 0)
+        lane.breaker.record(result.outcome == "ok", self.clock())
         return result
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from shadowproxy.config import PoolConfig, ShadowConfig
 from shadowproxy.errors import ShadowproxyError
 from shadowproxy.http1 import Pool
 from shadowproxy.records import ShadowOutcome, ShadowResult
@@ -37,38 +37,32 @@ def header(headers: list[tuple[str, str]], name: str) -> str | None:
 
 
 class Pools:
-    """Every upstream pool of one server, so they are created and closed together."""
+    """Every open upstream pool of one server, so none is left open at the end.
 
-    def __init__(self, production: PoolConfig) -> None:
-        self._production_config = production
-        self._production: dict[str, Pool] = {}
-        self._all: list[Pool] = []
+    Which pool serves what is decided in ``shadowproxy.runtime``: production routes on
+    one origin share a pool, each shadow has its own, and a reload keeps the pools
+    whose settings did not change.
+    """
 
-    def production(self, url: str) -> Pool:
-        """The shared pool of a production origin (routes on one origin share it)."""
-        pool = self._production.get(url)
-        if pool is None:
-            pool = self._production[url] = self._new(url, self._production_config.max_connections)
-        return pool
+    def __init__(self) -> None:
+        self._open: set[Pool] = set()
 
-    def shadow(self, shadow: ShadowConfig) -> Pool:
-        # One connection per allowed copy: the in-flight bound is also the socket bound.
-        return self._new(shadow.url, shadow.max_in_flight)
-
-    def _new(self, url: str, max_connections: int) -> Pool:
+    def open(self, url: str, max_connections: int, keepalive_timeout_s: float) -> Pool:
         host, port, tls = origin(url)
         pool = Pool(
             host,
             port,
             max_connections=max_connections,
-            keepalive_timeout_s=self._production_config.keepalive_timeout_s,
+            keepalive_timeout_s=keepalive_timeout_s,
             ssl=tls or None,
         )
-        self._all.append(pool)
+        self._open.add(pool)
         return pool
 
-    async def close(self) -> None:
-        for pool in self._all:
+    async def close(self, pools: Iterable[Pool] | None = None) -> None:
+        """Close ``pools`` (by default every one still open)."""
+        for pool in list(self._open if pools is None else pools):
+            self._open.discard(pool)
             await pool.close()
 
 

@@ -145,7 +145,7 @@ class Comparer:
     """
 
     def __init__(self, routes: Sequence[RouteConfig]) -> None:
-        self._plans = {route.name: Plan.build(route.compare) for route in routes}
+        self.update_routes(routes)
         self._default = Plan.build(CompareConfig())
         self._lock = threading.Lock()
         self._auto: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -158,6 +158,10 @@ class Comparer:
             with self._lock:
                 self._auto[route][picked] += 1
         return comparison
+
+    def update_routes(self, routes: Sequence[RouteConfig]) -> None:
+        """Compare with these routes' settings from now on (a reload)."""
+        self._plans = {route.name: Plan.build(route.compare) for route in routes}
 
     def auto_choices(self) -> dict[str, dict[str, int]]:
         """``{route: {comparator: pairs}}`` for the pairs ``auto`` judged so far."""

@@ -75,6 +75,8 @@ class Child:
             for packed in payload:
                 self.recorder.submit(wire.unpack(packed))
             self.received += len(payload)
+        elif kind == wire.ROUTES:
+            self.recorder.update_routes(payload)
         elif kind == wire.FEEDBACK:
             # The parent bounds what it accepts by the same limit; a refusal here can
             # only follow a parent bug, so it is logged rather than silently lost.

@@ -31,7 +31,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from shadowproxy.config import Config
+from shadowproxy.config import Config, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import wire
@@ -128,6 +128,16 @@ class RecorderProcess:
         self._submitted += len(items)
         self._shipped += len(items)
         return True
+
+    def update_routes(self, routes: Sequence[RouteConfig]) -> None:
+        """A reload: the writer records pairs submitted from now on with these routes'
+        settings. The pairs already waiting are shipped first, to keep the old ones."""
+        self._config = self._config.model_copy(update={"routes": tuple(routes)})
+        process = self._process
+        if self._closing or process is None or process.stdin is None:
+            return  # a writer started later gets them with its config
+        self._ship_all(process)
+        process.stdin.write(wire.frame(wire.ROUTES, tuple(routes)))
 
     def health(self) -> dict[str, object]:
         if self._process is None or self._process.returncode is not None:

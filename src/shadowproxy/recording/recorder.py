@@ -25,7 +25,7 @@ from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording.storage import Storage
-from shadowproxy.recording.writer import Comparer, Feedback, Item, Writer
+from shadowproxy.recording.writer import Comparer, Feedback, Item, Routes, Writer
 from shadowproxy.records import Pair
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,11 @@ class Recorder:
             if not self._wake.is_set():
                 self._wake.set()
         return True
+
+    def update_routes(self, routes: Sequence[RouteConfig]) -> None:
+        """A reload: pairs submitted from now on are recorded with these routes' settings
+        (queued in order, so the pairs already waiting keep the old ones)."""
+        self._queue.append(Routes(tuple(routes)))
 
     def health(self) -> dict[str, object]:
         error = self._writer.error

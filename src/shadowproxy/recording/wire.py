@@ -24,6 +24,8 @@ PAIRS: Final = ord("P")
 """Parent -> child: a list of packed pairs."""
 FEEDBACK: Final = ord("F")
 """Parent -> child: a list of (request_id, label JSON text, received ts)."""
+ROUTES: Final = ord("R")
+"""Parent -> child: a reload's routes (tuple of ``RouteConfig``), for the pairs after it."""
 STATUS: Final = ord("S")
 """Child -> parent: a status dict (records finished, health, metrics exposition)."""
 

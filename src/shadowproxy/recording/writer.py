@@ -23,6 +23,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -54,6 +55,16 @@ log = logging.getLogger(__name__)
 
 Comparer = Callable[[Pair], Comparison]
 
+
+@runtime_checkable
+class RouteComparer(Protocol):
+    """A comparer that compares each route its own way (``compare.Comparer``)."""
+
+    def __call__(self, pair: Pair) -> Comparison: ...
+
+    def update_routes(self, routes: Sequence[RouteConfig]) -> None: ...
+
+
 BATCH_ROWS = 256
 BATCH_BYTES = 2 * 1024 * 1024
 """Rows become Arrow batches this many (or this many bytes) at a time. Converting
@@ -76,7 +87,14 @@ class Feedback:
     items: Sequence[tuple[str, str, float]]
 
 
-Item = Pair | Feedback
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """A reload's routes: the pairs queued after it are redacted and compared by these."""
+
+    routes: tuple[RouteConfig, ...]
+
+
+Item = Pair | Feedback | Routes
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +108,10 @@ class RoutePolicy:
     @classmethod
     def from_config(cls, record: RecordConfig) -> RoutePolicy:
         return cls(record.bodies, record.max_body_bytes, Redactor(record.redact))
+
+
+def _route_policies(routes: Iterable[RouteConfig]) -> dict[str, RoutePolicy]:
+    return {route.name: RoutePolicy.from_config(route.record) for route in routes}
 
 
 UNKNOWN_ROUTE = RoutePolicy(bodies=False, max_body_bytes=0, redactor=Redactor(withhold_all=True))
@@ -187,7 +209,7 @@ class Writer:
         self.error: str | None = None
         self._storage = storage
         self._settings = recording
-        self._policies = {route.name: RoutePolicy.from_config(route.record) for route in routes}
+        self._policies = _route_policies(routes)
         self._metrics = metrics
         self._comparer = comparer
         self._clock = clock
@@ -206,8 +228,16 @@ class Writer:
             if isinstance(item, Feedback):
                 for request_id, label, ts in item.items:
                     self._add_feedback(request_id, label, ts, now)
+            elif isinstance(item, Routes):
+                self._use_routes(item.routes)
+                memo = {}  # bodies redacted under the old rules are not reused
             else:
                 self._add_pair(item, now, memo)
+
+    def _use_routes(self, routes: tuple[RouteConfig, ...]) -> None:
+        self._policies = _route_policies(routes)
+        if isinstance(self._comparer, RouteComparer):
+            self._comparer.update_routes(routes)
 
     def _add_pair(self, pair: Pair, now: float, memo: Memo) -> None:
         try:

@@ -1,0 +1,220 @@
+"""What the proxy serves with: a snapshot built from one ``Config``, replaced on reload.
+
+A ``Snapshot`` holds the route table, each route's ``RouteRuntime`` (production pool,
+shadow runners, metric children) and the default upstream. Nothing in it changes after
+it is built but its ``in_flight`` count. ``ProxyHandler`` reads the current snapshot once
+per request and keeps it to the end, so a request finishes under the config it started
+with, whatever reloads happen meanwhile.
+
+A reload (``Server.reload`` in ``shadowproxy.app``), step by step:
+
+1. load and validate the files; any error rejects the new config whole;
+2. refuse a change to a setting only a restart applies (``RESTART_ONLY``);
+3. ``build`` the new snapshot, reusing what did not change: production pools by
+   (origin, pool settings), shadow lanes (pool, in-flight count, breaker) by
+   (route, shadow, url, max_in_flight), runners whose settings are all the same;
+4. swap it into the handler: new requests use it;
+5. ``Retirer``: once no request holds an older snapshot and no copy runs on a dropped
+   lane, close the pools the new snapshot no longer uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from shadowproxy.config import Config, MainConfig, RouteConfig, ShadowConfig
+from shadowproxy.errors import ConfigError
+from shadowproxy.http1 import Pool
+from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
+from shadowproxy.proxy import RouteMetrics, RouteRuntime, route_runtime
+from shadowproxy.routing import RouteTable
+from shadowproxy.tasks import TaskSet
+from shadowproxy.tee import ShadowLane, ShadowRunner
+from shadowproxy.upstream import Pools
+
+log = logging.getLogger(__name__)
+
+RESTART_ONLY = (
+    "listen",
+    "admin_listen",
+    "shutdown_timeout_s",
+    "max_header_bytes",
+    "client_header_timeout_s",
+    "client_keepalive_timeout_s",
+    "recording",
+)
+"""Main-file keys a reload cannot apply: the listeners are bound, the writer is running."""
+
+RETIRE_POLL_S = 0.1
+"""How often a retirement looks whether the old snapshots and lanes are idle yet."""
+
+ProductionKey = tuple[str, int, float]
+"""(origin url, max_connections, keepalive_timeout_s)"""
+LaneKey = tuple[str, str, str, int, float]
+"""(route, shadow, url, max_in_flight, keepalive_timeout_s)"""
+
+
+@dataclass(eq=False, slots=True)
+class Snapshot:
+    """Everything one config serves with. Build it with ``build``."""
+
+    config: Config
+    table: RouteTable
+    routes: dict[str, RouteRuntime]
+    default: RouteRuntime | None
+    production: dict[ProductionKey, Pool]
+    lanes: dict[LaneKey, ShadowLane]
+    in_flight: int = 0
+    """Requests that started under this snapshot and have not finished (the handler
+    counts them): its pools stay open until it is zero."""
+
+    def runners(self) -> Iterator[ShadowRunner]:
+        for runtime in self.routes.values():
+            yield from runtime.shadows
+
+    def pools(self) -> set[Pool]:
+        return {*self.production.values(), *(lane.pool for lane in self.lanes.values())}
+
+
+def build(
+    config: Config, metrics: Metrics, pools: Pools, previous: Snapshot | None = None
+) -> Snapshot:
+    """A snapshot of ``config``; what ``previous`` has with the same settings is reused."""
+    main = config.main
+    keepalive = main.upstream_pool.keepalive_timeout_s
+    old_production = previous.production if previous else {}
+    old_lanes = previous.lanes if previous else {}
+    old_runners = {(r.route.name, r.config.name): r for r in previous.runners()} if previous else {}
+    production: dict[ProductionKey, Pool] = {}
+    lanes: dict[LaneKey, ShadowLane] = {}
+
+    def production_pool(url: str) -> Pool:
+        # Routes on one origin share a pool; kept pools keep their keep-alive connections.
+        key = (url, main.upstream_pool.max_connections, keepalive)
+        pool = production.get(key) or old_production.get(key)
+        if pool is None:
+            pool = pools.open(*key)
+        production[key] = pool
+        return pool
+
+    def runner(route: RouteConfig, shadow: ShadowConfig) -> ShadowRunner:
+        key = (route.name, shadow.name, shadow.url, shadow.max_in_flight, keepalive)
+        lane = old_lanes.get(key)
+        if lane is None:
+            # One connection per allowed copy: the in-flight bound is also the socket bound.
+            lane = ShadowLane(pools.open(*key[2:]), shadow.circuit_breaker)
+        lanes[key] = lane
+        old = old_runners.get((route.name, shadow.name))
+        if (
+            old is not None
+            and old.lane is lane
+            and old.config == shadow
+            and old.route.max_capture_bytes == route.max_capture_bytes
+        ):
+            return old
+        return ShadowRunner(route, shadow, lane, metrics)
+
+    routes = {
+        route.name: route_runtime(
+            route,
+            production_pool(route.production.url),
+            [runner(route, shadow) for shadow in route.shadows],
+            metrics,
+        )
+        for route in config.routes
+    }
+    default = None
+    if main.default_upstream is not None:
+        default = RouteRuntime(
+            name=DEFAULT_ROUTE,
+            pool=production_pool(main.default_upstream),
+            timeout_s=main.default_upstream_timeout_s,
+            max_body_bytes=0,
+            capture_bytes=0,
+            shadows=[],
+            metrics=RouteMetrics(metrics, DEFAULT_ROUTE),
+        )
+    return Snapshot(config, RouteTable(config.routes), routes, default, production, lanes)
+
+
+def check_reloadable(running: Config, new: Config) -> None:
+    """Raise ``ConfigError`` naming the first restart-only setting ``new`` changes."""
+    after = _restart_only(new.main)
+    for field, before in _restart_only(running.main).items():
+        if after[field] != before:
+            raise ConfigError(
+                new.source,
+                field,
+                f"cannot change on reload (running with {before!r}), restart to apply",
+            )
+
+
+def _restart_only(main: MainConfig) -> dict[str, object]:
+    """The restart-only settings by field path (``recording`` key by key)."""
+    fields = {key: getattr(main, key) for key in RESTART_ONLY if key != "recording"}
+    recording = main.recording
+    fields.update(
+        (f"recording.{name}", getattr(recording, name)) for name in type(recording).model_fields
+    )
+    return fields
+
+
+class Retirer:
+    """Closes the pools a reload dropped, once nothing can use them any more.
+
+    A request holds the snapshot it started with, and a shadow copy holds its lane. A
+    pool the new snapshot dropped may still be used by a request of any older snapshot
+    (a pool kept by one reload can be dropped by the next), so it is closed only when
+    every older snapshot has no request left and the dropped lanes have no copy left.
+    Closing earlier would cut those requests and copies off mid-answer.
+    """
+
+    def __init__(self, pools: Pools, metrics: Metrics) -> None:
+        self._pools = pools
+        self._metrics = metrics
+        self._held: list[Snapshot] = []
+        self._tasks = TaskSet()
+
+    def retire(self, old: Snapshot, new: Snapshot) -> None:
+        # Only the current snapshot is handed out: one no request holds stays unheld.
+        self._held = [snapshot for snapshot in (*self._held, old) if snapshot.in_flight]
+        self._forget_removed_shadows(old, new)
+        dropped = old.pools() - new.pools()
+        if not dropped:
+            return
+        lanes = [lane for key, lane in old.lanes.items() if new.lanes.get(key) is not lane]
+        self._tasks.spawn(
+            self._close_when_unused(list(self._held), lanes, dropped), name="reload:retire"
+        )
+
+    async def _close_when_unused(
+        self, held: list[Snapshot], lanes: list[ShadowLane], pools: set[Pool]
+    ) -> None:
+        # Polled rather than signalled: a wake-up would cost every request a check.
+        while _in_use(held, lanes):  # noqa: ASYNC110
+            await asyncio.sleep(RETIRE_POLL_S)
+        await self._pools.close(pools)
+        log.info("reload: closed %d upstream pool(s) no longer in use", len(pools))
+
+    def _forget_removed_shadows(self, old: Snapshot, new: Snapshot) -> None:
+        """Drop the gauges that describe a shadow no longer configured (the counters
+        stay, as Prometheus expects): a stale ``circuit_open`` would keep alerting."""
+        kept = {(r.route.name, r.config.name, r.config.role) for r in new.runners()}
+        for runner in old.runners():
+            route, shadow, role = runner.route.name, runner.config.name, runner.config.role
+            if (route, shadow, role) in kept:
+                continue
+            self._metrics.shadow_info.remove(route, shadow, role)
+            if not any(k[:2] == (route, shadow) for k in kept):
+                self._metrics.shadow_circuit_open.remove(route, shadow)
+
+    async def close(self) -> None:
+        """At shutdown: stop waiting; the server closes every pool itself."""
+        await self._tasks.drain(0)
+
+
+def _in_use(held: list[Snapshot], lanes: list[ShadowLane]) -> bool:
+    return any(snapshot.in_flight for snapshot in held) or any(lane.in_flight for lane in lanes)
