@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pyarrow.dataset as ds
+import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -137,6 +138,30 @@ async def test_two_workers_share_the_port_record_and_merge_metrics(tmp_path: Pat
                 async with session.get(f"{admin}/routes") as response:
                     assert response.status == 200
                     assert "m" in await response.text()
+
+                # A reload reaches every worker; a broken file is refused by all.
+                route_file = tmp_path / "routes" / "m.yaml"
+                good = route_file.read_text()
+                document = yaml.safe_load(good)
+                document["shadows"][0]["sample_rate"] = 0.5
+                route_file.write_text(yaml.safe_dump(document))
+                async with session.post(f"{admin}/reload") as response:
+                    reload = await response.json()
+                    assert response.status == 200, reload
+                assert [w["result"] for w in reload["workers"]] == ["success", "success"]
+                document["shadows"][0]["sample_rate"] = 7
+                route_file.write_text(yaml.safe_dump(document))
+                async with session.post(f"{admin}/reload") as response:
+                    reload = await response.json()
+                    assert response.status == 422
+                assert all("sample_rate" in w["error"] for w in reload["workers"])
+                route_file.write_text(good)
+                async with session.post(f"{admin}/reload") as response:
+                    assert response.status == 200
+                failures = await _metric(
+                    session, admin, "shadowproxy_config_reloads_total", result="failure"
+                )
+                assert failures == 1
 
                 for _ in range(100):
                     written = await _metric(
