@@ -21,6 +21,7 @@ TAKE_MAX = frozenset(
         "shadowproxy_shadow_info",
         "shadowproxy_recorder_degraded",
         "shadowproxy_config_reloads",
+        "shadowproxy_config_last_reload_successful",
         "shadowproxy_config_last_reload_success_timestamp_seconds",
     }
 )
