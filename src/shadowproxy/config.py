@@ -59,7 +59,7 @@ def _check_url(value: str) -> str:
 
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"must be host:port (e.g. 127.0.0.1:8080), got {value!r}")
     return value
 
@@ -282,35 +282,68 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
     routes: list[RouteConfig] = list(main.routes)
     sources: list[str] = [source] * len(routes)
+    fields = [f"routes[{index}]" for index in range(len(routes))]
     if main.routes_dir is not None:
-        routes_dir = main_path.parent / main.routes_dir
-        if not routes_dir.is_dir():
-            raise ConfigError(source, "routes_dir", f"{str(routes_dir)!r} is not a directory")
-        files = sorted([*routes_dir.glob("*.yaml"), *routes_dir.glob("*.yml")])
-        for file in files:
+        for file in _route_files(main_path.parent / main.routes_dir, source):
             route_source = str(file)
             route_raw = _expand(_read_yaml(file, route_source), env, route_source, "")
             routes.append(_validate(RouteConfig, route_raw, route_source))
             sources.append(route_source)
+            fields.append("")
 
-    _check_route_set(routes, sources)
+    _check_route_set(routes, sources, fields)
     if not routes and main.default_upstream is None:
         raise ConfigError(source, None, "no routes and no default_upstream: nothing to proxy")
     return Config(source=source, main=main, routes=tuple(routes), route_sources=tuple(sources))
 
 
+def _route_files(routes_dir: Path, source: str) -> list[Path]:
+    try:
+        found = routes_dir.is_dir()
+    except OSError as exc:  # is_dir() only swallows "does not exist"; say a name too long
+        raise ConfigError(source, "routes_dir", f"cannot read: {exc.strerror or exc}") from None
+    if not found:
+        raise ConfigError(source, "routes_dir", f"{str(routes_dir)!r} is not a directory")
+    return sorted([*routes_dir.glob("*.yaml"), *routes_dir.glob("*.yml")])
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a value its constructors cannot build
+    (``!!int x``, a date in month 13, an integer of 5,000 digits) is a YAML error at
+    its line: PyYAML lets whatever Python raised (``ValueError``, ``KeyError``) escape."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:
+            kind = str(node.tag).rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"invalid {kind} value ({exc})", node.start_mark
+            ) from None
+
+
 def _read_yaml(path: Path, source: str) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        byte = raw[exc.start]
+        raise ConfigError(source, None, f"not UTF-8: line {line}: byte 0x{byte:02x}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, None, f"invalid YAML: {where}{problem}") from None
+    except RecursionError:
+        raise ConfigError(source, None, "invalid YAML: nested too deep") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -318,8 +351,21 @@ def _read_yaml(path: Path, source: str) -> dict[str, Any]:
     return data
 
 
-def _expand(value: Any, env: Mapping[str, str], source: str, field: str) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value."""
+def _expand(
+    value: Any,
+    env: Mapping[str, str],
+    source: str,
+    field: str,
+    parents: frozenset[int] = frozenset(),
+) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value.
+
+    ``parents`` holds the containers above ``value``: a YAML alias can make a list
+    contain itself (``&a [*a]``), which no config means and no walk would finish."""
+    if isinstance(value, dict | list):
+        if id(value) in parents:
+            raise ConfigError(source, field or None, "contains itself (a recursive YAML alias)")
+        parents = parents | {id(value)}
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -333,10 +379,14 @@ def _expand(value: Any, env: Mapping[str, str], source: str, field: str) -> Any:
         return _ENV_REFERENCE.sub(substitute, value)
     if isinstance(value, dict):
         return {
-            key: _expand(item, env, source, _join(field, str(key))) for key, item in value.items()
+            key: _expand(item, env, source, _join(field, str(key)), parents)
+            for key, item in value.items()
         }
     if isinstance(value, list):
-        return [_expand(item, env, source, f"{field}[{index}]") for index, item in enumerate(value)]
+        return [
+            _expand(item, env, source, f"{field}[{index}]", parents)
+            for index, item in enumerate(value)
+        ]
     return value
 
 
@@ -353,13 +403,24 @@ def _validate(model: type[_M], raw: dict[str, Any], source: str) -> _M:
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         loc = tuple(error["loc"])
-        raise ConfigError(source, _field_path(loc), _describe(model, error)) from None
+        if error["type"] == "invalid_key" or loc[-1:] == ("[key]",):
+            # A bad mapping key: pydantic spells it its own way (``true:`` as 1, a date as
+            # its repr) and may add a "[key]" marker; the file has the key itself.
+            loc = (*loc[: -2 if loc[-1:] == ("[key]",) else -1], error["input"])
+        raise ConfigError(source, _field_path(loc, raw), _describe(model, error)) from None
 
 
-def _field_path(loc: tuple[Any, ...]) -> str | None:
-    path = ""
+def _field_path(loc: tuple[Any, ...], raw: Any) -> str | None:
+    """``routes[0].match``, spelled as ``_expand`` spells it. ``raw`` tells a list index
+    from a mapping key that YAML read as a number (``404:``): pydantic's ``loc`` does not."""
+    path, node = "", raw
     for part in loc:
-        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, str(part))
+        in_list = isinstance(part, int) and not isinstance(node, dict)
+        path = f"{path}[{part}]" if in_list else _join(path, str(part))
+        try:
+            node = node[part] if isinstance(node, dict | list | tuple) else None
+        except (LookupError, TypeError):
+            node = None
     return path or None
 
 
@@ -427,13 +488,17 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-def _check_route_set(routes: list[RouteConfig], sources: list[str]) -> None:
+def _check_route_set(routes: list[RouteConfig], sources: list[str], fields: list[str]) -> None:
+    """Names and (prefix, method) claims are unique; ``fields`` locates each route in its
+    source (``routes[1]`` inline in the main file, ``""`` for a file of its own)."""
     names: dict[str, str] = {}
     claims: dict[tuple[str, str | None], str] = {}
-    for route, source in zip(routes, sources, strict=True):
+    for route, source, field in zip(routes, sources, fields, strict=True):
         if route.name in names:
             raise ConfigError(
-                source, "name", f"route name {route.name!r} is already used in {names[route.name]}"
+                source,
+                _join(field, "name"),
+                f"route name {route.name!r} is already used in {names[route.name]}",
             )
         names[route.name] = source
         methods: tuple[str | None, ...] = route.match.methods or (None,)
@@ -443,7 +508,7 @@ def _check_route_set(routes: list[RouteConfig], sources: list[str]) -> None:
                 what = f"methods {method}" if method else "all methods"
                 raise ConfigError(
                     source,
-                    "match",
+                    _join(field, "match"),
                     f"path_prefix {route.match.path_prefix!r} with {what} is already "
                     f"matched by {claims[key]}",
                 )

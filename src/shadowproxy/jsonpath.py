@@ -49,11 +49,15 @@ class JsonPath:
         return current
 
     def replace(self, doc: Any, value: Any) -> Any:
-        """A copy of ``doc`` with every selected value replaced; unselected parts shared."""
+        """A copy of ``doc`` with every selected value replaced; unselected parts shared.
+        ``$`` selects the whole document (``redact: ["$"]`` hides the whole body)."""
+        if not self.steps:
+            return value
         return _rewrite(doc, self.steps, lambda _old: (True, value))
 
     def delete(self, doc: Any) -> Any:
-        """A copy of ``doc`` without the selected values (keys removed, items dropped)."""
+        """A copy of ``doc`` without the selected values (keys removed, items dropped).
+        ``$`` deletes nothing: there is no document without its root."""
         return _rewrite(doc, self.steps, lambda _old: (False, None))
 
     def __str__(self) -> str:

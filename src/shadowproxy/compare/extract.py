@@ -78,6 +78,9 @@ def _pick_output(side: str, outputs: list[Any], name: str | None) -> dict[str, A
         if tensor.get("name") == name:
             return tensor
     names = ", ".join(str(tensor.get("name")) for tensor in tensors)
+    # Names are the server's strings: a lone surrogate (a legal JSON escape) would make
+    # the detail, and so the whole recorded row, impossible to write as UTF-8.
+    names = names.encode("utf-8", "backslashreplace").decode()
     raise Incomparable(f"no output {name!r} in {side} body (outputs: {names})")
 
 

@@ -3,9 +3,11 @@
 An item is a class label (a string, an integer, or an integral float such as ``2.0``)
 or a score vector whose class is its argmax: an array of numbers (the class is the
 index of the largest score, the first on ties) or an object of ``label: score`` (the
-class is the key). A top-level array is a batch of items, except an array of numbers
-with at least one float, which is one score vector (``[0.1, 0.7, 0.2]`` is one answer,
-``[2, 0, 1]`` is three). ``true``/``false`` are labels of their own, never ``1``/``0``.
+class is the key of the largest score, the first by name on ties: a JSON object has no
+order, so its keys' order must not decide). A top-level array is a batch of items,
+except an array of numbers with at least one float, which is one score vector
+(``[0.1, 0.7, 0.2]`` is one answer, ``[2, 0, 1]`` is three). ``true``/``false`` are
+labels of their own, never ``1``/``0``.
 
 ``diff_score`` is 0 when every item has the same class, else 1 (the batch rule takes the
 largest item score); ``batch_agree`` counts the items with the same class.
@@ -101,7 +103,7 @@ def _class(item: Any, side: str, where: str) -> Hashable:
     if kind is list and item and set(map(type, item)) <= _SCORES:
         return _argmax(item)
     if kind is dict and item and set(map(type, item.values())) <= _SCORES:
-        best: str = max(item, key=item.__getitem__)
+        best: str = max(sorted(item), key=item.__getitem__)
         return best
     at = f" {where}" if where else ""
     raise Incomparable(

@@ -6,8 +6,9 @@ probabilities
     1/0). Scores are normalised
     to sum 1, so float32 rounding does not matter; negative, non-finite or all-zero
     scores make the pair incomparable. ``diff_score`` is the Jensen-Shannon divergence
-    in bits, in [0, 1]; items agree when their top-1 class is the same (first maximum on
-    ties) and, when ``max_js`` is set, the divergence is at most ``max_js``.
+    in bits, in [0, 1]; items agree when their top-1 class is the same (on ties the
+    first by position in an array, by name in an object: key order must not decide)
+    and, when ``max_js`` is set, the divergence is at most ``max_js``.
 
 ranking
     An item is an array of ids (strings or numbers) best first; duplicates after the
@@ -64,7 +65,7 @@ def _distribution_item(x: Any, y: Any, where: str, config: CompareConfig) -> Ite
             return Item(False, None, f"{len(px)} classes vs {len(py)}")
         top_x, top_y = _argmax(px), _argmax(py)
     else:
-        classes = list(dict.fromkeys(chain(keys_x, keys_y)))
+        classes = sorted(set(chain(keys_x, keys_y)))
         px, py = _align(keys_x, px, classes), _align(keys_y, py, classes)
         top_x, top_y = classes[_argmax(px)], classes[_argmax(py)]
     divergence = jensen_shannon(px, py)
@@ -147,11 +148,19 @@ def _ranking_item(x: Any, y: Any, where: str, config: CompareConfig) -> Item:
     )
 
 
+_NAN = math.nan
+"""The one NaN object every NaN id becomes: NaN is not equal to itself, but sets and
+lists match the same object, so a NaN ranked by both models counts as shared."""
+
+
 def _top(value: Any, side: str, where: str, k: int) -> list[Hashable]:
     """The first ``k`` distinct ids."""
-    if not isinstance(value, list) or not set(map(type, value)) <= _IDS:
+    types = set(map(type, value)) if isinstance(value, list) else None
+    if types is None or not types <= _IDS:
         at = f" {where}" if where else ""
         raise Incomparable(f"{side} prediction{at}: expected a ranking of ids, got {show(value)}")
+    if float in types:
+        value = [_NAN if item != item else item for item in value]
     top: list[Hashable] = list(dict.fromkeys(value))[:k]
     return top
 
