@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.parametrize(
     "module",
     ["shadowproxy.routing", "shadowproxy.headers", "shadowproxy.breaker", "shadowproxy.jsonpath",
-     "shadowproxy.records", "shadowproxy.config"],
+     "shadowproxy.records", "shadowproxy.config", "shadowproxy.chaos"],
 )  # fmt: skip
 def test_imports_without_aiohttp(module: str) -> None:
     code = f"import sys, {module}; assert 'aiohttp' not in sys.modules, sorted(sys.modules)"

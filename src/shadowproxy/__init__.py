@@ -19,6 +19,8 @@ handler), ``tee`` (shadow fan-out), ``records`` (the pair), ``recording`` (the w
 ``schema`` its rows), ``compare`` (extraction and comparators), ``metrics``,
 ``runtime`` (the snapshot of routes, pools and runners a config builds, swapped on
 reload), ``app`` (composition and lifecycle), ``cli``; offline: ``report``, ``demo``.
+``chaos`` holds the rules that inject faults on purpose (into copies, in ``tee``; into
+production, in ``proxy``; corrupted answers, in the writer).
 """
 
 __version__ = "0.1.0"

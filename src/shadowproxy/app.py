@@ -153,6 +153,7 @@ def routes_document(
                 "auto_picked": auto_choices.get(route.name, {}),
             },
             "shadows": [shadow_entry(runner) for runner in runners[route.name]],
+            "chaos": [rule.model_dump(mode="json", exclude_defaults=True) for rule in route.chaos],
         }
 
     main = config.main

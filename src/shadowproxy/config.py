@@ -23,9 +23,18 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shadowproxy import jsonpath
+from shadowproxy.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
 
@@ -189,6 +198,19 @@ class RouteConfig(_Model):
     max_capture_bytes: ByteCount = 1024 * 1024
     record: RecordConfig = RecordConfig()
     compare: CompareConfig = CompareConfig()
+    chaos: tuple[ChaosRule, ...] = ()
+    """Faults injected on purpose (``shadowproxy.chaos``); empty in normal operation."""
+
+    @field_validator("chaos")
+    @classmethod
+    def _chaos_targets(
+        cls, value: tuple[ChaosRule, ...], info: ValidationInfo
+    ) -> tuple[ChaosRule, ...]:
+        shadows = info.data.get("shadows")
+        problem = unknown_target(value, [s.name for s in shadows]) if shadows is not None else None
+        if problem is not None:
+            raise problem
+        return value
 
     @model_validator(mode="after")
     def _unique_shadows(self) -> RouteConfig:
@@ -403,6 +425,9 @@ def _validate(model: type[_M], raw: dict[str, Any], source: str) -> _M:
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         loc = tuple(error["loc"])
+        located = (error.get("ctx") or {}).get("error")
+        if isinstance(located, FieldError):
+            loc = (*loc, *located.loc)
         if error["type"] == "invalid_key" or loc[-1:] == ("[key]",):
             # A bad mapping key: pydantic spells it its own way (``true:`` as 1, a date as
             # its repr) and may add a "[key]" marker; the file has the key itself.

@@ -55,6 +55,12 @@ class JsonPath:
             return value
         return _rewrite(doc, self.steps, lambda _old: (True, value))
 
+    def map(self, doc: Any, function: Callable[[Any], Any]) -> Any:
+        """A copy of ``doc`` with every selected value ``v`` replaced by ``function(v)``."""
+        if not self.steps:
+            return function(doc)
+        return _rewrite(doc, self.steps, lambda old: (True, function(old)))
+
     def delete(self, doc: Any) -> Any:
         """A copy of ``doc`` without the selected values (keys removed, items dropped).
         ``$`` deletes nothing: there is no document without its root."""

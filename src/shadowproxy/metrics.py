@@ -90,6 +90,13 @@ class Metrics:
             ["route", "shadow"],
             registry=r,
         )
+        self.chaos_injected = Counter(
+            "shadowproxy_chaos_injected",
+            "Faults injected on purpose by chaos rules, by target (a shadow's name or "
+            "production) and fault (delay|abort|corrupt).",
+            ["route", "target", "fault"],
+            registry=r,
+        )
         self.shadow_info = Gauge(
             "shadowproxy_shadow_info",
             "One series per configured shadow, carrying its role (candidate|baseline).",

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import orjson
 
+from shadowproxy.chaos import PRODUCTION, ChaosRule, draw, rules_for
 from shadowproxy.config import RouteConfig
 from shadowproxy.errors import (
     ShadowproxyError,
@@ -61,6 +64,28 @@ class RouteRuntime:
     capture_bytes: int
     shadows: list[ShadowRunner]
     metrics: RouteMetrics
+    chaos: ProductionChaos | None = None
+    """Faults injected into production's calls; None (the norm) costs one check."""
+
+
+class ProductionChaos:
+    """A route's chaos rules on production (``allow_production``), with their counters."""
+
+    __slots__ = ("injected", "rng", "rules")
+
+    def __init__(
+        self,
+        rules: tuple[ChaosRule, ...],
+        metrics: Metrics,
+        route: str,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.rules = rules
+        self.rng = rng
+        self.injected = {
+            rule.fault: metrics.chaos_injected.labels(route, PRODUCTION, rule.fault)
+            for rule in rules
+        }
 
 
 class RouteMetrics:
@@ -82,6 +107,7 @@ class RouteMetrics:
 def route_runtime(
     route: RouteConfig, pool: Pool, shadows: list[ShadowRunner], metrics: Metrics
 ) -> RouteRuntime:
+    rules = rules_for(route.chaos, PRODUCTION)
     return RouteRuntime(
         name=route.name,
         pool=pool,
@@ -90,6 +116,7 @@ def route_runtime(
         capture_bytes=route.max_capture_bytes,
         shadows=shadows,
         metrics=RouteMetrics(metrics, route.name),
+        chaos=ProductionChaos(rules, metrics, route.name) if rules else None,
     )
 
 
@@ -155,7 +182,10 @@ class ProxyHandler:
         data = body if complete else _chain(body, request.body)
         outcome = _Production(runtime.capture_bytes)
         try:
-            await self._forward(request, runtime, request_id, headers, data, outcome)
+            if runtime.chaos is None or await _inject(
+                runtime.chaos, request, runtime, request_id, outcome
+            ):
+                await self._forward(request, runtime, request_id, headers, data, outcome)
         finally:
             result = outcome.result(started)
             runtime.metrics.upstream.observe(result.latency_ms / 1000.0)
@@ -207,7 +237,7 @@ class ProxyHandler:
 class _Production:
     """Production's result, filled in as the answer goes through."""
 
-    __slots__ = ("cap", "captured", "content_type", "error", "size", "status")
+    __slots__ = ("cap", "captured", "chaos", "content_type", "error", "size", "status")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -216,6 +246,7 @@ class _Production:
         self.content_type: str | None = None
         self.captured: list[bytes] = []
         self.size = 0
+        self.chaos: str | None = None
 
     def capture(self, chunk: bytes) -> None:
         room = self.cap - self.size
@@ -227,8 +258,40 @@ class _Production:
         latency = (time.perf_counter() - started) * 1000.0
         body = self.captured[0] if len(self.captured) == 1 else b"".join(self.captured)
         return ProductionResult(
-            self.status, latency, self.error, body, self.size > self.cap, self.content_type
+            self.status,
+            latency,
+            self.error,
+            body,
+            self.size > self.cap,
+            self.content_type,
+            self.chaos,
         )
+
+
+async def _inject(
+    chaos: ProductionChaos,
+    request: HttpRequest,
+    runtime: RouteRuntime,
+    request_id: str,
+    outcome: _Production,
+) -> bool:
+    """Production's faults for this request: True to go on and forward (after any
+    delay), False when an injected error was answered in production's place."""
+    injection = draw(chaos.rules, chaos.rng)
+    if injection is None:
+        return True
+    for fault in injection.faults:
+        chaos.injected[fault].inc()
+    outcome.chaos = injection.marker
+    if injection.abort_status is None:
+        await asyncio.sleep(injection.delay_s)
+        return True
+    status = injection.abort_status
+    outcome.status, outcome.content_type = status, "application/json"
+    message = f"injected by chaos ({outcome.chaos})"
+    outcome.capture(_json_error(request, status, message, request_id))
+    runtime.metrics.count(runtime.name, status)
+    return False
 
 
 async def _read_body(request: HttpRequest, cap: int) -> tuple[bytes, bool]:
@@ -376,13 +439,14 @@ def _body_failed(
         request.abort()
 
 
-def _json_error(request: HttpRequest, status: int, message: str, request_id: str) -> None:
+def _json_error(request: HttpRequest, status: int, message: str, request_id: str) -> bytes:
     body = orjson.dumps({"error": message, "status": status, "request_id": request_id})
     headers = [("Content-Type", "application/json"), (REQUEST_ID, request_id)]
     request.reply(status, _REASONS.get(status, "Error"), headers, body)
+    return body
 
 
-_REASONS = {400: "Bad Request", 404: "Not Found", 502: "Bad Gateway", 504: "Gateway Timeout"}
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 def _short(exc: BaseException) -> str:

@@ -42,6 +42,8 @@ class ProductionResult:
     body: bytes
     body_truncated: bool
     content_type: str | None
+    chaos: str | None = None
+    """The faults injected into this answer (``shadowproxy.chaos`` marker); None normally."""
 
 
 @dataclass(slots=True)
@@ -54,6 +56,9 @@ class ShadowResult:
     body: bytes
     body_truncated: bool
     content_type: str | None
+    chaos: str | None = None
+    """The faults injected into this copy (``delay_ms=500,corrupt_prediction``); None normally.
+    ``corrupt_prediction`` is applied by the recorder, before comparison."""
 
 
 @dataclass(slots=True)

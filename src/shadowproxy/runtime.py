@@ -12,7 +12,8 @@ A reload (``Server.reload`` in ``shadowproxy.app``), step by step:
 2. refuse a change to a setting only a restart applies (``RESTART_ONLY``);
 3. ``build`` the new snapshot, reusing what did not change: production pools by
    (origin, pool settings), shadow lanes (pool, in-flight count, breaker) by
-   (route, shadow, url, max_in_flight), runners whose settings are all the same;
+   (route, shadow, url, max_in_flight), runners whose settings (chaos rules
+   included) are all the same;
 4. swap it into the handler: new requests use it;
 5. ``Retirer``: once no request holds an older snapshot and no copy runs on a dropped
    lane, close the pools the new snapshot no longer uses.
@@ -113,6 +114,7 @@ def build(
             and old.lane is lane
             and old.config == shadow
             and old.route.max_capture_bytes == route.max_capture_bytes
+            and old.route.chaos == route.chaos
         ):
             return old
         return ShadowRunner(route, shadow, lane, metrics)

@@ -73,6 +73,8 @@ PAIR_COLUMNS: tuple[Column, ...] = (
     Column("compare_detail", pa.string(), "first differing path, or why incomparable"),
     Column("batch_size", pa.int32(), "predictions in a batched answer"),
     Column("batch_agree", pa.int32(), "predictions of the batch that agree"),
+    Column("chaos", pa.string(), "faults injected into the shadow copy; null when none"),
+    Column("prod_chaos", pa.string(), "faults injected into production's call; null when none"),
 )
 PAIRS_SCHEMA = _schema(PAIR_COLUMNS)
 
@@ -180,6 +182,8 @@ def pair_row(
         "compare_detail": c.detail if c else compare_detail,
         "batch_size": c.batch_size if c else None,
         "batch_agree": c.batch_agree if c else None,
+        "chaos": result.chaos,
+        "prod_chaos": prod.chaos,
     }
 
 

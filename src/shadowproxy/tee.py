@@ -10,10 +10,12 @@ production's result and the shadow's outcome are known, whichever comes last.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Mapping
 
 from shadowproxy.breaker import CircuitBreaker
+from shadowproxy.chaos import INJECTED_BODY, SHADOW_PREFIX, Injection, draw, rules_for
 from shadowproxy.config import CircuitBreakerConfig, RouteConfig, ShadowConfig
 from shadowproxy.headers import shadow_request_headers
 from shadowproxy.http1 import Pool
@@ -64,10 +66,15 @@ class ShadowRunner:
         lane: ShadowLane,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.route = route
         self.config = config
         self.lane = lane
+        # From the route this runner was built with: a reload that changes them builds
+        # a new runner, so new copies follow the new rules.
+        self.chaos = rules_for(route.chaos, SHADOW_PREFIX + config.name)
+        self._rng = rng
         if lane.breaker.config != config.circuit_breaker:
             # New thresholds start from a closed circuit (the lane is this shadow's only).
             lane.breaker = CircuitBreaker(config.circuit_breaker)
@@ -89,6 +96,9 @@ class ShadowRunner:
         )
         self._latency = metrics.upstream_duration.labels(route.name, config.name, "shadow")
         metrics.shadow_info.labels(*labels, config.role).set(1)
+        self._injected = {
+            rule.fault: metrics.chaos_injected.labels(*labels, rule.fault) for rule in self.chaos
+        }
 
     @property
     def in_flight(self) -> int:
@@ -123,21 +133,62 @@ class ShadowRunner:
     ) -> ShadowResult:
         lane = self.lane
         try:
-            result = await fetch_shadow(
-                lane.pool,
-                info.method,
-                raw_path,
-                shadow_request_headers(headers, self._drop_headers, self._set_headers),
-                info.body,
-                self.config.timeout_s,
-                self.route.max_capture_bytes,
-            )
+            if self.chaos:
+                result = await self._send_with_chaos(info, headers, raw_path)
+            else:
+                result = await fetch_shadow(
+                    lane.pool,
+                    info.method,
+                    raw_path,
+                    shadow_request_headers(headers, self._drop_headers, self._set_headers),
+                    info.body,
+                    self.config.timeout_s,
+                    self.route.max_capture_bytes,
+                )
         finally:
             lane.in_flight -= 1
             self._in_flight_gauge.dec()
         if result.latency_ms is not None and result.outcome == "ok":
             self._latency.observe(result.latency_ms / 1000.0)
         lane.breaker.record(result.outcome == "ok", self.clock())
+        return result
+
+    async def _send_with_chaos(
+        self, info: RequestInfo, headers: list[tuple[str, str]], raw_path: str
+    ) -> ShadowResult:
+        """The copy with the faults drawn for it. What they produce looks to the rest
+        of the proxy (metrics, breaker, recorder) like the real thing, plus the marker."""
+        injection = draw(self.chaos, self._rng) or Injection()
+        for fault in injection.faults:
+            self._injected[fault].inc()
+        timeout = self.config.timeout_s
+        marker = injection.marker or None
+        if injection.abort_status is not None:
+            return ShadowResult(
+                "ok", injection.abort_status, 0.0, None, INJECTED_BODY, False,
+                "application/json", marker,
+            )  # fmt: skip
+        started = time.perf_counter()
+        if injection.delay_s >= timeout:
+            await asyncio.sleep(timeout)
+            error = f"no complete answer within {timeout:g}s (injected delay)"
+            return ShadowResult("timeout", None, timeout * 1000.0, error, b"", False, None, marker)
+        if injection.delay_s:
+            await asyncio.sleep(injection.delay_s)
+        result = await fetch_shadow(
+            self.lane.pool,
+            info.method,
+            raw_path,
+            shadow_request_headers(headers, self._drop_headers, self._set_headers),
+            info.body,
+            timeout - injection.delay_s,
+            self.route.max_capture_bytes,
+        )
+        result.chaos = marker
+        if injection.delay_s:
+            result.latency_ms = (time.perf_counter() - started) * 1000.0
+            if result.outcome == "timeout":
+                result.error = f"no complete answer within {timeout:g}s (injected delay)"
         return result
 
 

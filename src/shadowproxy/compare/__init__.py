@@ -16,7 +16,8 @@ How one recorded pair is judged::
 Modules follow that path: ``spec`` (the ``compare:`` config block), ``decode`` and
 ``sse``, ``extract``, one module per comparator family (``exact``, ``numeric``,
 ``label``, ``scores``, ``text``), ``auto``, ``comparators`` (the registry),
-``verdict`` (the batch rule), ``pairs`` (the pipeline) and ``describe`` (``/routes``).
+``verdict`` (the batch rule), ``pairs`` (the pipeline) and ``describe`` (``/routes``);
+``corrupt`` changes a shadow's answer for a chaos experiment, before comparison.
 Every failure of the data is a reason in ``Comparison.detail``, never an exception.
 """
 

@@ -44,9 +44,9 @@ def pack(pair: Pair) -> PackedPair:
         request.query, request.body, request.body_complete,
         pair.shadow, pair.role,
         production.status, production.latency_ms, production.error, production.body,
-        production.body_truncated, production.content_type,
+        production.body_truncated, production.content_type, production.chaos,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
-        result.body_truncated, result.content_type,
+        result.body_truncated, result.content_type, result.chaos,
     )  # fmt: skip
 
 
@@ -54,15 +54,15 @@ def unpack(packed: PackedPair) -> Pair:
     (
         request_id, ts, route, method, path, query, body, body_complete,
         shadow, role,
-        prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type,
-        outcome, status, latency, error, shadow_body, truncated, content_type,
+        prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
+        outcome, status, latency, error, shadow_body, truncated, content_type, chaos,
     ) = packed  # fmt: skip
     return Pair(
         RequestInfo(request_id, ts, route, method, path, query, [], body, body_complete),
         shadow,
         role,
         ProductionResult(
-            prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type
+            prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos
         ),
-        ShadowResult(outcome, status, latency, error, shadow_body, truncated, content_type),
+        ShadowResult(outcome, status, latency, error, shadow_body, truncated, content_type, chaos),
     )

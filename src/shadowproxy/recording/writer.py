@@ -7,6 +7,9 @@ comparison, row and Arrow batch building, zstd encoding and file I/O. Per item::
             (route policy)   (errors become the row's      (capped     (route, date)
                               compare_detail)               bodies)
 
+A pair marked ``corrupt_prediction`` by a chaos rule has its shadow answer corrupted
+first (``compare.corrupt``), so everything after it sees the corrupted answer.
+
 A part file is one future file: its rows are encoded to Parquet in memory a row
 group at a time as they arrive; it is sealed when it reaches ``max_rows_per_file``,
 when ``flush_interval_s`` has passed since its first row, under memory pressure or
@@ -22,12 +25,15 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from shadowproxy.config import RecordConfig, RecordingConfig, RouteConfig
+from shadowproxy.chaos import corrupts
+from shadowproxy.compare.corrupt import corrupt_answer
+from shadowproxy.compare.spec import CompareConfig
+from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording.storage import (
     FEEDBACK,
@@ -99,22 +105,36 @@ Item = Pair | Feedback | Routes
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
-    """A route's ``record`` options, compiled for the writer."""
+    """A route's ``record`` options, compiled for the writer, and what it compares
+    (which part of an answer a chaos corruption must change)."""
 
     bodies: bool
     max_body_bytes: int
     redactor: Redactor
+    compare: CompareConfig
 
     @classmethod
-    def from_config(cls, record: RecordConfig) -> RoutePolicy:
-        return cls(record.bodies, record.max_body_bytes, Redactor(record.redact))
+    def from_config(cls, route: RouteConfig) -> RoutePolicy:
+        record = route.record
+        return cls(record.bodies, record.max_body_bytes, Redactor(record.redact), route.compare)
+
+    def corrupt(self, pair: Pair) -> Pair:
+        """The pair with the shadow's answer corrupted (a chaos ``corrupt_prediction``)."""
+        result = pair.result
+        body = corrupt_answer(result.body, result.content_type, self.compare)
+        return replace(pair, result=replace(result, body=body))
 
 
 def _route_policies(routes: Iterable[RouteConfig]) -> dict[str, RoutePolicy]:
-    return {route.name: RoutePolicy.from_config(route.record) for route in routes}
+    return {route.name: RoutePolicy.from_config(route) for route in routes}
 
 
-UNKNOWN_ROUTE = RoutePolicy(bodies=False, max_body_bytes=0, redactor=Redactor(withhold_all=True))
+UNKNOWN_ROUTE = RoutePolicy(
+    bodies=False,
+    max_body_bytes=0,
+    redactor=Redactor(withhold_all=True),
+    compare=CompareConfig(),
+)
 """A pair from a route the recorder was not configured with: it cannot know what to
 redact, so it keeps metadata only and the comparator sees no bodies."""
 
@@ -286,6 +306,8 @@ class Writer:
         if not policy.bodies and self._comparer is None:
             # Nothing will read a body: skip the parsing redaction would cost.
             return pair_row(pair, None, bodies=False, max_body_bytes=0)
+        if pair.result.chaos and pair.result.body and corrupts(pair.result.chaos):
+            pair = policy.corrupt(pair)
         redacted, withheld = policy.redactor.pair(pair, memo)
         comparison, failure = self._compare(redacted)
         return pair_row(

@@ -8,8 +8,8 @@ How the report is made::
             │  queries: every aggregation as SQL, one streaming scan each;
             │           only aggregates and capped hash samples reach Python
             ▼
-    analysis (+ groundtruth) ──► stats (pure: Wilson, z, McNemar, Wilcoxon, bootstrap,
-            │                            Holm, power)
+    analysis (+ groundtruth, chaos) ──► stats (pure: Wilson, z, McNemar, Wilcoxon,
+            │                                    bootstrap, Holm, power)
             │  ──► verdict (pure: one line per shadow, no claim beyond its test)
             ▼
     model.Report ──► render (HTML + svg charts) · summary (summary.json) · table (stdout)
@@ -107,7 +107,7 @@ def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:
 
 
 def _steps(options: ReportOptions) -> int:
-    return 9 + len(options.segments) + (2 if options.labels else 0)
+    return 11 + len(options.segments) + (2 if options.labels else 0)
 
 
 def _write(path: str, text: str) -> None:

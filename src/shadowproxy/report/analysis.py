@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from shadowproxy.report import groundtruth, queries, stats, verdict
+from shadowproxy.report import chaos, groundtruth, queries, stats, verdict
 from shadowproxy.report.load import Rows, Runner
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
@@ -47,12 +47,18 @@ BODY_PREVIEW_CHARS = 2000
 def analyze(runner: Runner, options: ReportOptions, *, has_labels: bool, now: datetime) -> Report:
     """Run every query and assemble the report (the only I/O in this module)."""
     pairs = build_pairs(runner.rows(queries.pair_summary()))
-    if not pairs:
+    excluded = chaos.excluded(runner.rows(queries.chaos_excluded()))
+    if not pairs and not excluded:
         raise ReportInputError(f"no rows in {options.root} match the filters {_filters(options)}")
-    bucket = choose_bucket(
-        min(p.first_ts for p in pairs.values() if p.first_ts),
-        max(p.last_ts for p in pairs.values() if p.last_ts),
-    )
+    for key, count in excluded.items():
+        if key in pairs:
+            pairs[key].chaos_excluded = count
+    bucket = BUCKETS_S[0]
+    if pairs:  # else every row carries an injected fault: only the chaos section has rows
+        bucket = choose_bucket(
+            min(p.first_ts for p in pairs.values() if p.first_ts),
+            max(p.last_ts for p in pairs.values() if p.last_ts),
+        )
     add_timelines(pairs, runner.rows(queries.agreement_over_time(bucket)), bucket)
     add_latency(pairs, runner, options)
     add_diff_histograms(pairs, runner)
@@ -75,6 +81,7 @@ def analyze(runner: Runner, options: ReportOptions, *, has_labels: bool, now: da
         bucket_seconds=bucket,
         segment_paths=tuple(p.text for p in options.segments),
         labels_available=has_labels,
+        chaos=chaos.checks(runner.rows(queries.chaos_checks())) if excluded else [],
     )
 
 

@@ -138,10 +138,10 @@ def attach_pairs(
     files: Sequence[str],
     options: ReportOptions,
 ) -> None:
-    """Create the views ``pairs_raw`` (every row) and ``scope`` (the filtered rows)."""
-    connection.execute(
-        queries.create_view("pairs_raw", _source(connection, dataset, files, "pairs"))
-    )
+    """Create the views ``pairs_raw`` (every row), ``scope_all`` (the filtered rows) and
+    ``scope`` (those without injected faults)."""
+    source = _source(connection, dataset, files, "pairs")
+    connection.execute(queries.create_view("pairs_raw", source))
     present = {row[0] for row in connection.execute(queries.columns("pairs_raw").sql).fetchall()}
     missing = [c for c in queries.REQUIRED_COLUMNS if c not in present]
     if missing:
@@ -149,7 +149,11 @@ def attach_pairs(
             f"the pairs under {dataset.root} lack column(s) {', '.join(missing)}: "
             "not a shadowproxy recording, or one from an incompatible version"
         )
-    connection.execute(queries.scope_view(options.filters))
+    absent = [(c, kind) for c, kind in queries.OPTIONAL_COLUMNS if c not in present]
+    if absent:
+        connection.execute(queries.create_view("pairs_raw", source, absent))
+    for view in queries.scope_views(options.filters):
+        connection.execute(view)
 
 
 def attach_labels(

@@ -129,6 +129,37 @@ class Labels:
     """Extra labels to detect a difference of the observed size, when not significant."""
 
 
+@dataclass(frozen=True)
+class ChaosCheck:
+    """One fault injected by a chaos rule, and whether the monitoring noticed it.
+
+    ``injected``, ``clean`` and ``expected`` are the same measure (``measure``) over
+    the target's rows with this fault, over its rows without any fault, and what the
+    fault should make of the latter: a median latency in ms plus the delay, a share of
+    rows with the abort status (1.0), a disagreement rate (1.0).
+    """
+
+    route: str
+    target: str
+    """A shadow's name, or ``production``."""
+    fault: str
+    """``delay``, ``abort`` or ``corrupt``."""
+    parameter: float | None
+    """The delay in ms or the abort status; None for a corruption."""
+    rows: int
+    """Rows with this fault (for production: requests)."""
+    measure: str
+    measured: int
+    """Injected rows the measure is over (corruption: the compared ones)."""
+    injected: float | None
+    clean: float | None
+    clean_rows: int
+    expected: float | None
+    noticed: bool | None
+    """The measure moved at least halfway from ``clean`` to ``expected``; None when
+    there is nothing to tell it by (no rows to measure, or nothing to move)."""
+
+
 @dataclass
 class PairReport:
     route: str
@@ -157,6 +188,8 @@ class PairReport:
     segments: list[Segment] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     verdict: str = ""
+    chaos_excluded: int = 0
+    """Rows with injected faults, left out of every figure above (see ``Report.chaos``)."""
 
 
 @dataclass
@@ -169,3 +202,4 @@ class Report:
     segment_paths: tuple[str, ...] = ()
     labels_available: bool = False
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    chaos: list[ChaosCheck] = field(default_factory=list)

@@ -8,9 +8,10 @@ macros, ``quantile_cont``, ``max_by(x, y, n)``, ``hash``, ``try``/``decode`` for
 bodies) and each has a direct counterpart there. Quantiles are exact, not t-digest
 estimates, so the same recording always gives the same report.
 
-Every query reads the view ``scope``: the pairs after the command line's filters.
-Functions return :class:`Query` values (text plus positional parameters); nothing here
-opens a connection.
+Every query reads the view ``scope``: the pairs after the command line's filters,
+without the rows that carry an injected fault (chaos). Only the chaos queries read
+``scope_all``, which keeps them. Functions return :class:`Query` values (text plus
+positional parameters); nothing here opens a connection.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ REQUIRED_COLUMNS = (
     "diff_score",
     "compare_detail",
 )
+
+OPTIONAL_COLUMNS = (("chaos", "VARCHAR"), ("prod_chaos", "VARCHAR"))
+"""Columns added after the first recordings: read as null from files that lack them."""
+
+CLEAN = "chaos IS NULL AND prod_chaos IS NULL"
+"""A row without injected faults: the only kind the figures of each pair count."""
 
 MACROS = (
     # A prediction or label as JSON, with a one-element list unwrapped ("[3]" -> "3").
@@ -124,12 +131,15 @@ def parquet_source(paths: Sequence[str], *, hive: bool) -> str:
     return f"read_parquet({_string_list(paths)}, {options})"
 
 
-def create_view(name: str, source: str) -> str:
-    return f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {source}"
+def create_view(name: str, source: str, missing: Sequence[tuple[str, str]] = ()) -> str:
+    """A view of ``source``; ``missing`` columns (name, SQL type) are added as nulls."""
+    nulls = "".join(f", NULL::{kind} AS {column}" for column, kind in missing)
+    return f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT *{nulls} FROM {source}"
 
 
-def scope_view(filters: Filters) -> str:
-    """The filtered pairs every other query reads. Conditions on ``route`` and ``date``
+def scope_views(filters: Filters) -> tuple[str, str]:
+    """``scope_all`` (the filtered pairs) and ``scope`` (those without injected faults,
+    which every query but the chaos ones reads). Conditions on ``route`` and ``date``
     are plain comparisons with constants, so DuckDB prunes whole partitions."""
     conditions = ["TRUE"]
     if filters.routes:
@@ -142,8 +152,10 @@ def scope_view(filters: Filters) -> str:
     if filters.until is not None:
         conditions.append(f"date <= {literal(filters.until.date().isoformat())}")
         conditions.append(f"ts < {_timestamp(filters.until)}")
-    return "CREATE OR REPLACE TEMP VIEW scope AS SELECT * FROM pairs_raw WHERE " + " AND ".join(
-        conditions
+    where = " AND ".join(conditions)
+    return (
+        f"CREATE OR REPLACE TEMP VIEW scope_all AS SELECT * FROM pairs_raw WHERE {where}",
+        f"CREATE OR REPLACE TEMP VIEW scope AS SELECT * FROM scope_all WHERE {CLEAN}",
     )
 
 
@@ -442,6 +454,73 @@ def regression_sample(thresholds: Sequence[tuple[str, str, int]], per_pair: int)
     QUALIFY row_number() OVER (PARTITION BY route, shadow
                                ORDER BY hash(request_id), request_id) <= ?"""
     return Query("regression sample", sql, (*params, per_pair))
+
+
+# --- chaos ---------------------------------------------------------------------------
+
+
+def chaos_excluded() -> Query:
+    """Rows per pair left out of the figures because they carry an injected fault."""
+    sql = f"""
+    SELECT route, shadow, count(*) AS excluded
+    FROM scope_all WHERE NOT ({CLEAN}) GROUP BY route, shadow ORDER BY route, shadow"""
+    return Query("rows with injected faults", sql)
+
+
+def chaos_checks() -> Query:
+    """Per (route, target, fault word, parameter): the injected rows and what the
+    monitoring saw of them, next to the same target's rows without faults.
+
+    A marker holds one or more words (``delay_ms=500,corrupt_prediction``), so a row
+    counts once per fault it carries. Production's faults are counted per request, not
+    per (request, shadow) row: every shadow's row of a request repeats them. Baselines:
+    a shadow's rows without any fault; production's requests without a production fault.
+    """
+    sql = """
+    WITH words AS (
+        SELECT route, 'shadow' AS side, shadow, shadow_latency_ms AS latency,
+               shadow_status AS status, agree, unnest(string_split(chaos, ',')) AS word
+        FROM scope_all WHERE chaos IS NOT NULL
+        UNION ALL
+        SELECT route, 'production', NULL, prod_latency_ms, prod_status, NULL,
+               unnest(string_split(prod_chaos, ','))
+        FROM (SELECT DISTINCT route, request_id, prod_latency_ms, prod_status, prod_chaos
+              FROM scope_all WHERE prod_chaos IS NOT NULL)),
+    injected AS (
+        SELECT route, side, shadow, split_part(word, '=', 1) AS fault,
+               nullif(split_part(word, '=', 2), '') AS param, count(*) AS rows,
+               count(latency) AS timed, quantile_cont(latency, 0.5) AS latency_p50,
+               count(*) FILTER (WHERE status = TRY_CAST(split_part(word, '=', 2) AS INTEGER))
+                   AS with_status,
+               count(agree) AS compared, count(*) FILTER (WHERE NOT agree) AS disagreed
+        FROM words GROUP BY ALL),
+    clean AS (
+        SELECT route, 'shadow' AS side, shadow, shadow_latency_ms AS latency,
+               shadow_status AS status, agree
+        FROM scope
+        UNION ALL
+        SELECT route, 'production', NULL, prod_latency_ms, prod_status, NULL
+        FROM (SELECT DISTINCT route, request_id, prod_latency_ms, prod_status
+              FROM scope_all WHERE prod_chaos IS NULL)),
+    baseline AS (
+        SELECT route, side, shadow, count(*) AS rows, quantile_cont(latency, 0.5) AS latency_p50,
+               count(agree) AS compared, count(*) FILTER (WHERE NOT agree) AS disagreed
+        FROM clean GROUP BY ALL),
+    statuses AS (
+        SELECT route, side, shadow, status, count(*) AS n FROM clean GROUP BY ALL)
+    SELECT i.route, i.side, i.shadow, i.fault, i.param, i.rows, i.timed, i.latency_p50,
+           i.with_status, i.compared, i.disagreed,
+           coalesce(b.rows, 0) AS clean_rows, b.latency_p50 AS clean_latency_p50,
+           coalesce(b.compared, 0) AS clean_compared, coalesce(b.disagreed, 0) AS clean_disagreed,
+           coalesce(s.n, 0) AS clean_with_status
+    FROM injected i
+    LEFT JOIN baseline b
+      ON b.route = i.route AND b.side = i.side AND b.shadow IS NOT DISTINCT FROM i.shadow
+    LEFT JOIN statuses s
+      ON s.route = i.route AND s.side = i.side AND s.shadow IS NOT DISTINCT FROM i.shadow
+     AND s.status = TRY_CAST(i.param AS INTEGER) AND i.fault = 'abort_status'
+    ORDER BY i.route, i.side DESC, i.shadow, i.fault, i.param"""
+    return Query("chaos checks", sql)
 
 
 def probe_file(path_source: str) -> Query:

@@ -14,6 +14,7 @@ from shadowproxy import __version__
 from shadowproxy.report import svg
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
+    ChaosCheck,
     Example,
     Interval,
     Labels,
@@ -72,6 +73,7 @@ def render(report: Report) -> str:
         _header(report),
         _overview(report),
         *(_pair_section(pair, report) for pair in report.pairs),
+        _chaos(report),
         _methods(report),
     ]
     return (
@@ -198,7 +200,14 @@ def _volume(pair: PairReport) -> str:
             ("status differs from production", "", f"{pair.status_mismatch:,}"),
         ],
     )
-    return f"<h4>1. Volume and outcomes</h4>{outcomes}{http}"
+    excluded = ""
+    if pair.chaos_excluded:
+        excluded = (
+            f'<p class="note">{pair.chaos_excluded:,} more rows carry injected faults and are '
+            'left out of every figure of this shadow (see <a href="#chaos">Chaos '
+            "experiments</a>).</p>"
+        )
+    return f"<h4>1. Volume and outcomes</h4>{outcomes}{http}{excluded}"
 
 
 def _agreement(pair: PairReport, report: Report) -> str:
@@ -422,6 +431,49 @@ def _ci_text(value: object) -> str:
     if isinstance(value, list) and len(value) == 2:
         return interval(Interval(float(value[0]), float(value[1])), digits=2)
     return ""
+
+
+def _chaos(report: Report) -> str:
+    if not report.chaos:
+        return ""
+    rows = [
+        (
+            escape(check.route),
+            escape(check.target),
+            escape(fault_text(check)),
+            f"{check.rows:,}",
+            escape(check.measure),
+            chaos_value(check, check.injected),
+            chaos_value(check, check.clean),
+            chaos_value(check, check.expected),
+            {True: "yes", False: '<span class="bad">no</span>', None: NA}[check.noticed],
+        )
+        for check in report.chaos
+    ]
+    head = (
+        "route", "target", "fault", "injected rows", "measure", "injected",
+        "without faults", "expected", "noticed",
+    )  # fmt: skip
+    return (
+        '<section id="chaos"><h2>Chaos experiments</h2><p>Faults injected on purpose by the '
+        "routes' <code>chaos</code> rules. Rows that carry one are left out of every other "
+        "figure in this report. <i>Noticed</i>: the measure moved at least halfway from the "
+        "rows without faults to the value the fault should produce.</p>"
+        f"{_table(head, rows)}</section>"
+    )
+
+
+def fault_text(check: ChaosCheck) -> str:
+    """``delay 500 ms``, ``abort 503``, ``corrupt``."""
+    if check.parameter is None:
+        return check.fault
+    if check.fault == "delay":
+        return f"delay {check.parameter:g} ms"
+    return f"{check.fault} {check.parameter:g}"
+
+
+def chaos_value(check: ChaosCheck, value: float | None) -> str:
+    return ms(value) if check.fault == "delay" else pct(value)
 
 
 def _methods(report: Report) -> str:

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from shadowproxy.report.model import (
+    ChaosCheck,
     Interval,
     Labels,
     Latency,
@@ -33,6 +34,7 @@ def summary(report: Report) -> dict[str, Any]:
             "bucket_seconds": report.bucket_seconds,
             "skipped_files": [{"path": p, "reason": r} for p, r in report.skipped_files],
             "pairs": [_pair(p) for p in report.pairs],
+            "chaos": [_chaos(c) for c in report.chaos],
         }
     )
     return data
@@ -63,6 +65,24 @@ def _pair(pair: PairReport) -> dict[str, Any]:
         "labels": _labels(pair.labels),
         "segments": [_segment(s) for s in pair.segments],
         "verdict": pair.verdict,
+        "chaos_excluded": pair.chaos_excluded,
+    }
+
+
+def _chaos(check: ChaosCheck) -> dict[str, Any]:
+    return {
+        "route": check.route,
+        "target": check.target,
+        "fault": check.fault,
+        "parameter": check.parameter,
+        "rows": check.rows,
+        "measure": check.measure,
+        "measured": check.measured,
+        "injected": check.injected,
+        "clean": check.clean,
+        "clean_rows": check.clean_rows,
+        "expected": check.expected,
+        "noticed": check.noticed,
     }
 
 

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shadowproxy.report.model import PairReport, Report
-from shadowproxy.report.render import interval, ms, pct
+from shadowproxy.report.model import ChaosCheck, PairReport, Report
+from shadowproxy.report.render import chaos_value, fault_text, interval, ms, pct
 
 
 def print_summary(report: Report, out: TextIO | None = None) -> None:
@@ -24,6 +24,8 @@ def print_summary(report: Report, out: TextIO | None = None) -> None:
     console.print(summary_table(report))
     for pair in report.pairs:
         console.print(f"{pair.route} / {pair.verdict}", soft_wrap=True, markup=False)
+    for check in report.chaos:
+        console.print(chaos_line(check), soft_wrap=True, markup=False)
     for path, reason in report.skipped_files:
         console.print(f"skipped unreadable file {path}: {reason}", soft_wrap=True, markup=False)
 
@@ -62,6 +64,19 @@ def _row(pair: PairReport) -> list[str]:
         f"{ms(lat.production.p50)} → {ms(lat.shadow.p50)}",
         f"{ms(lat.production.p99)} → {ms(lat.shadow.p99)}",
     ]
+
+
+def chaos_line(check: ChaosCheck) -> str:
+    """``chaos m / s: delay 500 ms on 20 rows: median latency 612.0 ms vs 101.0 ms
+    without faults (expected 601.0 ms): noticed``"""
+    verdict = {True: "noticed", False: "NOT noticed", None: "cannot tell"}[check.noticed]
+    unit = "requests" if check.target == "production" else "rows"
+    return (
+        f"chaos {check.route} / {check.target}: {fault_text(check)} on {check.rows:,} {unit}: "
+        f"{check.measure} {chaos_value(check, check.injected)} vs "
+        f"{chaos_value(check, check.clean)} without faults "
+        f"(expected {chaos_value(check, check.expected)}): {verdict}"
+    )
 
 
 def _labels(pair: PairReport) -> str:
