@@ -208,3 +208,52 @@ async def test_two_workers_share_the_port_record_and_merge_metrics(tmp_path: Pat
 
 def fresh_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    port, admin_port = free_port(), free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    async with upstream() as production:
+        config = write_config(
+            tmp_path,
+            [route("m", production.url)],
+            listen=f"127.0.0.1:{port}",
+            admin_listen=f"127.0.0.1:{admin_port}",
+        )
+        log = (tmp_path / "serve.log").open("wb")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shadowproxy", "serve", "--config", str(config),
+            "--workers", "2", stdout=log, stderr=log,
+        )  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as session:
+                ready = await _wait_ready(admin, session)
+            pids = [int(w["pid"]) for w in ready["workers"]]  # type: ignore[attr-defined]
+            process.kill()
+            await process.wait()
+            for _ in range(150):
+                alive = [pid for pid in pids if _running(pid)]
+                if not alive:
+                    break
+                await asyncio.sleep(0.1)
+            assert not alive, f"orphaned workers {alive}"
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            log.close()
+    # Nothing holds the shared port any more.
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return
+    writer.close()
+    raise AssertionError("the traffic port still accepts connections")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -180,7 +180,7 @@ class Supervisor:
         worker.admin_port = _free_loopback_port()
         worker.ready = False
         worker.process = await asyncio.create_subprocess_exec(
-            *self._argv(worker), stdin=asyncio.subprocess.DEVNULL
+            *self._argv(worker), stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
         worker.started = time.monotonic()
         deadline = time.monotonic() + _START_TIMEOUT_S
@@ -382,6 +382,16 @@ class Supervisor:
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _json({"error": f"worker {worker.index} unreachable: {exc}"}, status=503)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL,
+    so no orphaned worker keeps serving (and holding the shared port) on its own."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def _wait(process: asyncio.subprocess.Process, timeout_s: float) -> int:
