@@ -308,3 +308,30 @@ async def test_large_body_is_read_with_bounded_buffering() -> None:
     assert sizes == [len(body)]
     # Paused at the high-water mark; one socket read (at most 256 KiB) may land on top.
     assert max(held) <= BODY_HIGH_WATER + 256 * 1024
+
+
+async def test_a_stalled_body_fails_with_408_after_the_body_timeout() -> None:
+    errors: list[RequestBodyError] = []
+
+    async def reader(request: HttpRequest) -> None:
+        try:
+            while await request.body.read_chunk():
+                pass
+        except RequestBodyError as exc:
+            errors.append(exc)
+            request.reply(exc.status, "Request Timeout", [], str(exc).encode())
+            return
+        request.reply(200, "OK", [], b"complete")
+
+    server = HttpServer(reader, ServerLimits(body_timeout_s=0.3))
+    _, port = await server.listen("127.0.0.1", 0)
+    try:
+        reader_stream, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        raw = await asyncio.wait_for(reader_stream.read(), 5)
+        writer.close()
+    finally:
+        await server.close(1.0)
+    assert raw.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"Connection: close" in raw and raw.endswith(b"request body stalled for 0.3s")
+    assert [error.status for error in errors] == [408]

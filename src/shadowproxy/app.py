@@ -219,6 +219,7 @@ class Server:
             max_header_bytes=main.max_header_bytes,
             header_timeout_s=main.client_header_timeout_s,
             keepalive_timeout_s=main.client_keepalive_timeout_s,
+            body_timeout_s=main.client_body_timeout_s,
         )
         rejected = self.metrics.rejected_requests
         self._proxy_server = HttpServer(

@@ -261,6 +261,8 @@ class MainConfig(_Model):
     client_header_timeout_s: Seconds = 30.0
     """A request head must arrive within this (slowloris gets 408)."""
     client_keepalive_timeout_s: Seconds = 75.0
+    client_body_timeout_s: Seconds = 60.0
+    """Longest wait for the next piece of a request body (a stalled upload gets 408)."""
     upstream_pool: PoolConfig = PoolConfig()
 
     _listen = field_validator("listen", "admin_listen")(_check_listen)

@@ -425,11 +425,11 @@ def _body_failed(
     outcome: _Production | None,
 ) -> None:
     """The client's body failed: it left (counted as 499, as NGINX logs it, nobody is
-    there to answer) or sent broken framing (400)."""
+    there to answer), stalled (408) or sent broken framing (400)."""
     if request.disconnected:
         message, status = "client disconnected", CLIENT_CLOSED
     else:
-        message, status = f"request body unreadable: {error}", 400
+        message, status = f"request body unreadable: {error}", error.status
     if outcome is not None:
         outcome.error = message
     runtime.metrics.count(runtime.name, status)

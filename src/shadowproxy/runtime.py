@@ -45,6 +45,7 @@ RESTART_ONLY = (
     "max_header_bytes",
     "client_header_timeout_s",
     "client_keepalive_timeout_s",
+    "client_body_timeout_s",
     "recording",
 )
 """Main-file keys a reload cannot apply: the listeners are bound, the writer is running."""

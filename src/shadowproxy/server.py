@@ -52,10 +52,19 @@ class ServerLimits:
     """From a request's first byte (or the connection's) to the end of its head."""
     keepalive_timeout_s: float = 75.0
     """An idle client connection is closed after this long."""
+    body_timeout_s: float = 60.0
+    """Longest wait for the next piece of a request body (a stalled upload)."""
 
 
 class RequestBodyError(ConnectionError):
-    """The request body cannot be read: the client left or sent invalid framing."""
+    """The request body cannot be read: the client left, stalled or sent invalid framing.
+
+    ``status`` is what the client gets if it is still there: 400, or 408 for a stall.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RequestHeaders(Mapping[str, str]):
@@ -139,6 +148,11 @@ class Body:
             self._done = True
             self._wake()
 
+    def _stalled(self) -> None:
+        limit = self._conn.body_timeout_s
+        self.fail(RequestBodyError(f"request body stalled for {limit:g}s", status=408))
+        self._conn.closing = True  # the rest of this body must not be read as a request
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -151,11 +165,15 @@ class Body:
                 raise self._error
             if self._done:
                 return b""
-            self._waiter = self._conn.loop.create_future()
+            # Only a body that has not arrived waits, so only it pays for the timer.
+            loop = self._conn.loop
+            self._waiter = loop.create_future()
+            timer = loop.call_later(self._conn.body_timeout_s, self._stalled)
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                timer.cancel()
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
         if self._size <= BODY_HIGH_WATER:
@@ -310,6 +328,7 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._limits = server.limits
+        self.body_timeout_s = server.limits.body_timeout_s
         self.loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
