@@ -36,9 +36,9 @@ import httptools
 import uvloop
 from procs import Children, free_port, wait_for_port
 from upstreams import PREDICT_PATH, REQUEST_BODY, RESPONSE_BODY, answer_server, nginx_conf
+from yarl import URL
 
 from shadowproxy.http1 import Pool, encode_request
-from shadowproxy.upstream import upstream_url
 
 MAX_CONNECTIONS = 64
 # What the proxy forwards for a typical client (see shadowproxy.headers).
@@ -78,7 +78,7 @@ def aiohttp_call(session: aiohttp.ClientSession, base: str) -> Call:
     """The proxy's production call as it is today (shadowproxy.proxy._open/_buffered)."""
 
     async def call() -> bytes:
-        url = upstream_url(base, PREDICT_PATH)
+        url = URL(base + PREDICT_PATH, encoded=True)  # the raw path, byte for byte
         response = await session.request(
             "POST", url, headers=HEADERS, data=BODY, allow_redirects=False
         )
