@@ -7,17 +7,19 @@ Python is fast enough.
 
 Conventions: ``alternative="greater"`` means "the first proportion is larger";
 p-values of two-sided tests are capped at 1; every function is deterministic
-(bootstrap resampling takes a seed).
+(bootstrap resampling takes a seed). Too little data is an answer, not an error: a
+test on an empty arm returns NaN, which the report shows as "too few". Exceptions are
+kept for input no data could produce (negative counts, a ragged table).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Literal
+from typing import Literal, TypeAlias
 
 Alternative = Literal["two-sided", "greater", "less"]
 
@@ -31,6 +33,25 @@ class TestResult:
     name: str
     statistic: float
     p_value: float
+
+
+@dataclass(frozen=True, slots=True)
+class DfTestResult(TestResult):
+    """A t or chi-square test with its degrees of freedom, which belong in the answer:
+    Welch's df falls towards n - 1 of the arm with the noisier mean, usually the
+    smaller arm, so a tiny arm shows up there even when the p-value looks fine."""
+
+    df: float
+
+
+@dataclass(frozen=True, slots=True)
+class MannWhitneyResult(TestResult):
+    """Mann-Whitney U with the z behind its p-value and the probability of superiority
+    ``P(A > B) + P(A = B) / 2``, the effect size in the test's own terms: a difference
+    of mean 1-5 ratings would treat the steps between ratings as equal."""
+
+    z: float
+    superiority: float
 
 
 # --- the normal distribution ---------------------------------------------------------
@@ -52,6 +73,232 @@ def norm_ppf(q: float) -> float:
 def z_for(confidence: float) -> float:
     """The two-sided critical value, 1.96 for 95%."""
     return norm_ppf(0.5 + confidence / 2.0)
+
+
+# --- Student's t and chi-square ------------------------------------------------------
+#
+# Both tails come from continued fractions evaluated on the side where the tail is
+# small (Numerical Recipes 6.2 and 6.4), so a p-value of 1e-20 is computed directly,
+# never as ``1 - (1 - 1e-20)``; they converge in at most a few hundred steps. The
+# prefactors ``x^a y^b / B(a, b)`` and ``x^a e^-x / Gamma(a)`` are where the digits go
+# at large df: ``lgamma(5e5)`` is 6e6, whose rounding alone costs 1e-9, so they are
+# built from Stirling's remainder and ``log1p`` instead of differences of ``lgamma``.
+
+_LN_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_TINY = 1e-300
+_MAX_TERMS = 1_000_000
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom (any df > 0: Welch's
+    df is fractional)."""
+    if not df > 0.0:
+        raise ValueError(f"t distribution needs df > 0, got {df}")
+    if math.isinf(df) or math.isnan(t):
+        return norm_sf(t)
+    if t < 0.0:
+        return 1.0 - t_sf(-t, df)
+    x, y = _t_to_beta(t, df)
+    return 0.5 * _betainc(df / 2.0, 0.5, x, y)
+
+
+def t_cdf(t: float, df: float) -> float:
+    return t_sf(-t, df)
+
+
+def t_ppf(q: float, df: float) -> float:
+    if not 0.0 < q < 1.0:
+        return {0.0: -math.inf, 1.0: math.inf}.get(q, math.nan)
+    return _t_isf(1.0 - q, df) if q > 0.5 else -_t_isf(q, df)
+
+
+def _t_to_beta(t: float, df: float) -> tuple[float, float]:
+    """``x = df / (df + t^2)`` and ``y = 1 - x``, each to full relative precision (the
+    tail depends on whichever is small), without overflowing ``t^2``."""
+    if t * t < df:
+        s = t * t / df
+        return 1.0 / (1.0 + s), s / (1.0 + s)
+    r = df / t / t
+    return r / (1.0 + r), 1.0 / (1.0 + r)
+
+
+def _t_pdf(t: float, df: float) -> float:
+    log_kernel = -(df + 1.0) / 2.0 * math.log1p(t * t / df)
+    return math.exp(log_kernel - 0.5 * math.log(df) - _log_beta(df / 2.0, 0.5))
+
+
+def _t_isf(p: float, df: float) -> float:
+    """The t with ``t_sf(t) = p`` for ``0 < p <= 1/2``: Newton's method on ``log sf``,
+    which is nearly linear in the tail, kept inside a bracket that every step narrows."""
+    if math.isinf(df):
+        return -norm_ppf(p)
+    low, high = 0.0, math.inf
+    t = -norm_ppf(p)
+    for _ in range(400):
+        sf = t_sf(t, df)
+        if sf == p:
+            return t
+        low, high = (t, high) if sf > p else (low, t)
+        new = _log_newton_step(t, sf, p, df)
+        if not low < new < high:
+            new = _widen_or_split(low, high, t)
+        if abs(new - t) <= 1e-15 * new:
+            return new
+        t = new
+    raise ArithmeticError(f"t quantile did not converge for p={p}, df={df}")
+
+
+def _widen_or_split(low: float, high: float, t: float) -> float:
+    """Where to go when Newton leaves the bracket: far out while there is no upper end,
+    else the geometric middle, as quantiles span hundreds of orders of magnitude."""
+    if math.isinf(high):
+        return 8.0 * t + 1.0
+    return math.sqrt(low * high) if low > 0.0 else high / 2.0
+
+
+def _log_newton_step(t: float, sf: float, p: float, df: float) -> float:
+    density = _t_pdf(t, df)
+    if sf == 0.0 or density == 0.0:
+        return math.nan
+    return t + (math.log(sf) - math.log(p)) * sf / density
+
+
+def chi2_sf(x: float, df: float) -> float:
+    """P(X > x) for chi-square with ``df`` degrees of freedom: ``Q(df / 2, x / 2)``."""
+    if not df > 0.0:
+        raise ValueError(f"chi-square distribution needs df > 0, got {df}")
+    if math.isnan(x) or math.isinf(x):
+        return math.nan if math.isnan(x) else 0.0
+    return 1.0 if x <= 0.0 else _gamma_q(df / 2.0, x / 2.0)
+
+
+def _betainc(a: float, b: float, x: float, y: float) -> float:
+    """Regularized incomplete beta ``I_x(a, b)`` with ``y = 1 - x`` passed separately.
+
+    The continued fraction is evaluated on the side of the mean where it converges
+    fast, in the form of Didonato and Morris (ACM TOMS 708, BFRAC) that is written in
+    ``lambda = (a + b) y - b`` and ``y``: the textbook form multiplies by ``x``, and at
+    df = 1e7 the rounding of ``x`` near 1 alone costs 1e-10.
+    """
+    if x <= 0.0:
+        return 0.0
+    if y <= 0.0:
+        return 1.0
+    lam = (a + b) * y - b if a > b else a - (a + b) * x
+    if lam < 0.0:
+        return 1.0 - _beta_fraction(b, a, y, x, -lam)
+    return _beta_fraction(a, b, x, y, lam)
+
+
+def _beta_fraction(a: float, b: float, x: float, y: float, lam: float) -> float:
+    front = math.exp(a * _log_near_one(x, y) + b * _log_near_one(y, x) - _log_beta(a, b))
+    c, c0, c1 = 1.0 + lam, b / a, 1.0 + 1.0 / a
+    p, s = 1.0, a + 1.0
+    an, bn, an1, bn1 = 0.0, 1.0, 1.0, c / c1
+    ratio = c1 / c
+    for n in range(1, _MAX_TERMS):
+        t, w, e = n / a, n * (b - n) * x, a / s
+        alpha = p * (p + c0) * e * e * w * x
+        beta = n + w / s + (1.0 + t) / (c1 + 2.0 * t) * (c + n * (1.0 + y))
+        p, s = 1.0 + t, s + 2.0
+        an, an1 = an1, alpha * an + beta * an1
+        bn, bn1 = bn1, alpha * bn + beta * bn1
+        previous, ratio = ratio, an1 / bn1
+        if abs(ratio - previous) <= 1e-16 * ratio:
+            return front * ratio
+        an, bn, an1, bn1 = an / bn1, bn / bn1, ratio, 1.0
+    raise ArithmeticError(f"incomplete beta did not converge for a={a}, b={b}, x={x}")
+
+
+def _log_near_one(x: float, one_minus_x: float) -> float:
+    """``log(x)``, through ``log1p`` when x is near 1 and only ``1 - x`` is exact."""
+    return math.log1p(-one_minus_x) if one_minus_x < 0.5 else math.log(x)
+
+
+def _log_beta(a: float, b: float) -> float:
+    """``log B(a, b)`` without subtracting large ``lgamma`` values (R's ``lbeta``)."""
+    p, q = min(a, b), max(a, b)
+    share = p / (p + q)
+    if p >= 10.0:
+        corr = _stirling_remainder(p) + _stirling_remainder(q) - _stirling_remainder(p + q)
+        log_powers = (p - 0.5) * math.log(share) + q * math.log1p(-share)
+        return _LN_SQRT_2PI - 0.5 * math.log(q) + corr + log_powers
+    if q >= 10.0:
+        corr = _stirling_remainder(q) - _stirling_remainder(p + q)
+        return math.lgamma(p) + corr + p - p * math.log(p + q) + (q - 0.5) * math.log1p(-share)
+    return math.lgamma(p) + math.lgamma(q) - math.lgamma(p + q)
+
+
+def _stirling_remainder(x: float) -> float:
+    """``lgamma(x) - ((x - 1/2) log x - x + log sqrt(2 pi))`` for x >= 10, where eight
+    terms of Stirling's series are exact to 1e-17."""
+    r = 1.0 / (x * x)
+    series = 3617.0 / 122400.0
+    for coefficient in (1 / 156, 691 / 360360, 1 / 1188, 1 / 1680, 1 / 1260, 1 / 360):
+        series = coefficient - r * series
+    return (1.0 / 12.0 - r * series) / x
+
+
+def _gamma_q(a: float, x: float) -> float:
+    """Regularized upper incomplete gamma: the series for ``P`` below ``a + 1`` (where
+    ``Q`` is not small, so ``1 - P`` keeps its digits), the continued fraction above."""
+    if x < a + 1.0:
+        return 1.0 - _gamma_front(a, x) * _gamma_series(a, x)
+    return _gamma_front(a, x) * _gamma_fraction(a, x)
+
+
+def _gamma_front(a: float, x: float) -> float:
+    """``x^a e^-x / Gamma(a)``; for large a as ``sqrt(a / 2 pi) exp(a log1pmx(x/a - 1))``
+    so that the two terms of size ``a log a`` cancel before rounding, not after."""
+    if a < 10.0:
+        return math.exp(a * math.log(x) - x - math.lgamma(a))
+    log_front = a * _log1pmx((x - a) / a) - _stirling_remainder(a)
+    return math.exp(log_front) * math.sqrt(a / (2.0 * math.pi))
+
+
+def _log1pmx(d: float) -> float:
+    """``log(1 + d) - d`` without the cancellation at small d: with ``y = d / (2 + d)``
+    it is ``-d y + 2 (y^3/3 + y^5/5 + ...)``, all terms of one sign."""
+    if abs(d) > 0.5:
+        return math.log1p(d) - d
+    y = d / (2.0 + d)
+    power, total = y * y * y, 0.0
+    for k in range(3, _MAX_TERMS, 2):
+        term = power / k
+        total += term
+        if abs(term) <= 1e-17 * abs(total):
+            break
+        power *= y * y
+    return 2.0 * total - d * y
+
+
+def _gamma_series(a: float, x: float) -> float:
+    term = total = 1.0 / a
+    for n in range(1, _MAX_TERMS):
+        term *= x / (a + n)
+        total += term
+        if term <= 1e-17 * total:
+            return total
+    raise ArithmeticError(f"incomplete gamma series did not converge for a={a}, x={x}")
+
+
+def _gamma_fraction(a: float, x: float) -> float:
+    b = x + 1.0 - a
+    c, d = 1.0 / _TINY, 1.0 / b
+    fraction = d
+    for n in range(1, _MAX_TERMS):
+        an, b = -n * (n - a), b + 2.0
+        d = 1.0 / _nonzero(an * d + b)
+        c = _nonzero(b + an / c)
+        fraction *= d * c
+        if abs(d * c - 1.0) <= 1e-16:
+            return fraction
+    raise ArithmeticError(f"incomplete gamma fraction did not converge for a={a}, x={x}")
+
+
+def _nonzero(value: float) -> float:
+    """Lentz's guard: a zero denominator is replaced by a tiny one."""
+    return value if abs(value) > _TINY else _TINY
 
 
 # --- proportions ---------------------------------------------------------------------
@@ -218,6 +465,197 @@ def wilcoxon_signed_rank(differences: Sequence[float]) -> TestResult:
         return TestResult("Wilcoxon signed-rank", statistic, math.nan)
     z = (r_plus - mean) / math.sqrt(variance)
     return TestResult("Wilcoxon signed-rank", statistic, min(1.0, 2.0 * norm_sf(abs(z))))
+
+
+# --- two means: Welch ----------------------------------------------------------------
+
+
+def welch_t_test(
+    a_mean: float, a_var: float, a_n: int, b_mean: float, b_var: float, b_n: int
+) -> DfTestResult:
+    """Welch's two-sided t test of mean A = mean B from per-arm summaries (the report
+    aggregates in DuckDB: ``avg``, ``var_samp``, ``count``), equal to
+    ``scipy.stats.ttest_ind_from_stats(..., equal_var=False)``.
+
+    Welch rather than Student because experiment arms differ in size by design and in
+    variance by effect. An arm with fewer than two rows has no variance: the result is
+    all NaN. One arm with zero variance is fine (df becomes the other arm's n - 1). Both
+    at zero leaves nothing to scale by: equal means give statistic 0 and p = 1,
+    different means an infinite statistic and p = 0, with df NaN in both cases.
+    """
+    parts = _welch_parts(a_var, a_n, b_var, b_n)
+    if parts is None:
+        return DfTestResult("Welch t", math.nan, math.nan, df=math.nan)
+    se, df = parts
+    diff = a_mean - b_mean
+    if se == 0.0:
+        statistic = 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
+        return DfTestResult("Welch t", statistic, 1.0 if diff == 0.0 else 0.0, df=math.nan)
+    statistic = diff / se
+    return DfTestResult("Welch t", statistic, min(1.0, 2.0 * t_sf(abs(statistic), df)), df=df)
+
+
+def welch_ci(
+    a_mean: float,
+    a_var: float,
+    a_n: int,
+    b_mean: float,
+    b_var: float,
+    b_n: int,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Interval for mean A - mean B on Welch's df: the one :func:`welch_t_test` inverts.
+    NaN when an arm has fewer than two rows; a point when both variances are zero."""
+    parts = _welch_parts(a_var, a_n, b_var, b_n)
+    if parts is None:
+        return (math.nan, math.nan)
+    se, df = parts
+    diff = a_mean - b_mean
+    half = 0.0 if se == 0.0 else _t_isf((1.0 - confidence) / 2.0, df) * se
+    return (diff - half, diff + half)
+
+
+def _welch_parts(a_var: float, a_n: int, b_var: float, b_n: int) -> tuple[float, float] | None:
+    """Standard error of the difference and the Welch-Satterthwaite df, or None when an
+    arm is too small to have a variance."""
+    if a_var < 0.0 or b_var < 0.0:
+        raise ValueError(f"variances cannot be negative, got {a_var} and {b_var}")
+    if a_n < 2 or b_n < 2:
+        return None
+    va, vb = a_var / a_n, b_var / b_n
+    if va + vb == 0.0:
+        return (0.0, math.nan)
+    df = (va + vb) ** 2 / (va * va / (a_n - 1) + vb * vb / (b_n - 1))
+    return (math.sqrt(va + vb), df)
+
+
+# --- counts: chi-square --------------------------------------------------------------
+
+
+def chi_square_goodness_of_fit(
+    observed: Sequence[int], expected_weights: Sequence[float]
+) -> DfTestResult:
+    """Pearson's chi-square of arm counts against the configured split: the
+    sample-ratio-mismatch check. A mismatch means assignment or logging is broken, and
+    then every other number in the experiment is suspect, so it is tested first.
+
+    Weights need not sum to 1. An arm with weight 0 and no rows is left out; rows in an
+    arm with weight 0 are a mismatch by definition (statistic inf, p = 0). No rows at
+    all gives NaN; a single arm with weight has nothing to mismatch (p = 1, df 0).
+    """
+    if len(observed) != len(expected_weights) or len(observed) < 2:
+        raise ValueError(
+            f"need a weight for each of at least two arms, got {len(observed)} counts "
+            f"and {len(expected_weights)} weights"
+        )
+    _check_counts(observed)
+    if not all(0.0 <= w < math.inf for w in expected_weights) or not any(expected_weights):
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {expected_weights}")
+    name, total = "chi-square goodness of fit", sum(observed)
+    if total == 0:
+        return DfTestResult(name, math.nan, math.nan, df=math.nan)
+    cells = [(o, w) for o, w in zip(observed, expected_weights, strict=True) if o or w]
+    df = len(cells) - 1
+    if any(w == 0.0 for _, w in cells):
+        return DfTestResult(name, math.inf, 0.0, df=df)
+    scale = total / math.fsum(expected_weights)
+    statistic = math.fsum((o - w * scale) ** 2 / (w * scale) for o, w in cells)
+    return DfTestResult(name, statistic, chi2_sf(statistic, df) if df else 1.0, df=df)
+
+
+def chi_square_independence(table: Sequence[Sequence[int]]) -> DfTestResult:
+    """Pearson's chi-square test that the outcome does not depend on the arm, without
+    continuity correction: ``scipy.stats.chi2_contingency(table, correction=False)``.
+
+    Rows are arms, columns outcomes (k x 2 for a binary outcome; any r x c works). Rows
+    and columns of zeros carry no information and are left out (scipy refuses them):
+    fewer than two arms with rows gives NaN, a single outcome in every arm gives
+    statistic 0 and p = 1, like :func:`two_proportion_z` when both rates are 0 or 1.
+    """
+    if not table or len({len(row) for row in table}) != 1:
+        raise ValueError("the table needs at least one row, all rows of the same length")
+    for row in table:
+        _check_counts(row)
+    rows = [row for row in table if any(row)]
+    columns = [j for j in range(len(table[0])) if any(row[j] for row in rows)]
+    name = "chi-square independence"
+    if len(rows) < 2:
+        return DfTestResult(name, math.nan, math.nan, df=math.nan)
+    df = (len(rows) - 1) * (len(columns) - 1)
+    if df == 0:
+        return DfTestResult(name, 0.0, 1.0, df=0)
+    row_sums = [sum(row) for row in rows]
+    column_sums = [sum(row[j] for row in rows) for j in columns]
+    total = sum(row_sums)
+    statistic = math.fsum(
+        (row[j] - r * c / total) ** 2 / (r * c / total)
+        for row, r in zip(rows, row_sums, strict=True)
+        for j, c in zip(columns, column_sums, strict=True)
+    )
+    return DfTestResult(name, statistic, chi2_sf(statistic, df), df=df)
+
+
+def _check_counts(counts: Sequence[int]) -> None:
+    if any(count < 0 for count in counts):
+        raise ValueError(f"counts cannot be negative, got {list(counts)}")
+
+
+# --- ordinal outcomes: Mann-Whitney --------------------------------------------------
+
+ValueCounts: TypeAlias = Mapping[int, int] | Mapping[float, int] | Iterable[tuple[float, int]]
+"""How often each value occurs in an arm, as the report's ``GROUP BY value`` returns it."""
+
+
+def mann_whitney_u(a: ValueCounts, b: ValueCounts) -> MannWhitneyResult:
+    """Two-sided Mann-Whitney U test of arm A against arm B from value counts.
+
+    The variant is ``scipy.stats.mannwhitneyu(x, y, method="asymptotic",
+    use_continuity=True)`` on the expanded values: normal approximation with the tie
+    correction, which a 1-5 rating needs (five values, thousands of ties), and a
+    continuity correction of 1/2. The statistic is A's U, the number of pairs in which
+    A's value is larger plus half the ties; everything is summed over distinct values,
+    so a million ratings cost five steps. An empty arm gives NaN; when every value is
+    the same there is no evidence of a difference (z = 0, p = 1).
+    """
+    counts_a, counts_b = _tally(a), _tally(b)
+    n1, n2 = sum(counts_a.values()), sum(counts_b.values())
+    if n1 == 0 or n2 == 0:
+        return MannWhitneyResult("Mann-Whitney U", math.nan, math.nan, math.nan, math.nan)
+    twice_u, ties = _twice_u_and_ties(counts_a, counts_b)
+    n = n1 + n2
+    variance = n1 * n2 * ((n + 1) * n * (n - 1) - ties) / (12 * n * (n - 1))
+    excess = abs(twice_u - n1 * n2) / 2.0 - 0.5
+    z = 0.0 if variance <= 0.0 or excess <= 0.0 else excess / math.sqrt(variance)
+    z = math.copysign(z, twice_u - n1 * n2)
+    return MannWhitneyResult(
+        "Mann-Whitney U",
+        twice_u / 2.0,
+        min(1.0, 2.0 * norm_sf(abs(z))),
+        z=z,
+        superiority=twice_u / (2.0 * n1 * n2),
+    )
+
+
+def _tally(counts: ValueCounts) -> dict[float, int]:
+    pairs = counts.items() if isinstance(counts, Mapping) else counts
+    tally: dict[float, int] = {}
+    for value, count in pairs:
+        if count < 0 or math.isnan(value):
+            raise ValueError(f"need a number with a count >= 0, got {value!r}: {count!r}")
+        tally[value] = tally.get(value, 0) + count
+    return tally
+
+
+def _twice_u_and_ties(a: Mapping[float, int], b: Mapping[float, int]) -> tuple[int, int]:
+    """``2 U`` for A (an exact integer: ties count 1/2) and ``sum(t^3 - t)`` over the tie
+    groups of the pooled values."""
+    twice_u, ties, b_below = 0, 0, 0
+    for value in sorted(a.keys() | b.keys()):
+        in_a, in_b = a.get(value, 0), b.get(value, 0)
+        twice_u += in_a * (2 * b_below + in_b)
+        ties += (in_a + in_b) ** 3 - (in_a + in_b)
+        b_below += in_b
+    return twice_u, ties
 
 
 # --- bootstrap -----------------------------------------------------------------------
@@ -431,6 +869,27 @@ def mde_paired_means(sd: float, n: int, *, alpha: float = 0.05, power: float = 0
     return (_z_alpha(alpha, True) + norm_ppf(power)) * sd / math.sqrt(n)
 
 
+def n_two_means(sd: float, delta: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Rows per arm for a two-sided test of means to detect ``delta`` between two equal
+    arms whose outcome has standard deviation ``sd``. The normal approximation is used
+    because the t version differs by about one row at the sizes experiments need."""
+    if delta == 0.0:
+        return math.inf
+    root = (_z_alpha(alpha, True) + norm_ppf(power)) * sd
+    return 2.0 * root * root / (delta * delta)
+
+
+def mde_two_means(
+    sd: float, n: int, n2: int | None = None, *, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """Smallest difference of means that arms of ``n`` and ``n2`` rows (default: equal
+    arms) detect with ``power``; unequal arms because weights often are."""
+    n2 = n if n2 is None else n2
+    if n <= 0 or n2 <= 0:
+        return math.nan
+    return (_z_alpha(alpha, True) + norm_ppf(power)) * sd * math.sqrt(1.0 / n + 1.0 / n2)
+
+
 def _bisect(detectable: Callable[[float], bool], upper: float) -> float:
     """The smallest delta in (0, upper] for which ``detectable`` holds, else NaN."""
     if upper <= 0.0 or not detectable(upper):
@@ -443,3 +902,40 @@ def _bisect(detectable: Callable[[float], bool], upper: float) -> float:
         else:
             low = middle
     return high
+
+
+# --- experiment arms -----------------------------------------------------------------
+
+
+def tiny_arm_warning(
+    counts: Mapping[str, int], min_n: int = 100, max_ratio: float = 10.0, *, unit: str = "users"
+) -> str | None:
+    """A warning to print above an experiment's results when an arm is tiny or the arms
+    are far apart in size, else None.
+
+    An arm of 10 beside one of 2158 still yields means, rates and even small p-values,
+    and they look as authoritative as any other; but a comparison is only as precise
+    as its smallest arm, so the reader must be told before reading them.
+    """
+    if any(n < 0 for n in counts.values()):
+        raise ValueError(f"counts cannot be negative, got {dict(counts)}")
+    sizes = sorted((n, arm) for arm, n in counts.items())
+    problems = []
+    tiny = [f"{arm!r} has {n} {unit}" for n, arm in sizes if n < min_n]
+    if tiny:
+        plural = "s" if len(tiny) > 1 else ""
+        problems.append(f"Tiny arm{plural}: {', '.join(tiny)} (fewer than {min_n}).")
+    if sizes and sizes[-1][0] > max_ratio * sizes[0][0]:
+        (small_n, small), (large_n, large) = sizes[0], sizes[-1]
+        relation = f", {large_n / small_n:.3g} times the {small_n} of" if small_n else " and"
+        none = "" if small_n else " none"
+        problems.append(
+            f"Unbalanced arms: {large!r} has {large_n} {unit}{relation} {small!r}{none} "
+            f"(more than {max_ratio:g} times)."
+        )
+    if not problems:
+        return None
+    advice = (
+        "read these differences as noise." if tiny else "check that this split is the intended one."
+    )
+    return " ".join([*problems, f"A comparison is only as precise as its smallest arm: {advice}"])
