@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from shadowproxy.app import Server
 from shadowproxy.config import Config, load_config
 from shadowproxy.metrics import Metrics
-from shadowproxy.records import Pair
+from shadowproxy.records import Exposure, Pair
 
 
 @dataclass
@@ -142,14 +142,19 @@ def route(
 
 
 class CollectingSink:
-    """Keeps every pair, so tests can assert on exactly what the tee produced."""
+    """Keeps every pair and exposure, so tests can assert on exactly what the proxy produced."""
 
     def __init__(self) -> None:
         self.pairs: list[Pair] = []
+        self.exposures: list[Exposure] = []
         self._changed = asyncio.Event()
 
     def submit(self, pair: Pair) -> None:
         self.pairs.append(pair)
+        self._changed.set()
+
+    def submit_exposure(self, exposure: Exposure) -> None:
+        self.exposures.append(exposure)
         self._changed.set()
 
     async def wait_for(self, count: int, within_s: float = 10.0) -> list[Pair]:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,16 @@ from shadowproxy import jsonpath
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
-from shadowproxy.recording import Recorder, read_dataset, read_feedback
-from shadowproxy.records import Comparison, Pair, ProductionResult, RequestInfo, ShadowResult
-from shadowproxy.schema import PAIRS_SCHEMA
+from shadowproxy.recording import Recorder, read_dataset, read_exposures, read_feedback
+from shadowproxy.records import (
+    Comparison,
+    Exposure,
+    Pair,
+    ProductionResult,
+    RequestInfo,
+    ShadowResult,
+)
+from shadowproxy.schema import EXPOSURES_SCHEMA, PAIRS_SCHEMA
 
 TS = datetime(2024, 5, 17, 12, 0, tzinfo=UTC).timestamp()
 SSN = "987-65-4321"
@@ -81,6 +89,12 @@ def make_pair(
     production = ProductionResult(200, 5.0, None, prod_body, False, "application/json")
     result = ShadowResult("ok", 200, 7.0, None, shadow_body, False, "application/json")
     return Pair(info, shadow, "candidate", production, result)
+
+
+def make_exposure(
+    n: int = 0, *, route: str = "price", ts: float = TS, arm: str = "canary"
+) -> Exposure:
+    return Exposure(f"req-{n}", ts, route, arm, f"unit-{n % 7}", 200, 3.5, None)
 
 
 def settings(root: Path | str, **overrides: Any) -> RecordingConfig:
@@ -707,3 +721,113 @@ async def test_feedback_is_all_or_nothing(tmp_path: Path, registry: CollectorReg
     await recorder.start()
     await recorder.close()
     assert read_feedback(str(tmp_path)).num_rows == 2
+
+
+# --- exposures -----------------------------------------------------------------------
+
+
+async def test_exposure_files(tmp_path: Path, registry: CollectorRegistry) -> None:
+    recorder = Recorder(settings(tmp_path), [make_route()], Metrics(registry))
+    await recorder.start()
+    for n in range(40):
+        recorder.submit_exposure(make_exposure(n, arm="canary" if n % 4 else "control"))
+    next_day = Exposure("req-x", TS + 86_400, "churn", "b", None, None, None, "reset")
+    recorder.submit_exposure(next_day)
+    recorder.submit(make_pair())
+    await recorder.close()
+
+    assert sorted(p.relative_to(tmp_path).parent.as_posix() for p in parquet_files(tmp_path)) == [
+        "exposures/route=churn/date=2024-05-18",
+        "exposures/route=price/date=2024-05-17",
+        "pairs/route=price/date=2024-05-17",
+    ]
+    file = next((tmp_path / "exposures").rglob("*.parquet"))
+    assert pq.read_schema(file).equals(EXPOSURES_SCHEMA, check_metadata=False)
+    table = read_exposures(str(tmp_path))
+    assert table.num_rows == 41
+    assert table.schema.field("status").type == pa.int32()
+    rows = {row["request_id"]: row for row in table.to_pylist()}
+    assert rows["req-1"] == {
+        "ts": datetime.fromtimestamp(TS, UTC), "request_id": "req-1", "arm": "canary",
+        "unit": "unit-1", "status": 200, "latency_ms": 3.5, "error": None, "chaos": None,
+        "route": "price", "date": datetime(2024, 5, 17).date(),
+    }  # fmt: skip
+    assert rows["req-x"]["status"] is None and rows["req-x"]["error"] == "reset"
+    assert sample(registry, "shadowproxy_records_written_total", kind="exposures") == 41
+    assert sample(registry, "shadowproxy_records_written_total", kind="pairs") == 1
+    assert read_dataset(str(tmp_path)).num_rows == 1
+
+
+async def test_duckdb_reads_exposures_with_the_contract_types(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    recorder = Recorder(settings(tmp_path), [make_route()], metrics)
+    await recorder.start()
+    for n in range(3):
+        recorder.submit_exposure(make_exposure(n))
+    await recorder.close()
+    describe = "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {pairs})"
+    types = dict(duck(tmp_path, describe, kind="exposures"))
+    assert types == {
+        "ts": "TIMESTAMP WITH TIME ZONE", "request_id": "VARCHAR", "arm": "VARCHAR",
+        "unit": "VARCHAR", "status": "INTEGER", "latency_ms": "DOUBLE", "error": "VARCHAR",
+        "chaos": "VARCHAR", "route": "VARCHAR", "date": "DATE",
+    }  # fmt: skip
+    query = "SELECT arm, count(*) FROM {pairs} WHERE route = 'price' GROUP BY arm"
+    assert duck(tmp_path, query, kind="exposures") == [("canary", 3)]
+
+
+async def test_exposures_rotate_like_pairs(tmp_path: Path, metrics: Metrics) -> None:
+    clock = FakeClock()
+    recording = settings(tmp_path, max_rows_per_file=3)
+    recorder = Recorder(recording, [make_route()], metrics, clock=clock)
+    await recorder.start()
+    for n in range(7):
+        recorder.submit_exposure(make_exposure(n))
+    await wait_until(lambda: len(parquet_files(tmp_path)) == 2)
+    assert recorder.pending == 1
+    await recorder.close()
+    assert sorted(pq.read_metadata(p).num_rows for p in parquet_files(tmp_path)) == [1, 3, 3]
+
+
+async def test_exposures_share_the_bound_and_its_drops(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    recorder = Recorder(
+        settings(tmp_path, max_pending_records=5), [make_route()], Metrics(registry)
+    )
+    for n in range(3):
+        recorder.submit(make_pair(n))
+    for n in range(4):
+        recorder.submit_exposure(make_exposure(n))
+    assert sample(registry, "shadowproxy_records_dropped_total", reason="queue_full") == 2
+    assert recorder.pending == 5
+    await recorder.start()
+    await recorder.close()
+    recorder.submit_exposure(make_exposure(9))
+    assert sample(registry, "shadowproxy_records_dropped_total", reason="shutdown") == 1
+    assert read_dataset(str(tmp_path)).num_rows == 3
+    assert read_exposures(str(tmp_path)).num_rows == 2
+    assert recorder.pending == 0
+
+
+async def test_an_exposure_that_cannot_be_a_row_costs_only_itself(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    recorder = Recorder(settings(tmp_path), [make_route()], Metrics(registry))
+    await recorder.start()
+    recorder.submit_exposure(make_exposure(0))
+    recorder.submit_exposure(replace(make_exposure(1), arm=None))  # exposure_row refuses it
+    recorder.submit_exposure(replace(make_exposure(2), status=2**40))  # Arrow refuses it
+    recorder.submit_exposure(make_exposure(3))
+    await recorder.close()
+    ids = sorted(read_exposures(str(tmp_path)).column("request_id").to_pylist())
+    assert ids == ["req-0", "req-3"]
+    assert sample(registry, "shadowproxy_records_dropped_total", reason="write_failed") == 2
+    assert recorder.pending == 0
+
+
+async def test_an_empty_root_reads_as_an_empty_exposures_table(tmp_path: Path) -> None:
+    table = read_exposures(str(tmp_path / "nothing-yet"))
+    assert table.num_rows == 0
+    assert table.schema.names == [*EXPOSURES_SCHEMA.names, "route", "date"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 from shadowproxy.config import Config, MainConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
-from shadowproxy.recording import read_dataset, read_feedback, wire
+from shadowproxy.recording import read_dataset, read_exposures, read_feedback, wire
+from shadowproxy.recording.child import read_frame
 from shadowproxy.recording.process import RecorderProcess
-from tests.test_recording import make_pair, make_route, wait_until
+from tests.test_recording import (
+    TS,
+    duck,
+    make_exposure,
+    make_pair,
+    make_route,
+    parquet_files,
+    wait_until,
+)
 
 
 def config(root: Path, **recording: Any) -> Config:
@@ -41,6 +51,18 @@ def test_pairs_survive_the_wire_unchanged() -> None:
     assert back.request.headers == []
     pair.request.headers = []
     assert back == pair
+
+
+async def test_exposures_survive_the_wire_unchanged() -> None:
+    exposures = [make_exposure(1), replace(make_exposure(2), unit=None, status=None, chaos="x")]
+    reader = asyncio.StreamReader()
+    reader.feed_data(wire.frame(wire.EXPOSURES, [wire.pack_exposure(e) for e in exposures]))
+    reader.feed_eof()
+    frame = await read_frame(reader)
+    assert frame is not None
+    kind, payload = frame
+    assert kind == wire.EXPOSURES
+    assert [wire.unpack_exposure(packed) for packed in payload] == exposures
 
 
 async def test_rows_metrics_and_feedback_through_the_writer_process(tmp_path: Path) -> None:
@@ -152,4 +174,77 @@ async def test_records_a_writer_dies_with_are_counted_not_silently_lost(tmp_path
         recorder.submit(make_pair(n))
     await recorder.close()
     assert read_dataset(str(tmp_path)).num_rows == 30
+    assert recorder.pending == 0
+
+
+# --- exposures -----------------------------------------------------------------------
+
+
+async def test_exposures_through_the_writer_process(tmp_path: Path) -> None:
+    registry, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.2), metrics)
+    await recorder.start()
+    for n in range(300):
+        recorder.submit_exposure(make_exposure(n, arm=("control", "canary")[n % 2]))
+        if n % 3 == 0:
+            recorder.submit(make_pair(n))
+    await wait_until(lambda: recorder.pending == 0, within_s=20)
+    await recorder.close()
+    [folder] = {path.parent for path in parquet_files(tmp_path / "exposures")}
+    assert folder.relative_to(tmp_path).as_posix() == "exposures/route=price/date=2024-05-17"
+    table = read_exposures(str(tmp_path))
+    assert table.num_rows == 300
+    assert len(set(table.column("request_id").to_pylist())) == 300
+    arms = table.column("arm").to_pylist()
+    assert (arms.count("control"), arms.count("canary")) == (150, 150)
+    assert table.column("ts")[0].as_py().timestamp() == TS
+    query = "SELECT route, typeof(status), count(*) FROM {pairs} GROUP BY ALL"
+    assert duck(tmp_path, query, kind="exposures") == [("price", "INTEGER", 300)]
+    assert read_dataset(str(tmp_path)).num_rows == 100
+    assert sample(registry, "shadowproxy_records_written_total", kind="exposures") == 300
+    assert sample(registry, "shadowproxy_records_written_total", kind="pairs") == 100
+
+
+async def test_exposures_count_against_the_parent_bound(tmp_path: Path) -> None:
+    registry, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, max_pending_records=100), metrics)
+    await recorder.start()
+    process = recorder._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        for n in range(60):
+            recorder.submit(make_pair(n))
+        for n in range(60):
+            recorder.submit_exposure(make_exposure(n))
+        assert sample(registry, "shadowproxy_records_dropped_total", reason="queue_full") == 20
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    await recorder.close()
+    recorder.submit_exposure(make_exposure(99))
+    assert sample(registry, "shadowproxy_records_dropped_total", reason="shutdown") == 1
+    assert read_dataset(str(tmp_path)).num_rows == 60
+    assert read_exposures(str(tmp_path)).num_rows == 40
+
+
+async def test_exposures_a_writer_dies_with_are_counted(tmp_path: Path) -> None:
+    registry, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.1), metrics)
+    await recorder.start()
+    first = recorder._process
+    assert first is not None
+    os.kill(first.pid, signal.SIGSTOP)  # it takes the batch into its pipe, writes nothing
+    for n in range(50):
+        recorder.submit_exposure(make_exposure(n))
+    await wait_until(lambda: recorder._shipped == 50)
+    first.kill()
+    await wait_until(
+        lambda: recorder._process not in (None, first) and recorder.health()["status"] == "ok",
+        within_s=20,
+    )
+    assert sample(registry, "shadowproxy_records_dropped_total", reason="writer_died") == 50
+    for n in range(50, 80):
+        recorder.submit_exposure(make_exposure(n))
+    await recorder.close()
+    assert read_exposures(str(tmp_path)).num_rows == 30
     assert recorder.pending == 0

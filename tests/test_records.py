@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pytest
 
-from shadowproxy.records import Comparison, Pair, ProductionResult, RequestInfo, ShadowResult
+from shadowproxy.records import (
+    Comparison,
+    Exposure,
+    Pair,
+    ProductionResult,
+    RequestInfo,
+    ShadowResult,
+)
 from shadowproxy.schema import (
+    EXPOSURES_SCHEMA,
     FEEDBACK_SCHEMA,
     NOTHING_WITHHELD,
     PAIRS_SCHEMA,
     Withheld,
+    exposure_row,
     feedback_row,
     pair_row,
     row_bytes,
@@ -105,7 +115,7 @@ def test_feedback_schema() -> None:
 
 
 def test_every_column_is_documented() -> None:
-    for schema_field in (*PAIRS_SCHEMA, *FEEDBACK_SCHEMA):
+    for schema_field in (*PAIRS_SCHEMA, *FEEDBACK_SCHEMA, *EXPOSURES_SCHEMA):
         assert schema_field.metadata[b"description"], schema_field.name
 
 
@@ -215,6 +225,47 @@ def test_feedback_rows() -> None:
     assert batch.to_pylist() == [
         {"request_id": "req-1", "label": '{"label": "cat"}', "ts": datetime.fromtimestamp(TS, UTC)}
     ]
+
+
+EXPOSURE_CONTRACT = {
+    "ts": (pa.timestamp("us", tz="UTC"), False),
+    "request_id": (pa.string(), False),
+    "arm": (pa.string(), False),
+    "unit": (pa.string(), True),
+    "status": (pa.int32(), True),
+    "latency_ms": (pa.float64(), True),
+    "error": (pa.string(), True),
+    "chaos": (pa.string(), True),
+}
+
+
+def test_exposure_schema_holds_the_contract_names_types_and_nullability() -> None:
+    assert set(EXPOSURES_SCHEMA.names) == set(EXPOSURE_CONTRACT)
+    for name, (expected, nullable) in EXPOSURE_CONTRACT.items():
+        assert EXPOSURES_SCHEMA.field(name).type == expected, name
+        assert EXPOSURES_SCHEMA.field(name).nullable is nullable, name
+
+
+def test_exposure_rows() -> None:
+    served = Exposure("req-1", TS, "price", "canary", "u-9f", 200, 12.5, None, "delay_ms=5")
+    failed = Exposure("req-2", TS, "price", "control", None, None, None, "upstream timeout")
+    assert list(exposure_row(served)) == EXPOSURES_SCHEMA.names
+    batch = to_record_batch([exposure_row(served), exposure_row(failed)], EXPOSURES_SCHEMA)
+    assert batch.schema.equals(EXPOSURES_SCHEMA)
+    assert batch.to_pylist() == [
+        {"ts": datetime.fromtimestamp(TS, UTC), "request_id": "req-1", "arm": "canary",
+         "unit": "u-9f", "status": 200, "latency_ms": 12.5, "error": None, "chaos": "delay_ms=5"},
+        {"ts": datetime.fromtimestamp(TS, UTC), "request_id": "req-2", "arm": "control",
+         "unit": None, "status": None, "latency_ms": None, "error": "upstream timeout",
+         "chaos": None},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("missing", ["request_id", "arm"])
+def test_an_exposure_without_its_required_cells_is_refused(missing: str) -> None:
+    exposure = replace(Exposure("r", TS, "price", "a", None, 200, 1.0, None), **{missing: None})
+    with pytest.raises(ValueError, match="request_id or arm"):
+        exposure_row(exposure)
 
 
 @pytest.mark.parametrize(

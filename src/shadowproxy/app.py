@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -34,10 +34,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from shadowproxy.compare import Comparer, describe
 from shadowproxy.config import Config, RouteConfig, load_config
 from shadowproxy.errors import ConfigError
+from shadowproxy.experiments.canary import OPERATOR_ACTIONS, CanaryActionError
 from shadowproxy.feedback import FeedbackError, FeedbackItem, parse_feedback
 from shadowproxy.metrics import Metrics
 from shadowproxy.proxy import ProxyHandler
-from shadowproxy.records import Pair, Sink
+from shadowproxy.records import Exposure, ExposureSink, Pair, Sink
 from shadowproxy.runtime import Retirer, build, check_reloadable
 from shadowproxy.server import HttpServer, ServerLimits
 from shadowproxy.tasks import TaskSet
@@ -63,8 +64,8 @@ class FeedbackSink(Protocol):
         """Accept all items or none; False when the buffer is full."""
 
 
-class RecordingSink(Sink, FeedbackSink, Protocol):
-    """What ``serve`` records to: pairs and feedback (``shadowproxy.recording.Recorder``)."""
+class RecordingSink(Sink, FeedbackSink, ExposureSink, Protocol):
+    """What ``serve`` records to: pairs, feedback and exposures (``recording.Recorder``)."""
 
 
 @runtime_checkable
@@ -93,6 +94,9 @@ class DiscardSink:
 
     def submit(self, pair: Pair) -> None:
         self.count += 1
+
+    def submit_exposure(self, exposure: Exposure) -> None:
+        return None
 
     async def start(self) -> None:
         return None
@@ -211,9 +215,14 @@ class Server:
     async def start(self) -> None:
         main = self.config.main
         await self.sink.start()
+        # Embedders' sinks may predate exposures: then experiment routes record none.
+        has_exposures = hasattr(self.sink, "submit_exposure")
+        exposures = cast(ExposureSink, self.sink) if has_exposures else None
         self._handler = ProxyHandler(
-            build(self.config, self.metrics, self._pools), self.tee, self.metrics
+            build(self.config, self.metrics, self._pools), self.tee, self.metrics, exposures
         )
+        for controller in self._handler.snapshot.canaries.values():
+            controller.start()
         self._loaded()
         limits = ServerLimits(
             max_header_bytes=main.max_header_bytes,
@@ -287,6 +296,11 @@ class Server:
         self._handler.snapshot = new
         self.config = config
         self._retirer.retire(old, new)
+        kept = set(new.canaries.values())
+        for controller in kept - set(old.canaries.values()):
+            controller.start()
+        for controller in set(old.canaries.values()) - kept:
+            self._reloads.spawn(controller.stop(), name=f"canary:{controller.route}:stop")
 
     def _reload_failed(self, error: str, status: int) -> ReloadResult:
         self.metrics.config_reloads.labels("failure").inc()
@@ -303,6 +317,9 @@ class Server:
     async def stop(self) -> None:
         self.ready = False
         await self._reloads.drain(0)
+        if self._handler is not None:
+            for controller in self._handler.snapshot.canaries.values():
+                await controller.stop()
         if self._proxy_server is not None:
             # Steps 1 and 2: stop accepting, wait for in-flight handlers.
             await self._proxy_server.close(self.config.main.shutdown_timeout_s)
@@ -329,7 +346,53 @@ class Server:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/routes", self._routes)
+        app.router.add_get("/experiments", self._experiments)
+        app.router.add_post("/experiments/{route}/{action}", self._experiment_action)
         return app
+
+    async def _experiments(self, request: web.Request) -> web.Response:
+        """Canary state and decisions; A/B arms and weights."""
+        assert self._handler is not None
+        snapshot = self._handler.snapshot
+        documents: list[dict[str, Any]] = []
+        for route in snapshot.config.routes:
+            if route.canary is not None:
+                documents.append(snapshot.canaries[route.name].document())
+            elif route.ab is not None:
+                ab = route.ab
+                documents.append(
+                    {
+                        "route": route.name,
+                        "mode": "ab",
+                        "arms": [
+                            {"name": arm.name, "url": redact_url(arm.url), "weight": arm.weight}
+                            for arm in ab.arms
+                        ],
+                        "assignment_key": ab.assignment_key,
+                        "layer": ab.layer,
+                        "layer_share": list(ab.layer_share),
+                        "arm_header": ab.arm_header,
+                    }
+                )
+        return _json({"experiments": documents})
+
+    async def _experiment_action(self, request: web.Request) -> web.Response:
+        """``POST /experiments/<route>/<action>``: pause, resume, promote, rollback, reset."""
+        assert self._handler is not None
+        route, action = request.match_info["route"], request.match_info["action"]
+        controller = self._handler.snapshot.canaries.get(route)
+        if controller is None:
+            return _json({"error": f"no canary route named {route!r}"}, status=404)
+        if action not in OPERATOR_ACTIONS:
+            known = ", ".join(OPERATOR_ACTIONS)
+            return _json({"error": f"unknown action {action!r}; one of: {known}"}, status=404)
+        by = request.headers.get("X-Operator") or f"admin@{request.remote}"
+        note = request.query.get("note")
+        try:
+            decision = controller.act(action, by=by, note=note)
+        except CanaryActionError as exc:
+            return _json({"error": str(exc), "status": controller.canary.status}, status=409)
+        return _json({"decision": decision.to_dict(), "experiment": controller.document()})
 
     @web.middleware
     async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:

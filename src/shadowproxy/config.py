@@ -37,6 +37,7 @@ from shadowproxy import jsonpath
 from shadowproxy.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
+from shadowproxy.experiments.spec import ABSpec, CanarySpec, Mode, check_layers
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 """Route and shadow names end up in partition paths and metric labels: keep them tame."""
@@ -200,6 +201,21 @@ class RouteConfig(_Model):
     compare: CompareConfig = CompareConfig()
     chaos: tuple[ChaosRule, ...] = ()
     """Faults injected on purpose (``shadowproxy.chaos``); empty in normal operation."""
+    mode: Mode = "shadow"
+    """``shadow``: production answers, shadows get copies. ``canary`` and ``ab``: other
+    upstreams answer a share of the clients for real (``shadowproxy.experiments``)."""
+    canary: CanarySpec | None = None
+    ab: ABSpec | None = None
+
+    @model_validator(mode="after")
+    def _mode_block(self) -> RouteConfig:
+        blocks = {"canary": self.canary, "ab": self.ab}
+        for block, value in blocks.items():
+            if value is not None and self.mode != block:
+                raise ValueError(f"a {block}: block needs mode: {block} (mode is {self.mode})")
+        if self.mode in blocks and blocks[self.mode] is None:
+            raise ValueError(f"mode: {self.mode} needs a {self.mode}: block")
+        return self
 
     @field_validator("chaos")
     @classmethod
@@ -251,6 +267,8 @@ class MainConfig(_Model):
     routes_dir: str | None = None
     routes: tuple[RouteConfig, ...] = ()
     recording: RecordingConfig = RecordingConfig()
+    state_dir: str = "shadowproxy-state"
+    """Where canary state files live (a local directory: they survive restarts)."""
     admin_token: str | None = None
     """Bearer token for the admin endpoints that read or change state (``/routes``,
     ``/feedback``); ``/healthz``, ``/readyz`` and ``/metrics`` stay open for probes."""
@@ -516,8 +534,19 @@ def _unwrap(annotation: Any) -> Any:
 
 
 def _check_route_set(routes: list[RouteConfig], sources: list[str], fields: list[str]) -> None:
-    """Names and (prefix, method) claims are unique; ``fields`` locates each route in its
-    source (``routes[1]`` inline in the main file, ``""`` for a file of its own)."""
+    """Names and (prefix, method) claims are unique, A/B shares of one layer do not
+    overlap; ``fields`` locates each route in its source (``routes[1]`` inline in the
+    main file, ``""`` for a file of its own)."""
+    experiments = [
+        (route.name, route.ab, source, field)
+        for route, source, field in zip(routes, sources, fields, strict=True)
+        if route.ab is not None
+    ]
+    for index, (_, _, source, field) in enumerate(experiments):
+        try:
+            check_layers((name, spec) for name, spec, _, _ in experiments[: index + 1])
+        except ValueError as exc:
+            raise ConfigError(source, _join(field, "ab.layer_share"), str(exc)) from None
     names: dict[str, str] = {}
     claims: dict[tuple[str, str | None], str] = {}
     for route, source, field in zip(routes, sources, fields, strict=True):

@@ -75,6 +75,25 @@ class Metrics:
             ["route", "shadow"],
             registry=r,
         )
+        self.experiment_requests = Counter(
+            "shadowproxy_experiment_requests",
+            "Requests on canary and A/B routes by the arm that answered (production: "
+            "outside the experiment's share, or the canary's other side).",
+            ["route", "arm"],
+            registry=r,
+        )
+        self.canary_percent = Gauge(
+            "shadowproxy_canary_percent",
+            "Percent of a canary route's traffic the candidate answers now (0 after a rollback).",
+            ["route"],
+            registry=r,
+        )
+        self.canary_decisions = Counter(
+            "shadowproxy_canary_decisions",
+            "Canary decisions by action (advance|complete|rollback|pause and operator actions).",
+            ["route", "action"],
+            registry=r,
+        )
         self.rejected_requests = Counter(
             "shadowproxy_rejected_requests",
             "Client requests refused before routing, by reason "

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from shadowproxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from shadowproxy.experiment_runtime import Assigner, Choice
 from shadowproxy.headers import (
     REQUEST_ID,
     client_response_headers,
@@ -35,7 +36,7 @@ from shadowproxy.headers import (
 )
 from shadowproxy.http1 import Pool, Response
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
-from shadowproxy.records import ProductionResult, RequestInfo
+from shadowproxy.records import Exposure, ExposureSink, ProductionResult, RequestInfo
 from shadowproxy.server import Body, HttpRequest, RequestBodyError
 from shadowproxy.tee import Exchange, ShadowRunner, Tee
 from shadowproxy.upstream import header
@@ -66,6 +67,10 @@ class RouteRuntime:
     metrics: RouteMetrics
     chaos: ProductionChaos | None = None
     """Faults injected into production's calls; None (the norm) costs one check."""
+    assigner: Assigner | None = None
+    """Experiment routes: picks who answers each request (None: production, always)."""
+    variants: dict[str, RouteRuntime] = field(default_factory=dict)
+    """This route answered by an experiment arm: same route, the arm's pool and timeout."""
 
 
 class ProductionChaos:
@@ -123,9 +128,16 @@ def route_runtime(
 class ProxyHandler:
     """Serves with ``snapshot``; a reload replaces it (see ``shadowproxy.runtime``)."""
 
-    def __init__(self, snapshot: Snapshot, tee: Tee, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        tee: Tee,
+        metrics: Metrics,
+        exposures: ExposureSink | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self._tee = tee
+        self._exposures = exposures
         self._unmatched = RouteMetrics(metrics, UNMATCHED_ROUTE)
 
     async def __call__(self, request: HttpRequest) -> None:
@@ -181,6 +193,13 @@ class ProxyHandler:
             exchange = self._tee.start(runtime.shadows, info, headers, raw_path, request.headers)
         data = body if complete else _chain(body, request.body)
         outcome = _Production(runtime.capture_bytes)
+        choice: Choice | None = None
+        route = runtime
+        if runtime.assigner is not None:
+            choice = runtime.assigner.choose(request.headers)
+            outcome.arm_header = (runtime.assigner.header, choice.name)
+            if choice.arm is not None:
+                runtime = runtime.variants[choice.arm.name]
         try:
             if runtime.chaos is None or await _inject(
                 runtime.chaos, request, runtime, request_id, outcome
@@ -191,6 +210,17 @@ class ProxyHandler:
             runtime.metrics.upstream.observe(result.latency_ms / 1000.0)
             if exchange is not None:
                 exchange.finish(result)
+            if choice is not None:
+                assert route.assigner is not None
+                status = result.status if result.error is None else None
+                route.assigner.observe(choice, status, result.latency_ms)
+                if self._exposures is not None:
+                    self._exposures.submit_exposure(
+                        Exposure(
+                            request_id, arrived, route.name, choice.name, choice.unit,
+                            result.status, result.latency_ms, result.error, result.chaos,
+                        )
+                    )  # fmt: skip
 
     async def _forward(
         self,
@@ -217,6 +247,8 @@ class ProxyHandler:
         outcome.status = upstream.status
         outcome.content_type = header(upstream.headers, "content-type")
         reply_headers = client_response_headers(upstream.headers, request_id)
+        if outcome.arm_header is not None:
+            reply_headers.append(outcome.arm_header)
         length = upstream.content_length
         streamed = (
             request.method != "HEAD"
@@ -237,7 +269,16 @@ class ProxyHandler:
 class _Production:
     """Production's result, filled in as the answer goes through."""
 
-    __slots__ = ("cap", "captured", "chaos", "content_type", "error", "size", "status")
+    __slots__ = (
+        "arm_header",
+        "cap",
+        "captured",
+        "chaos",
+        "content_type",
+        "error",
+        "size",
+        "status",
+    )
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -247,6 +288,7 @@ class _Production:
         self.captured: list[bytes] = []
         self.size = 0
         self.chaos: str | None = None
+        self.arm_header: tuple[str, str] | None = None
 
     def capture(self, chunk: bytes) -> None:
         room = self.cap - self.size

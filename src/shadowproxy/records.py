@@ -1,9 +1,10 @@
-"""The pair: one shadow decision joined with production's result.
+"""The pair: one shadow decision joined with production's result; and the exposure.
 
 Every sampled (request, shadow) becomes exactly one ``Pair`` whatever happened to the
 copy, so recorded rows reconcile with traffic: ``rows = sampled requests x shadows``.
-Pairs are plain data built on the event loop with no parsing; comparison and
-serialisation happen downstream, off the production path.
+Every request served on an experiment route becomes one ``Exposure``: the arm that
+answered it. Both are plain data built on the event loop with no parsing; comparison
+and serialisation happen downstream, off the production path.
 
 Plain data with no heavy imports: the serving process never loads Arrow. The recorded
 form of a pair (the Parquet schema) is written down once, in ``shadowproxy.schema``.
@@ -89,10 +90,38 @@ class Comparison:
     batch_agree: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """One client request served on an experiment route (canary, A/B): which arm answered.
+
+    Joined with feedback by ``request_id`` to compare the arms' outcomes.
+    """
+
+    request_id: str
+    ts: float
+    """Arrival time, seconds since the epoch (UTC)."""
+    route: str
+    arm: str
+    unit: str | None
+    """A hash of the assignment key (e.g. the user); None when assignment is random."""
+    status: int | None
+    """The status sent to the client; None when none was sent."""
+    latency_ms: float | None
+    error: str | None
+    chaos: str | None = None
+    """The faults injected into the answer (``shadowproxy.chaos`` marker); None normally."""
+
+
 class PairSink(Protocol):
     """Where finished pairs go. ``submit`` runs on the event loop: it must not block."""
 
     def submit(self, pair: Pair) -> None: ...
+
+
+class ExposureSink(Protocol):
+    """Where exposures go. ``submit_exposure`` runs on the event loop: it must not block."""
+
+    def submit_exposure(self, exposure: Exposure) -> None: ...
 
 
 class Sink(PairSink, Protocol):

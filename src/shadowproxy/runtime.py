@@ -22,12 +22,15 @@ A reload (``Server.reload`` in ``shadowproxy.app``), step by step:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 from shadowproxy.config import Config, MainConfig, RouteConfig, ShadowConfig
 from shadowproxy.errors import ConfigError
+from shadowproxy.experiment_runtime import ABAssigner, Arm, CanaryAssigner, CanaryController
 from shadowproxy.http1 import Pool
 from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
 from shadowproxy.proxy import RouteMetrics, RouteRuntime, route_runtime
@@ -46,6 +49,7 @@ RESTART_ONLY = (
     "client_header_timeout_s",
     "client_keepalive_timeout_s",
     "client_body_timeout_s",
+    "state_dir",
     "recording",
 )
 """Main-file keys a reload cannot apply: the listeners are bound, the writer is running."""
@@ -69,6 +73,8 @@ class Snapshot:
     default: RouteRuntime | None
     production: dict[ProductionKey, Pool]
     lanes: dict[LaneKey, ShadowLane]
+    canaries: dict[str, CanaryController] = dataclasses.field(default_factory=dict)
+    """Canary routes' controllers by route; a reload hands them on (their state lives on)."""
     in_flight: int = 0
     """Requests that started under this snapshot and have not finished (the handler
     counts them): its pools stay open until it is zero."""
@@ -140,7 +146,46 @@ def build(
             shadows=[],
             metrics=RouteMetrics(metrics, DEFAULT_ROUTE),
         )
-    return Snapshot(config, RouteTable(config.routes), routes, default, production, lanes)
+    canaries = _experiments(
+        config, routes, production_pool, metrics, previous.canaries if previous else {}
+    )
+    return Snapshot(config, RouteTable(config.routes), routes, default, production, lanes, canaries)
+
+
+def _experiments(
+    config: Config,
+    routes: dict[str, RouteRuntime],
+    pool_of: Callable[[str], Pool],
+    metrics: Metrics,
+    old: dict[str, CanaryController],
+) -> dict[str, CanaryController]:
+    """Give experiment routes their assigner and arm variants; returns the canaries."""
+    canaries: dict[str, CanaryController] = {}
+    now = time.time()
+    for route in config.routes:
+        runtime = routes[route.name]
+        arms: list[Arm] = []
+        if route.ab is not None:
+            arms = [Arm(a.name, pool_of(a.url), a.timeout_s) for a in route.ab.arms]
+            runtime.assigner = ABAssigner(route, route.ab, {a.name: a for a in arms}, metrics)
+        elif route.canary is not None:
+            spec = route.canary
+            controller = old.get(route.name)
+            if controller is None:
+                controller = CanaryController(route.name, spec, config.main.state_dir, metrics, now)
+            elif controller.spec != spec:
+                controller.adopt(spec, now)
+            canaries[route.name] = controller
+            candidate = spec.candidate
+            arms = [Arm(candidate.name, pool_of(candidate.url), candidate.timeout_s)]
+            runtime.assigner = CanaryAssigner(route, arms[0], controller)
+        runtime.variants = {
+            arm.name: replace(
+                runtime, pool=arm.pool, timeout_s=arm.timeout_s, assigner=None, variants={}
+            )
+            for arm in arms
+        }
+    return canaries
 
 
 def check_reloadable(running: Config, new: Config) -> None:

@@ -1,7 +1,8 @@
-"""The recorded form of a pair, written down once.
+"""The recorded form of a pair (and of feedback and exposures), written down once.
 
 ``PAIR_COLUMNS`` (names, Arrow types, meanings) -> ``PAIRS_SCHEMA``; ``pair_row`` (a
 redacted pair and its comparison -> one row) and ``to_record_batch`` (rows -> Arrow).
+Likewise ``FEEDBACK_SCHEMA``/``feedback_row`` and ``EXPOSURES_SCHEMA``/``exposure_row``.
 All pure: no I/O, no clock. Only the recorder imports this module (and with it Arrow),
 so the serving process stays small.
 """
@@ -14,14 +15,15 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from shadowproxy.records import Comparison, Pair
+from shadowproxy.records import Comparison, Exposure, Pair
 
 # --- the recorded row: the schema, written down once ------------------------------
 #
 # Readers (pyarrow, DuckDB, Polars, Spark, Trino) see exactly these names and types.
 # ``route`` and ``date`` are not stored in the files: they come from the Hive
 # partition directories (``pairs/route=<route>/date=<YYYY-MM-DD>/``), so readers that
-# merge partition columns into file columns never see a conflict.
+# merge partition columns into file columns never see a conflict. The same holds for
+# ``exposures/route=<route>/date=<YYYY-MM-DD>/`` and ``feedback/date=<YYYY-MM-DD>/``.
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +33,13 @@ class Column:
     name: str
     type: pa.DataType
     doc: str
+    nullable: bool = True
 
 
 def _schema(columns: tuple[Column, ...]) -> pa.Schema:
-    return pa.schema([pa.field(c.name, c.type, metadata={"description": c.doc}) for c in columns])
+    return pa.schema(
+        [pa.field(c.name, c.type, c.nullable, metadata={"description": c.doc}) for c in columns]
+    )
 
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -84,6 +89,18 @@ FEEDBACK_COLUMNS: tuple[Column, ...] = (
     Column("ts", _TS, "when the label was received, UTC, microseconds"),
 )
 FEEDBACK_SCHEMA = _schema(FEEDBACK_COLUMNS)
+
+EXPOSURE_COLUMNS: tuple[Column, ...] = (
+    Column("ts", _TS, "request arrival at the proxy, UTC, microseconds", nullable=False),
+    Column("request_id", pa.string(), "X-Request-Id of the client request", nullable=False),
+    Column("arm", pa.string(), "the experiment arm that answered the client", nullable=False),
+    Column("unit", pa.string(), "hash of the assignment key; null when assignment is random"),
+    Column("status", pa.int32(), "HTTP status sent to the client; null when none was sent"),
+    Column("latency_ms", pa.float64(), "time until the client's response ended"),
+    Column("error", pa.string(), "why the request failed; null when fine"),
+    Column("chaos", pa.string(), "faults injected into the answer; null when none"),
+)
+EXPOSURES_SCHEMA = _schema(EXPOSURE_COLUMNS)
 
 PARTITION_COLUMNS: tuple[Column, ...] = (
     Column("route", pa.string(), "route name (partition directory)"),
@@ -210,6 +227,26 @@ def feedback_row(request_id: str, label: str, ts: float) -> dict[str, object]:
     return {"request_id": request_id, "label": label, "ts": ts_micros(ts)}
 
 
+def exposure_row(e: Exposure) -> dict[str, object]:
+    """The row of one exposure, keyed by ``EXPOSURES_SCHEMA`` names (route is its partition).
+
+    Raises ``ValueError`` for a missing ``request_id`` or ``arm``: a null in a required
+    column would make Arrow refuse the whole file, so the one row is refused here.
+    """
+    if not isinstance(e.request_id, str) or not isinstance(e.arm, str):
+        raise ValueError(f"exposure without request_id or arm: {e!r}")
+    return {
+        "ts": ts_micros(e.ts),
+        "request_id": e.request_id,
+        "arm": e.arm,
+        "unit": e.unit,
+        "status": e.status,
+        "latency_ms": e.latency_ms,
+        "error": e.error,
+        "chaos": e.chaos,
+    }
+
+
 def row_bytes(row: dict[str, object]) -> int:
     """Roughly what a row weighs in memory: its bodies dominate, the rest is ~1 KiB."""
     size = 1024
@@ -223,5 +260,5 @@ def row_bytes(row: dict[str, object]) -> int:
 def to_record_batch(
     rows: Sequence[dict[str, object]], schema: pa.Schema = PAIRS_SCHEMA
 ) -> pa.RecordBatch:
-    """Rows (from ``pair_row`` or ``feedback_row``) -> one Arrow batch of ``schema``."""
+    """Rows (from ``pair_row``, ``feedback_row``, ``exposure_row``) -> one Arrow batch."""
     return pa.RecordBatch.from_pylist(list(rows), schema=schema)

@@ -9,6 +9,9 @@
                                                                         ▼ age or shutdown
     <root>/pairs/route=<r>/date=<d>/<host>-<pid>-<token>-<seq>.parquet  (atomic, zstd)
 
+Feedback (``submit_feedback``) and experiment exposures (``submit_exposure``) take the
+same path without redaction or comparison, to ``feedback/`` and ``exposures/``.
+
 ``recorder`` holds the event-loop side and the thread, ``writer`` the thread's work,
 ``storage`` the layout, atomic writes and reading back. The row schema lives in
 ``shadowproxy.schema``; redaction in ``shadowproxy.redact``. By default the recorder
@@ -24,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shadowproxy.recording.recorder import Recorder
-    from shadowproxy.recording.storage import read_dataset, read_feedback
+    from shadowproxy.recording.storage import read_dataset, read_exposures, read_feedback
 
-__all__ = ["Recorder", "read_dataset", "read_feedback"]
+__all__ = ["Recorder", "read_dataset", "read_exposures", "read_feedback"]
 
 
 def __getattr__(name: str) -> Any:
@@ -34,7 +37,7 @@ def __getattr__(name: str) -> Any:
         from shadowproxy.recording.recorder import Recorder
 
         return Recorder
-    if name in ("read_dataset", "read_feedback"):
+    if name in ("read_dataset", "read_exposures", "read_feedback"):
         from shadowproxy.recording import storage
 
         return getattr(storage, name)

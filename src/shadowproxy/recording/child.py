@@ -75,6 +75,10 @@ class Child:
             for packed in payload:
                 self.recorder.submit(wire.unpack(packed))
             self.received += len(payload)
+        elif kind == wire.EXPOSURES:
+            for packed in payload:
+                self.recorder.submit_exposure(wire.unpack_exposure(packed))
+            self.received += len(payload)
         elif kind == wire.ROUTES:
             self.recorder.update_routes(payload)
         elif kind == wire.FEEDBACK:

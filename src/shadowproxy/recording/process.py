@@ -10,11 +10,12 @@ GIL back. In a separate process they run on their own interpreter.
     every BATCH_INTERVAL_S: pack + pickle -> pipe ->  status every 0.5 s: finished, health,
     status frames <------------------------------------  metrics exposition, auto picks
 
-The event loop's share is a tuple per pair and a C pickle per batch. The pipe is
-bounded too: when the writer falls behind, batches stay in the deque, which is bounded
-by ``max_pending_records`` (then ``queue_full`` drops, as with the thread). A writer
-that dies is restarted after a pause; what it held is counted as ``writer_died``.
-The recorder's own metrics live in the child and are served from its last status.
+The event loop's share is a tuple per pair (or exposure) and a C pickle per batch.
+The pipe is bounded too: when the writer falls behind, batches stay in the deques,
+bounded together by ``max_pending_records`` (then ``queue_full`` drops, as with the
+thread). A writer that dies is restarted after a pause; what it held is counted as
+``writer_died``. The recorder's own metrics live in the child and are served from its
+last status.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from shadowproxy.config import Config, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import wire
-from shadowproxy.records import Pair
+from shadowproxy.records import Exposure, Pair
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -78,15 +79,16 @@ class ChildMetrics(Collector):
 
 
 class RecorderProcess:
-    """A ``records.Sink`` and feedback sink whose work happens in a child process."""
+    """A ``records.Sink``, feedback and exposure sink whose work happens in a child process."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._config = config
         self._metrics = metrics
         self._max_pending = config.main.recording.max_pending_records
         self._queue: deque[wire.PackedPair] = deque()
+        self._exposures: deque[wire.PackedExposure] = deque()
         self._submitted = 0
-        """Records accepted (pairs and feedback items) by this process in total."""
+        """Records accepted (pairs, exposures and feedback items) by this process in total."""
         self._shipped = 0
         """Of those, handed to the current writer."""
         self._finished_before = 0
@@ -110,14 +112,25 @@ class RecorderProcess:
         return self._finished_before + int(self._status.get("finished", 0))
 
     def submit(self, pair: Pair) -> None:
+        if self._admits():
+            self._queue.append(wire.pack(pair))
+            self._submitted += 1
+
+    def submit_exposure(self, exposure: Exposure) -> None:
+        """Like ``submit``: packed now, shipped with the next batch; same bound, same drops."""
+        if self._admits():
+            self._exposures.append(wire.pack_exposure(exposure))
+            self._submitted += 1
+
+    def _admits(self) -> bool:
+        """Room for one more record; a refusal is counted."""
         if self._closing:
             self._drop("shutdown")
-            return
+            return False
         if self._submitted - self._finished >= self._max_pending:
             self._drop("queue_full")
-            return
-        self._queue.append(wire.pack(pair))
-        self._submitted += 1
+            return False
+        return True
 
     def submit_feedback(self, items: Sequence[tuple[str, str, float]]) -> bool:
         """All or none; False when the buffer is full or the writer is not there."""
@@ -163,14 +176,11 @@ class RecorderProcess:
 
     def _ship(self) -> None:
         process = self._process
-        if not self._queue or process is None or process.stdin is None:
+        if not (self._queue or self._exposures) or process is None or process.stdin is None:
             return
         if process.stdin.transport.get_write_buffer_size() > PIPE_HIGH_WATER:
             return  # the writer is behind: keep the batch here, bounded by max_pending
-        batch = list(self._queue)
-        self._queue.clear()
-        process.stdin.write(wire.frame(wire.PAIRS, batch))
-        self._shipped += len(batch)
+        self._ship_all(process)
 
     # --- the child -------------------------------------------------------------------
 
@@ -256,9 +266,10 @@ class RecorderProcess:
         process = self._process
         if process is None or process.stdin is None:
             # No writer to flush to (it died and shutdown came before its restart).
-            for _ in range(len(self._queue)):
+            for _ in range(len(self._queue) + len(self._exposures)):
                 self._drop("shutdown")
             self._queue.clear()
+            self._exposures.clear()
             await self._tasks.drain(0)
             return
         self._ship_all(process)
@@ -279,7 +290,8 @@ class RecorderProcess:
 
     def _ship_all(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdin is not None
-        if self._queue:
-            process.stdin.write(wire.frame(wire.PAIRS, list(self._queue)))
-            self._shipped += len(self._queue)
-            self._queue.clear()
+        for kind, queue in ((wire.PAIRS, self._queue), (wire.EXPOSURES, self._exposures)):
+            if queue:
+                process.stdin.write(wire.frame(kind, list(queue)))
+                self._shipped += len(queue)
+                queue.clear()

@@ -26,7 +26,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording.storage import Storage
 from shadowproxy.recording.writer import Comparer, Feedback, Item, Routes, Writer
-from shadowproxy.records import Pair
+from shadowproxy.records import Exposure, Pair
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Recorder:
         recorder = Recorder(config.main.recording, config.routes, metrics, comparer)
         await recorder.start()
         recorder.submit(pair)                   # event loop, never blocks
+        recorder.submit_exposure(exposure)      # likewise
         recorder.submit_feedback([(rid, label_json, ts)])
         await recorder.close()                  # writes everything still buffered
 
@@ -90,6 +91,13 @@ class Recorder:
     # --- event loop side: O(1), no parsing, no I/O --------------------------------
 
     def submit(self, pair: Pair) -> None:
+        self._put(pair)
+
+    def submit_exposure(self, exposure: Exposure) -> None:
+        """Like ``submit``, for the exposures of experiment routes (same bound, same drops)."""
+        self._put(exposure)
+
+    def _put(self, record: Pair | Exposure) -> None:
         if self._closing:
             self._dropped["shutdown"].inc()
             return
@@ -97,7 +105,7 @@ class Recorder:
             # While writes fail the buffer fills with unwritten rows: say so.
             self._dropped["write_failed" if self._writer.error else "queue_full"].inc()
             return
-        self._queue.append(pair)
+        self._queue.append(record)
         self._submitted += 1
         if len(self._queue) >= WAKE_BATCH and not self._wake.is_set():
             self._wake.set()

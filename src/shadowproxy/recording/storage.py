@@ -3,6 +3,7 @@
 Layout under the root (``recording.dir``: a local path or a ``pyarrow.fs`` URI)::
 
     <root>/pairs/route=<route>/date=<YYYY-MM-DD>/<host>-<pid>-<token>-<seq>.parquet
+    <root>/exposures/route=<route>/date=<YYYY-MM-DD>/<host>-<pid>-<token>-<seq>.parquet
     <root>/feedback/date=<YYYY-MM-DD>/<host>-<pid>-<token>-<seq>.parquet
 
 File names carry the host, the process id, a random token per recorder and a
@@ -31,8 +32,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from shadowproxy.schema import (
+    EXPOSURES_SCHEMA,
     FEEDBACK_SCHEMA,
-    PAIR_COLUMNS,
     PAIRS_SCHEMA,
     PARTITION_COLUMNS,
     Column,
@@ -40,6 +41,13 @@ from shadowproxy.schema import (
 
 PAIRS = "pairs"
 FEEDBACK = "feedback"
+EXPOSURES = "exposures"
+SCHEMAS: dict[str, pa.Schema] = {
+    PAIRS: PAIRS_SCHEMA,
+    FEEDBACK: FEEDBACK_SCHEMA,
+    EXPOSURES: EXPOSURES_SCHEMA,
+}
+"""The kinds of record: their top-level directory (and ``records_written`` label) and schema."""
 
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_BYTES = 64 * 1024 * 1024
@@ -47,12 +55,10 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 enough that encoding one is a short step and a reader filtering on one shadow does
 not decode a whole file."""
 
+# Bodies are large and unique (and so are request ids): dictionaries and min/max
+# statistics on them cost time and bytes and help no query.
 _BODY_COLUMNS = ("request_body", "prod_body", "shadow_body")
 _NO_DICTIONARY = (*_BODY_COLUMNS, "prod_prediction", "shadow_prediction", "request_id")
-# Bodies are large and unique: dictionaries and min/max statistics on them cost time
-# and bytes and help no query.
-_DICTIONARY = [c.name for c in PAIR_COLUMNS if c.name not in _NO_DICTIONARY]
-_STATISTICS = [c.name for c in PAIR_COLUMNS if c.name not in _BODY_COLUMNS]
 
 
 def resolve_root(root: str) -> tuple[pafs.FileSystem, str]:
@@ -69,9 +75,17 @@ def resolve_root(root: str) -> tuple[pafs.FileSystem, str]:
 
 
 def pairs_directory(route: str, date: str) -> str:
+    return _route_directory(PAIRS, route, date)
+
+
+def exposures_directory(route: str, date: str) -> str:
+    return _route_directory(EXPOSURES, route, date)
+
+
+def _route_directory(kind: str, route: str, date: str) -> str:
     # Route names are already tame (config NAME_PATTERN); quoting is a second fence
     # that keeps a stray '/' from ever leaving the partition.
-    return f"{PAIRS}/route={quote(route, safe='')}/date={date}"
+    return f"{kind}/route={quote(route, safe='')}/date={date}"
 
 
 def feedback_directory(date: str) -> str:
@@ -86,14 +100,13 @@ class Encoder:
     """
 
     def __init__(self, schema: pa.Schema) -> None:
-        pairs = schema.equals(PAIRS_SCHEMA, check_metadata=False)
         self._sink = pa.BufferOutputStream()
         self._writer = pq.ParquetWriter(
             self._sink,
             schema,
             compression="zstd",
-            use_dictionary=_DICTIONARY if pairs else True,
-            write_statistics=_STATISTICS if pairs else True,
+            use_dictionary=[name for name in schema.names if name not in _NO_DICTIONARY],
+            write_statistics=[name for name in schema.names if name not in _BODY_COLUMNS],
         )
 
     def write(self, table: pa.Table) -> None:
@@ -184,6 +197,11 @@ def read_dataset(root: str) -> pa.Table:
 def read_feedback(root: str) -> pa.Table:
     """Every recorded ground-truth label under ``root`` with its ``date`` partition."""
     return _read(root, FEEDBACK, FEEDBACK_SCHEMA, PARTITION_COLUMNS[1:])
+
+
+def read_exposures(root: str) -> pa.Table:
+    """Every recorded exposure under ``root`` with its ``route`` and ``date`` partitions."""
+    return _read(root, EXPOSURES, EXPOSURES_SCHEMA, PARTITION_COLUMNS)
 
 
 def _read(root: str, kind: str, schema: pa.Schema, partitions: tuple[Column, ...]) -> pa.Table:

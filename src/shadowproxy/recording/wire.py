@@ -4,6 +4,7 @@ Frames are ``length (4 bytes, big endian) | kind (1 byte) | pickle``. Pairs trav
 flat tuples of plain values: pickling those is C code only, so packing a batch costs
 the event loop a few microseconds a pair (a slotted dataclass would go through Python
 ``__getstate__`` for each object). Headers are left behind: they are never recorded.
+Exposures travel the same way, as tuples of their fields.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pickle
 import struct
 from typing import Any, Final
 
-from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
+from shadowproxy.records import Exposure, Pair, ProductionResult, RequestInfo, ShadowResult
 
 HEADER: Final = struct.Struct("!IB")
 MAX_FRAME: Final = 1 << 30
@@ -22,6 +23,8 @@ CONFIG: Final = ord("C")
 """Parent -> child, first frame: the ``Config`` to record for."""
 PAIRS: Final = ord("P")
 """Parent -> child: a list of packed pairs."""
+EXPOSURES: Final = ord("E")
+"""Parent -> child: a list of packed exposures."""
 FEEDBACK: Final = ord("F")
 """Parent -> child: a list of (request_id, label JSON text, received ts)."""
 ROUTES: Final = ord("R")
@@ -30,6 +33,7 @@ STATUS: Final = ord("S")
 """Child -> parent: a status dict (records finished, health, metrics exposition)."""
 
 PackedPair = tuple[Any, ...]
+PackedExposure = tuple[Any, ...]
 
 
 def frame(kind: int, payload: object) -> bytes:
@@ -66,3 +70,11 @@ def unpack(packed: PackedPair) -> Pair:
         ),
         ShadowResult(outcome, status, latency, error, shadow_body, truncated, content_type, chaos),
     )
+
+
+def pack_exposure(e: Exposure) -> PackedExposure:
+    return (e.request_id, e.ts, e.route, e.arm, e.unit, e.status, e.latency_ms, e.error, e.chaos)
+
+
+def unpack_exposure(packed: PackedExposure) -> Exposure:
+    return Exposure(*packed)

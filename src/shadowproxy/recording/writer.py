@@ -7,6 +7,9 @@ comparison, row and Arrow batch building, zstd encoding and file I/O. Per item::
             (route policy)   (errors become the row's      (capped     (route, date)
                               compare_detail)               bodies)
 
+Feedback and exposures are neither redacted nor compared: their rows go straight to
+part files of ``feedback/`` and ``exposures/``.
+
 A pair marked ``corrupt_prediction`` by a chaos rule has its shadow answer corrupted
 first (``compare.corrupt``), so everything after it sees the corrupted answer.
 
@@ -36,20 +39,22 @@ from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording.storage import (
+    EXPOSURES,
     FEEDBACK,
     PAIRS,
     ROW_GROUP_BYTES,
     ROW_GROUP_ROWS,
+    SCHEMAS,
     Encoder,
     Storage,
+    exposures_directory,
     feedback_directory,
     pairs_directory,
 )
-from shadowproxy.records import Comparison, Pair
+from shadowproxy.records import Comparison, Exposure, Pair
 from shadowproxy.redact import Memo, Redactor
 from shadowproxy.schema import (
-    FEEDBACK_SCHEMA,
-    PAIRS_SCHEMA,
+    exposure_row,
     feedback_row,
     pair_row,
     row_bytes,
@@ -100,7 +105,7 @@ class Routes:
     routes: tuple[RouteConfig, ...]
 
 
-Item = Pair | Feedback | Routes
+Item = Pair | Exposure | Feedback | Routes
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,7 @@ class PartFile:
         self.kind = kind
         self.directory = directory
         self.opened_at = opened_at
-        self.schema = PAIRS_SCHEMA if kind == PAIRS else FEEDBACK_SCHEMA
+        self.schema = SCHEMAS[kind]
         self.rows = 0
         self.rejected = 0
         """Rows Arrow refused (see ``_build``), not yet counted as dropped."""
@@ -245,7 +250,9 @@ class Writer:
         now = self._clock()
         memo: Memo = {}
         for item in items:
-            if isinstance(item, Feedback):
+            if isinstance(item, Exposure):
+                self._add_exposure(item, now)
+            elif isinstance(item, Feedback):
                 for request_id, label, ts in item.items:
                     self._add_feedback(request_id, label, ts, now)
             elif isinstance(item, Routes):
@@ -276,6 +283,15 @@ class Writer:
             self._unbuildable(FEEDBACK)
             return
         self._add(FEEDBACK, directory, row, now)
+
+    def _add_exposure(self, exposure: Exposure, now: float) -> None:
+        try:
+            row = exposure_row(exposure)
+            directory = exposures_directory(exposure.route, utc_date(exposure.ts))
+        except Exception:
+            self._unbuildable(EXPOSURES)
+            return
+        self._add(EXPOSURES, directory, row, now)
 
     def _unbuildable(self, kind: str) -> None:
         # A bug in row building loses this one record, counted, not the thread.

@@ -1,0 +1,251 @@
+"""Experiment routes at run time: who answers each request, and the canary's controller.
+
+``shadowproxy.experiments`` holds the pure rules (assignment, guardrails, the canary
+state machine). This module puts them on the request path: an ``Assigner`` picks, per
+request and without I/O, the upstream that answers it (an A/B arm, the canary's
+candidate, or production) and is told how the answer went; the ``CanaryController``
+evaluates the canary's window once a second off the request path, applies and logs
+each decision, and keeps the state in a small JSON file so a restart resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shadowproxy.config import RouteConfig
+from shadowproxy.experiments.assign import assign_arm, in_canary
+from shadowproxy.experiments.canary import Canary, CanaryActionError, Decision
+from shadowproxy.experiments.spec import ABSpec, CanarySpec
+from shadowproxy.experiments.window import Side
+from shadowproxy.http1 import Pool
+from shadowproxy.metrics import Metrics
+from shadowproxy.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+EVALUATE_EVERY_S = 1.0
+PRODUCTION_ARM = "production"
+"""The arm name recorded when production answered (outside an A/B share, or the
+canary's non-candidate side)."""
+
+__all__ = ["CanaryActionError"]
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """An upstream that answers clients on an experiment route."""
+
+    name: str
+    pool: Pool
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    arm: Arm | None
+    """None: production answers."""
+    name: str
+    """What is recorded and sent back in the arm header."""
+    unit: str | None
+    """The assignment unit as a hash (the user id itself is never recorded)."""
+
+
+def unit_of(key: str | None, route: str) -> str | None:
+    if key is None:
+        return None
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"sp-unit")
+    digest.update(route.encode())
+    return digest.hexdigest()
+
+
+class Assigner:
+    """Base: the header naming the arm in responses, and how answers are observed."""
+
+    header: str
+    route: str
+
+    def choose(self, headers: Mapping[str, str]) -> Choice:
+        raise NotImplementedError
+
+    def observe(self, choice: Choice, status: int | None, latency_ms: float) -> None:
+        """How the chosen upstream answered (status sent to the client)."""
+
+
+class ABAssigner(Assigner):
+    def __init__(self, route: RouteConfig, spec: ABSpec, arms: dict[str, Arm], metrics: Metrics):
+        self.route = route.name
+        self.spec = spec
+        self.arms = arms
+        self.header = spec.arm_header
+        self._key_header = spec.key_header
+        counter = metrics.experiment_requests
+        self._counts = {name: counter.labels(route.name, name) for name in (*arms, PRODUCTION_ARM)}
+
+    def choose(self, headers: Mapping[str, str]) -> Choice:
+        key = headers.get(self._key_header) if self._key_header else None
+        name = assign_arm(self.spec, self.route, key)
+        arm = self.arms.get(name) if name is not None else None
+        return Choice(
+            arm, arm.name if arm is not None else PRODUCTION_ARM, unit_of(key, self.route)
+        )
+
+    def observe(self, choice: Choice, status: int | None, latency_ms: float) -> None:
+        self._counts[choice.name].inc()
+
+
+class CanaryAssigner(Assigner):
+    header = "X-Canary-Arm"
+
+    def __init__(self, route: RouteConfig, candidate: Arm, controller: CanaryController):
+        self.route = route.name
+        self.candidate = candidate
+        self.controller = controller
+        assert route.canary is not None
+        self._key_header = route.canary.key_header
+
+    def choose(self, headers: Mapping[str, str]) -> Choice:
+        key = headers.get(self._key_header) if self._key_header else None
+        unit = unit_of(key, self.route)
+        if in_canary(key, self.controller.percent, self.route):
+            return Choice(self.candidate, self.candidate.name, unit)
+        return Choice(None, PRODUCTION_ARM, unit)
+
+    def observe(self, choice: Choice, status: int | None, latency_ms: float) -> None:
+        # The same rule on both sides: no answer, or a 5xx, is an error.
+        error = status is None or status >= 500
+        side: Side = "candidate" if choice.arm is not None else "production"
+        self.controller.window.record(side, error=error, latency_ms=latency_ms)
+        self.controller.count(choice.name)
+
+
+class CanaryController:
+    """One canary route's state machine, its current window and its state file."""
+
+    def __init__(
+        self, route: str, spec: CanarySpec, state_dir: str, metrics: Metrics, now: float
+    ) -> None:
+        self.route = route
+        self.spec = spec
+        self.path = Path(state_dir) / f"canary-{route}.json"
+        self.canary = self._load(now)
+        self.window = self.canary.new_window()
+        self._metrics = metrics
+        self._percent = metrics.canary_percent.labels(route)
+        self._counts = {
+            name: metrics.experiment_requests.labels(route, name)
+            for name in (spec.candidate.name, PRODUCTION_ARM)
+        }
+        self._tasks = TaskSet()
+        self._publish()
+
+    @property
+    def percent(self) -> float:
+        return self.canary.current_percent
+
+    def count(self, arm: str) -> None:
+        self._counts[arm].inc()
+
+    def _load(self, now: float) -> Canary:
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return Canary(self.spec, now=now)
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.error("canary %s: state file %s unreadable (%s); starting over", self.route,
+                      self.path, exc)  # fmt: skip
+            return Canary(self.spec, now=now)
+        try:
+            return Canary.from_dict(self.spec, data, now=now)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("canary %s: state file %s refused (%s); starting over", self.route,
+                      self.path, exc)  # fmt: skip
+            return Canary(self.spec, now=now)
+
+    def adopt(self, spec: CanarySpec, now: float) -> None:
+        """A reload changed the canary block: keep the history, apply the new spec."""
+        self.spec = spec
+        self.canary = Canary.from_dict(spec, self.canary.to_dict(), now=now)
+        self.window = self.canary.new_window()
+        self._save()
+        self._publish()
+
+    def start(self) -> None:
+        self._tasks.spawn(self._run(), name=f"canary:{self.route}")
+
+    async def stop(self) -> None:
+        await self._tasks.drain(0)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(EVALUATE_EVERY_S)
+            self.tick(time.time())
+
+    def tick(self, now: float) -> Decision:
+        decision = self.canary.evaluate(now, self.window)
+        if decision.action != "hold":
+            self._decided(decision)
+        return decision
+
+    def act(self, action: str, by: str, note: str | None = None) -> Decision:
+        decision = self.canary.act(action, now=time.time(), by=by, note=note)
+        self._decided(decision)
+        return decision
+
+    def _decided(self, decision: Decision) -> None:
+        log.warning("canary %s: %s", self.route, decision.describe())
+        self._metrics.canary_decisions.labels(self.route, decision.action).inc()
+        if self.window.epoch != self.canary.epoch:
+            self.window = self.canary.new_window()
+        self._save()
+        self._publish()
+
+    def _publish(self) -> None:
+        self._percent.set(self.percent)
+
+    def _save(self) -> None:
+        """Atomically: a crash mid-write leaves the previous state, never half of one."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_bytes(orjson.dumps(self.canary.to_dict(), option=orjson.OPT_INDENT_2))
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.error("canary %s: cannot save state to %s: %s", self.route, self.path, exc)
+
+    def document(self) -> dict[str, Any]:
+        """What ``GET /experiments`` shows for this canary."""
+        window = self.window
+        last = self.canary.last_evaluation
+        return {
+            "route": self.route,
+            "mode": "canary",
+            "candidate": self.spec.candidate.name,
+            "status": self.canary.status,
+            "step": self.canary.step,
+            "percent": self.percent,
+            "window": {
+                "candidate": {
+                    "requests": window.candidate.requests,
+                    "errors": window.candidate.errors,
+                },
+                "production": {
+                    "requests": window.production.requests,
+                    "errors": window.production.errors,
+                },
+                "compared": window.compared,
+                "disagreed": window.disagreed,
+            },
+            "last_evaluation": last.to_dict() if last is not None else None,
+            "decisions": [decision.to_dict() for decision in self.canary.decisions[-20:]],
+            "state_file": str(self.path),
+        }
