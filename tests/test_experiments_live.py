@@ -87,6 +87,7 @@ async def test_ab_route_assigns_sticky_arms_answers_from_them_and_records_exposu
     units = {e.unit for e in exposures}
     assert len(units) == 200 and not any(u is not None and "user" in u for u in units)
     assert all(e.route == "rank" and e.status == 200 and e.error is None for e in exposures)
+    assert {e.share for e in exposures} == {0.5}
     (experiment,) = document["experiments"]
     assert experiment["mode"] == "ab" and [a["name"] for a in experiment["arms"]] == [
         "control",

@@ -749,7 +749,7 @@ async def test_exposure_files(tmp_path: Path, registry: CollectorRegistry) -> No
     rows = {row["request_id"]: row for row in table.to_pylist()}
     assert rows["req-1"] == {
         "ts": datetime.fromtimestamp(TS, UTC), "request_id": "req-1", "arm": "canary",
-        "unit": "unit-1", "status": 200, "latency_ms": 3.5, "error": None, "chaos": None,
+        "unit": "unit-1", "status": 200, "latency_ms": 3.5, "error": None, "chaos": None, "share": None,
         "route": "price", "date": datetime(2024, 5, 17).date(),
     }  # fmt: skip
     assert rows["req-x"]["status"] is None and rows["req-x"]["error"] == "reset"
@@ -771,7 +771,7 @@ async def test_duckdb_reads_exposures_with_the_contract_types(
     assert types == {
         "ts": "TIMESTAMP WITH TIME ZONE", "request_id": "VARCHAR", "arm": "VARCHAR",
         "unit": "VARCHAR", "status": "INTEGER", "latency_ms": "DOUBLE", "error": "VARCHAR",
-        "chaos": "VARCHAR", "route": "VARCHAR", "date": "DATE",
+        "chaos": "VARCHAR", "share": "DOUBLE", "route": "VARCHAR", "date": "DATE",
     }  # fmt: skip
     query = "SELECT arm, count(*) FROM {pairs} WHERE route = 'price' GROUP BY arm"
     assert duck(tmp_path, query, kind="exposures") == [("canary", 3)]

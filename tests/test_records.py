@@ -236,6 +236,7 @@ EXPOSURE_CONTRACT = {
     "latency_ms": (pa.float64(), True),
     "error": (pa.string(), True),
     "chaos": (pa.string(), True),
+    "share": (pa.float64(), True),
 }
 
 
@@ -247,17 +248,18 @@ def test_exposure_schema_holds_the_contract_names_types_and_nullability() -> Non
 
 
 def test_exposure_rows() -> None:
-    served = Exposure("req-1", TS, "price", "canary", "u-9f", 200, 12.5, None, "delay_ms=5")
+    served = Exposure("req-1", TS, "price", "canary", "u-9f", 200, 12.5, None, "delay_ms=5", 0.05)
     failed = Exposure("req-2", TS, "price", "control", None, None, None, "upstream timeout")
     assert list(exposure_row(served)) == EXPOSURES_SCHEMA.names
     batch = to_record_batch([exposure_row(served), exposure_row(failed)], EXPOSURES_SCHEMA)
     assert batch.schema.equals(EXPOSURES_SCHEMA)
     assert batch.to_pylist() == [
         {"ts": datetime.fromtimestamp(TS, UTC), "request_id": "req-1", "arm": "canary",
-         "unit": "u-9f", "status": 200, "latency_ms": 12.5, "error": None, "chaos": "delay_ms=5"},
+         "unit": "u-9f", "status": 200, "latency_ms": 12.5, "error": None, "chaos": "delay_ms=5",
+         "share": 0.05},
         {"ts": datetime.fromtimestamp(TS, UTC), "request_id": "req-2", "arm": "control",
          "unit": None, "status": None, "latency_ms": None, "error": "upstream timeout",
-         "chaos": None},
+         "chaos": None, "share": None},
     ]  # fmt: skip
 
 

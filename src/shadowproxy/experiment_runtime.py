@@ -58,6 +58,8 @@ class Choice:
     """What is recorded and sent back in the arm header."""
     unit: str | None
     """The assignment unit as a hash (the user id itself is never recorded)."""
+    share: float | None = None
+    """The configured share of the experiment's traffic for this arm (0..1)."""
 
 
 def unit_of(key: str | None, route: str) -> str | None:
@@ -90,14 +92,17 @@ class ABAssigner(Assigner):
         self._key_header = spec.key_header
         counter = metrics.experiment_requests
         self._counts = {name: counter.labels(route.name, name) for name in (*arms, PRODUCTION_ARM)}
+        total = sum(arm.weight for arm in spec.arms)
+        start, end = spec.layer_share
+        self._shares = {arm.name: (end - start) * arm.weight / total for arm in spec.arms}
+        self._shares[PRODUCTION_ARM] = 1.0 - (end - start)
 
     def choose(self, headers: Mapping[str, str]) -> Choice:
         key = headers.get(self._key_header) if self._key_header else None
         name = assign_arm(self.spec, self.route, key)
         arm = self.arms.get(name) if name is not None else None
-        return Choice(
-            arm, arm.name if arm is not None else PRODUCTION_ARM, unit_of(key, self.route)
-        )
+        answered = arm.name if arm is not None else PRODUCTION_ARM
+        return Choice(arm, answered, unit_of(key, self.route), self._shares[answered])
 
     def observe(self, choice: Choice, status: int | None, latency_ms: float) -> None:
         self._counts[choice.name].inc()
@@ -116,9 +121,10 @@ class CanaryAssigner(Assigner):
     def choose(self, headers: Mapping[str, str]) -> Choice:
         key = headers.get(self._key_header) if self._key_header else None
         unit = unit_of(key, self.route)
+        share = self.controller.percent / 100.0
         if in_canary(key, self.controller.percent, self.route):
-            return Choice(self.candidate, self.candidate.name, unit)
-        return Choice(None, PRODUCTION_ARM, unit)
+            return Choice(self.candidate, self.candidate.name, unit, share)
+        return Choice(None, PRODUCTION_ARM, unit, 1.0 - share)
 
     def observe(self, choice: Choice, status: int | None, latency_ms: float) -> None:
         # The same rule on both sides: no answer, or a 5xx, is an error.

@@ -219,6 +219,7 @@ class ProxyHandler:
                         Exposure(
                             request_id, arrived, route.name, choice.name, choice.unit,
                             result.status, result.latency_ms, result.error, result.chaos,
+                            choice.share,
                         )
                     )  # fmt: skip
 

@@ -110,6 +110,9 @@ class Exposure:
     error: str | None
     chaos: str | None = None
     """The faults injected into the answer (``shadowproxy.chaos`` marker); None normally."""
+    share: float | None = None
+    """The share of the experiment's traffic configured for this arm (0..1), so the
+    report can check the observed split (sample ratio mismatch) from the data alone."""
 
 
 class PairSink(Protocol):

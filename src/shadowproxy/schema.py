@@ -99,6 +99,7 @@ EXPOSURE_COLUMNS: tuple[Column, ...] = (
     Column("latency_ms", pa.float64(), "time until the client's response ended"),
     Column("error", pa.string(), "why the request failed; null when fine"),
     Column("chaos", pa.string(), "faults injected into the answer; null when none"),
+    Column("share", pa.float64(), "configured share of the experiment's traffic for this arm"),
 )
 EXPOSURES_SCHEMA = _schema(EXPOSURE_COLUMNS)
 
@@ -244,6 +245,7 @@ def exposure_row(e: Exposure) -> dict[str, object]:
         "latency_ms": e.latency_ms,
         "error": e.error,
         "chaos": e.chaos,
+        "share": e.share,
     }
 
 

@@ -73,7 +73,10 @@ def unpack(packed: PackedPair) -> Pair:
 
 
 def pack_exposure(e: Exposure) -> PackedExposure:
-    return (e.request_id, e.ts, e.route, e.arm, e.unit, e.status, e.latency_ms, e.error, e.chaos)
+    return (
+        e.request_id, e.ts, e.route, e.arm, e.unit, e.status, e.latency_ms, e.error, e.chaos,
+        e.share,
+    )  # fmt: skip
 
 
 def unpack_exposure(packed: PackedExposure) -> Exposure:
