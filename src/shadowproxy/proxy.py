@@ -212,8 +212,8 @@ class ProxyHandler:
                 exchange.finish(result)
             if choice is not None:
                 assert route.assigner is not None
-                status = result.status if result.error is None else None
-                route.assigner.observe(choice, status, result.latency_ms)
+                # The answering upstream's status; None when it did not answer (502/504).
+                route.assigner.observe(choice, result.status, result.latency_ms)
                 if self._exposures is not None:
                     self._exposures.submit_exposure(
                         Exposure(
