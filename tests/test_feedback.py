@@ -38,3 +38,30 @@ def test_item_bound() -> None:
     body = orjson.dumps([{"request_id": str(n), "label": 0} for n in range(MAX_ITEMS + 1)])
     with pytest.raises(FeedbackError, match="at most"):
         parse_feedback(body, 0.0)
+
+
+def test_outcomes_are_numbers_or_booleans_stored_as_json() -> None:
+    body = b'[{"request_id": "a", "outcome": 1}, {"request_id": "b", "outcome": true},'
+    body += b' {"request_id": "c", "outcome": 12.5}]'
+    assert parse_feedback(body, 2.0) == [("a", "1", 2.0), ("b", "true", 2.0), ("c", "12.5", 2.0)]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"request_id": "r", "outcome": "yes"}',
+            'outcome must be a number or a boolean, got "yes"',
+        ),
+        (
+            b'{"request_id": "r", "outcome": null}',
+            "outcome must be a number or a boolean, got null",
+        ),
+        (b'{"request_id": "r", "outcome": [1]}', "outcome must be a number"),
+        (b'{"request_id": "r", "outcome": 1, "label": 1}', "label or outcome, not both"),
+    ],
+)
+def test_bad_outcomes_are_refused(body: bytes, message: str) -> None:
+    with pytest.raises(FeedbackError) as caught:
+        parse_feedback(body, 0.0)
+    assert message in str(caught.value)

@@ -94,6 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--memory-limit", default="1GB", help="DuckDB's memory budget; beyond it, it spills to disk"
     )
+    report.add_argument(
+        "--outcome",
+        default="auto",
+        choices=["auto", "binary", "continuous", "ordinal"],
+        help="experiments: the outcome's kind (auto: from the values posted to /feedback)",
+    )
+    report.add_argument(
+        "--mde",
+        default="0.05",
+        help="experiments: the relative effect to plan sample sizes for (default 0.05 = 5%%)",
+    )
     report.set_defaults(func=cmd_report)
     return parser
 
@@ -129,6 +140,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             json_out=args.json_out,
             skip_bad_files=args.skip_bad_files,
             memory_limit=args.memory_limit,
+            outcome=args.outcome,
+            mde=report.parse_mde(args.mde),
         )
         return report.run_report(options)
     except report.ReportInputError as exc:

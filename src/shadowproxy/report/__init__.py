@@ -2,14 +2,16 @@
 
 How the report is made::
 
-    ROOT/pairs/route=R/date=D/*.parquet ─┐   load: discover files, check footers,
-    ROOT/feedback/date=D/*.parquet ──────┤         DuckDB views (memory-limited, spilling)
-    --labels FILE ───────────────────────┘
+    ROOT/pairs/route=R/date=D/*.parquet ─────┐   load: discover files, check footers,
+    ROOT/exposures/route=R/date=D/*.parquet ─┤         DuckDB views (memory-limited,
+    ROOT/feedback/date=D/*.parquet ──────────┤         spilling)
+    --labels FILE ───────────────────────────┘
             │  queries: every aggregation as SQL, one streaming scan each;
             │           only aggregates and capped hash samples reach Python
             ▼
-    analysis (+ groundtruth, chaos) ──► stats (pure: Wilson, z, McNemar, Wilcoxon,
+    analysis (+ groundtruth, chaos,  ──► stats (pure: Wilson, z, McNemar, Wilcoxon,
             │                                    bootstrap, Holm, power)
+            │  experiments)
             │  ──► verdict (pure: one line per shadow, no claim beyond its test)
             ▼
     model.Report ──► render (HTML + svg charts) · summary (summary.json) · table (stdout)
@@ -31,6 +33,7 @@ from shadowproxy.report.options import (
     Filters,
     ReportInputError,
     ReportOptions,
+    parse_mde,
     parse_segment,
     parse_time,
 )
@@ -44,6 +47,7 @@ __all__ = [
     "ReportInputError",
     "ReportOptions",
     "build_report",
+    "parse_mde",
     "parse_segment",
     "parse_time",
     "run_report",
@@ -76,7 +80,8 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
     for _attempt in range(MAX_RETRIES):
         pairs = [f for f in dataset.pair_files if f not in skipped]
         feedback = [f for f in dataset.feedback_files if f not in skipped]
-        if not pairs:
+        exposures = [f for f in dataset.exposure_files if f not in skipped]
+        if dataset.pair_files and not pairs:
             raise ReportInputError(f"every Parquet file under {options.root}/pairs is unreadable")
         try:
             with (
@@ -85,8 +90,11 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
             ):
                 load.attach_pairs(connection, dataset, pairs, options)
                 has_labels = load.attach_labels(connection, dataset, feedback, options.labels)
-                runner = load.Runner(connection, dataset, [*pairs, *feedback], step)
-                report = analysis.analyze(runner, options, has_labels=has_labels, now=now)
+                has_exposures = load.attach_exposures(connection, dataset, exposures, options)
+                runner = load.Runner(connection, dataset, [*pairs, *feedback, *exposures], step)
+                report = analysis.analyze(
+                    runner, options, has_labels=has_labels, now=now, has_exposures=has_exposures
+                )
         except CorruptFileError as exc:
             if not options.skip_bad_files:
                 raise
@@ -100,14 +108,15 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
 def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:
     from shadowproxy.report import load
 
-    bad = load.check_footers(dataset, [*dataset.pair_files, *dataset.feedback_files])
+    files = [*dataset.pair_files, *dataset.feedback_files, *dataset.exposure_files]
+    bad = load.check_footers(dataset, files)
     if bad and not options.skip_bad_files:
         raise bad[0]
     return {error.path: error.reason for error in bad}
 
 
 def _steps(options: ReportOptions) -> int:
-    return 11 + len(options.segments) + (2 if options.labels else 0)
+    return 13 + len(options.segments) + (2 if options.labels else 0)
 
 
 def _write(path: str, text: str) -> None:

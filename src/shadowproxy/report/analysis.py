@@ -15,13 +15,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from shadowproxy.report import chaos, groundtruth, queries, stats, verdict
+from shadowproxy.report import chaos, experiments, groundtruth, queries, stats, verdict
 from shadowproxy.report.load import Rows, Runner
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
     Bin,
     Confusion,
     Example,
+    Experiment,
     Interval,
     Latency,
     NoiseFloor,
@@ -44,11 +45,19 @@ ALPHA = 0.05
 BODY_PREVIEW_CHARS = 2000
 
 
-def analyze(runner: Runner, options: ReportOptions, *, has_labels: bool, now: datetime) -> Report:
+def analyze(
+    runner: Runner,
+    options: ReportOptions,
+    *,
+    has_labels: bool,
+    now: datetime,
+    has_exposures: bool = False,
+) -> Report:
     """Run every query and assemble the report (the only I/O in this module)."""
     pairs = build_pairs(runner.rows(queries.pair_summary()))
     excluded = chaos.excluded(runner.rows(queries.chaos_excluded()))
-    if not pairs and not excluded:
+    trials = run_experiments(runner, options, has_labels) if has_exposures else []
+    if not pairs and not excluded and not trials:
         raise ReportInputError(f"no rows in {options.root} match the filters {_filters(options)}")
     for key, count in excluded.items():
         if key in pairs:
@@ -82,7 +91,17 @@ def analyze(runner: Runner, options: ReportOptions, *, has_labels: bool, now: da
         segment_paths=tuple(p.text for p in options.segments),
         labels_available=has_labels,
         chaos=chaos.checks(runner.rows(queries.chaos_checks())) if excluded else [],
+        experiments=trials,
     )
+
+
+def run_experiments(runner: Runner, options: ReportOptions, has_labels: bool) -> list[Experiment]:
+    arms = runner.rows(queries.experiment_arms(has_labels))
+    if not arms:
+        return []
+    limit = None if options.outcome == "ordinal" else experiments.ORDINAL_MAX_VALUES
+    values = runner.rows(queries.experiment_values(has_labels, limit))
+    return experiments.build(arms, values, outcome=options.outcome, mde=options.mde)
 
 
 def _filters(options: ReportOptions) -> str:

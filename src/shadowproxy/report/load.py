@@ -1,6 +1,7 @@
 """The I/O shell of the report: finding the files, opening DuckDB, running queries.
 
-Discovery lists ``<root>/pairs/**.parquet`` and ``<root>/feedback/**.parquet`` through
+Discovery lists ``<root>/pairs/**.parquet``, ``<root>/exposures/**.parquet`` (experiment
+routes) and ``<root>/feedback/**.parquet`` through
 a pyarrow filesystem, so ROOT may be a local directory or any URI pyarrow understands
 (``s3://``, ``gs://``, ``file://``). Names starting with ``.`` are a writer's
 temporary files and are skipped. Local files are scanned by DuckDB's own Parquet
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from shadowproxy.report import queries
 from shadowproxy.report.options import CorruptFileError, ReportInputError, ReportOptions
+from shadowproxy.schema import PAIRS_SCHEMA
 
 Rows = list[dict[str, Any]]
 
@@ -42,10 +44,12 @@ class Dataset:
     """The root as a path inside ``filesystem``."""
     pair_files: tuple[str, ...]
     feedback_files: tuple[str, ...]
+    exposure_files: tuple[str, ...] = ()
 
 
 def discover(root: str) -> Dataset:
-    """The dataset's files; ``ReportInputError`` when the root or its pairs are missing."""
+    """The dataset's files; ``ReportInputError`` when the root is missing or holds
+    neither pairs nor exposures (an A/B route without shadows records only the latter)."""
     filesystem, base = _filesystem(root)
     info = filesystem.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
@@ -53,7 +57,8 @@ def discover(root: str) -> Dataset:
     if info.type != pafs.FileType.Directory:
         raise ReportInputError(f"{root} is not a directory (expected recording.dir)")
     pairs = _parquet_files(filesystem, f"{base}/pairs")
-    if not pairs:
+    exposures = _parquet_files(filesystem, f"{base}/exposures")
+    if not pairs and not exposures:
         raise ReportInputError(
             f"no Parquet files under {root}/pairs (is {root} the recording.dir of a proxy "
             "that has recorded traffic?)"
@@ -65,6 +70,7 @@ def discover(root: str) -> Dataset:
         base=base,
         pair_files=pairs,
         feedback_files=_parquet_files(filesystem, f"{base}/feedback"),
+        exposure_files=exposures,
     )
 
 
@@ -139,8 +145,12 @@ def attach_pairs(
     options: ReportOptions,
 ) -> None:
     """Create the views ``pairs_raw`` (every row), ``scope_all`` (the filtered rows) and
-    ``scope`` (those without injected faults)."""
-    source = _source(connection, dataset, files, "pairs")
+    ``scope`` (those without injected faults). No files give empty views."""
+    if not files:
+        connection.register("pairs_empty", _empty(PAIRS_SCHEMA))
+        source = "pairs_empty"
+    else:
+        source = _source(connection, dataset, files, "pairs")
     connection.execute(queries.create_view("pairs_raw", source))
     present = {row[0] for row in connection.execute(queries.columns("pairs_raw").sql).fetchall()}
     missing = [c for c in queries.REQUIRED_COLUMNS if c not in present]
@@ -154,6 +164,33 @@ def attach_pairs(
         connection.execute(queries.create_view("pairs_raw", source, absent))
     for view in queries.scope_views(options.filters):
         connection.execute(view)
+
+
+def attach_exposures(
+    connection: duckdb.DuckDBPyConnection,
+    dataset: Dataset,
+    files: Sequence[str],
+    options: ReportOptions,
+) -> bool:
+    """Create the view ``exposures`` (filtered like the pairs, injected faults
+    included); False when there are no exposure files."""
+    if not files:
+        return False
+    source = _source(connection, dataset, files, "exposures")
+    connection.execute(queries.create_view("exposures_raw", source))
+    present = {
+        row[0] for row in connection.execute(queries.columns("exposures_raw").sql).fetchall()
+    }
+    absent = [(c, kind) for c, kind in queries.OPTIONAL_EXPOSURE_COLUMNS if c not in present]
+    if absent:
+        connection.execute(queries.create_view("exposures_raw", source, absent))
+    connection.execute(queries.exposure_view(options.filters))
+    return True
+
+
+def _empty(schema: pa.Schema) -> pa.Table:
+    partitions = [pa.field("route", pa.string()), pa.field("date", pa.string())]
+    return pa.schema([*schema, *partitions]).empty_table()
 
 
 def attach_labels(
@@ -192,7 +229,7 @@ def _source(
     connection: duckdb.DuckDBPyConnection, dataset: Dataset, files: Sequence[str], name: str
 ) -> str:
     """The scan of ``files``: DuckDB's reader for local files, else a pyarrow dataset."""
-    hive = name == "pairs"
+    hive = name != "feedback"
     if dataset.local:
         return queries.parquet_source(files, hive=hive)
     keys = ["route", "date"] if hive else ["date"]

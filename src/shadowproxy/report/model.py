@@ -160,6 +160,71 @@ class ChaosCheck:
     there is nothing to tell it by (no rows to measure, or nothing to move)."""
 
 
+@dataclass(frozen=True)
+class ExperimentArm:
+    """One arm of an experiment route; differences are this arm minus the control."""
+
+    name: str
+    exposed: int
+    """Requests it answered (exposures without injected faults)."""
+    with_outcome: int
+    """Those with a numeric outcome posted to ``/feedback``: the arm's sample size."""
+    mean: float | None
+    """The outcome's mean (for a binary outcome: the rate)."""
+    ci: Interval | None
+    share: float | None
+    """The configured share of the route's traffic (the newest recorded)."""
+    difference: float | None = None
+    difference_ci: Interval | None = None
+    p_value: float | None = None
+    """Against the control; Holm-adjusted when there are several treatment arms."""
+
+
+@dataclass(frozen=True)
+class SampleRatio:
+    """The sample-ratio-mismatch check: exposures per arm against the configured split."""
+
+    observed: dict[str, int]
+    expected_shares: dict[str, float]
+    """Normalised to sum to 1 over the compared arms."""
+    test: TestResult | None
+    mismatch: bool | None
+    """p below ``experiments.SRM_ALPHA``; None when not tested."""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Power:
+    mde_relative: float
+    """The effect to plan for, relative to the control's mean (``--mde``)."""
+    n_needed_per_arm: int | None
+    """Outcomes per arm to detect it at alpha 0.05 (two-sided) with 80% power."""
+    mde_at_current_n: float | None
+    """The smallest relative effect the current arm sizes detect with 80% power."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    route: str
+    design: str
+    """``ab`` (the arms other than production) or ``canary`` (candidate vs production)."""
+    kind: str | None
+    """``binary``, ``continuous`` or ``ordinal``; None when no outcome arrived."""
+    control: str
+    arms: tuple[ExperimentArm, ...]
+    """The control first."""
+    test: TestResult | None
+    """Two arms: treatment against control; more: chi-square over all arms (binary)
+    or None (see each arm's Holm-adjusted comparison)."""
+    difference: float | None
+    difference_ci: Interval | None
+    srm: SampleRatio
+    power: Power
+    ignored: int
+    """Feedback on these requests that is not a number or a boolean."""
+    warnings: tuple[str, ...] = ()
+
+
 @dataclass
 class PairReport:
     route: str
@@ -203,3 +268,4 @@ class Report:
     labels_available: bool = False
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     chaos: list[ChaosCheck] = field(default_factory=list)
+    experiments: list[Experiment] = field(default_factory=list)

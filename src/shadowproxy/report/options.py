@@ -7,6 +7,7 @@ of the package only sees validated options.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -68,9 +69,27 @@ class ReportOptions:
     top_segments: int = 12
     sample_size: int = 20_000
     """Per-request pairs fetched for the Wilcoxon tests and bootstraps."""
+    outcome: str = "auto"
+    """The experiments' outcome kind: ``auto``, ``binary``, ``continuous``, ``ordinal``."""
+    mde: float = 0.05
+    """The effect the experiments' power figures plan for, relative to the control."""
     bootstrap_size: int = 2_000
     """Paired errors the MAE bootstrap resamples (1,000 times, in pure Python: a larger
     set would cost seconds per shadow for a barely narrower interval estimate)."""
+
+
+OUTCOME_KINDS = ("auto", "binary", "continuous", "ordinal")
+
+
+def parse_mde(text: str) -> float:
+    """``--mde``: a relative effect such as 0.05 (5% of the control's mean)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 10.0:
+        raise ReportInputError(f"--mde {text!r}: give a relative effect above 0, e.g. 0.05 for 5%")
+    return value
 
 
 def parse_time(text: str, *, end: bool) -> datetime:

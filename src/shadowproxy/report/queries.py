@@ -64,6 +64,9 @@ REQUIRED_COLUMNS = (
 OPTIONAL_COLUMNS = (("chaos", "VARCHAR"), ("prod_chaos", "VARCHAR"))
 """Columns added after the first recordings: read as null from files that lack them."""
 
+OPTIONAL_EXPOSURE_COLUMNS = (("chaos", "VARCHAR"), ("share", "DOUBLE"))
+"""Exposure columns added after the first recordings: null where a file lacks them."""
+
 CLEAN = "chaos IS NULL AND prod_chaos IS NULL"
 """A row without injected faults: the only kind the figures of each pair count."""
 
@@ -92,6 +95,11 @@ MACROS = (
     """CREATE OR REPLACE TEMP MACRO sp_number_of(u) AS
        CASE WHEN json_type(u) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN u::DOUBLE END""",
     "CREATE OR REPLACE TEMP MACRO sp_number(j) AS sp_number_of(sp_unwrap(j))",
+    # An experiment's outcome: a JSON number, or a boolean as 1/0; NULL otherwise.
+    """CREATE OR REPLACE TEMP MACRO sp_outcome(j) AS
+       CASE WHEN NOT json_valid(j) THEN NULL
+            WHEN json_type(j::JSON) = 'BOOLEAN' THEN CASE trim(j) WHEN 'true' THEN 1.0 ELSE 0.0 END
+            ELSE sp_number_of(j::JSON) END""",
     # A label typed by a person ("cat", 3, true) as JSON text: plain words become strings.
     """CREATE OR REPLACE TEMP MACRO sp_label_json(t) AS
        CASE WHEN t IS NULL OR trim(t) = '' THEN NULL
@@ -141,10 +149,26 @@ def scope_views(filters: Filters) -> tuple[str, str]:
     """``scope_all`` (the filtered pairs) and ``scope`` (those without injected faults,
     which every query but the chaos ones reads). Conditions on ``route`` and ``date``
     are plain comparisons with constants, so DuckDB prunes whole partitions."""
+    where = _conditions(filters, shadows=True)
+    return (
+        f"CREATE OR REPLACE TEMP VIEW scope_all AS SELECT * FROM pairs_raw WHERE {where}",
+        f"CREATE OR REPLACE TEMP VIEW scope AS SELECT * FROM scope_all WHERE {CLEAN}",
+    )
+
+
+def exposure_view(filters: Filters) -> str:
+    """``exposures``: the exposures after the route and time filters (``--shadow`` does
+    not apply: an arm is not a shadow). Rows with injected faults stay in the view; the
+    experiment queries leave them out."""
+    where = _conditions(filters, shadows=False)
+    return f"CREATE OR REPLACE TEMP VIEW exposures AS SELECT * FROM exposures_raw WHERE {where}"
+
+
+def _conditions(filters: Filters, *, shadows: bool) -> str:
     conditions = ["TRUE"]
     if filters.routes:
         conditions.append(f"route IN ({', '.join(literal(r) for r in filters.routes)})")
-    if filters.shadows:
+    if filters.shadows and shadows:
         conditions.append(f"shadow IN ({', '.join(literal(s) for s in filters.shadows)})")
     if filters.since is not None:
         conditions.append(f"date >= {literal(filters.since.date().isoformat())}")
@@ -152,11 +176,7 @@ def scope_views(filters: Filters) -> tuple[str, str]:
     if filters.until is not None:
         conditions.append(f"date <= {literal(filters.until.date().isoformat())}")
         conditions.append(f"ts < {_timestamp(filters.until)}")
-    where = " AND ".join(conditions)
-    return (
-        f"CREATE OR REPLACE TEMP VIEW scope_all AS SELECT * FROM pairs_raw WHERE {where}",
-        f"CREATE OR REPLACE TEMP VIEW scope AS SELECT * FROM scope_all WHERE {CLEAN}",
-    )
+    return " AND ".join(conditions)
 
 
 def _timestamp(moment: datetime) -> str:
@@ -521,6 +541,53 @@ def chaos_checks() -> Query:
      AND s.status = TRY_CAST(i.param AS INTEGER) AND i.fault = 'abort_status'
     ORDER BY i.route, i.side DESC, i.shadow, i.fault, i.param"""
     return Query("chaos checks", sql)
+
+
+# --- experiments ---------------------------------------------------------------------
+
+NO_LABELS = "(SELECT NULL::VARCHAR AS request_id, NULL::VARCHAR AS label WHERE FALSE)"
+
+
+def _outcomes(labels: bool) -> str:
+    """One row per exposure without injected faults, with its outcome (or NULL): the
+    newest feedback of its request, as the ``labels`` table keeps it."""
+    source = "labels" if labels else NO_LABELS
+    return f"""outcomes AS (
+        SELECT e.route, e.arm, e.ts, e.share, l.label, sp_outcome(l.label) AS value
+        FROM exposures e LEFT JOIN {source} l ON e.request_id = l.request_id
+        WHERE e.chaos IS NULL)"""
+
+
+def experiment_arms(labels: bool) -> Query:
+    """Per (route, arm): exposures, outcomes and their sums, and the configured share
+    (the newest, with its range over the window: a canary's share moves by steps)."""
+    sql = f"""
+    WITH {_outcomes(labels)}
+    SELECT route, arm, count(*) AS exposed, count(value) AS with_outcome,
+           count(label) - count(value) AS ignored, avg(value) AS mean,
+           coalesce(var_samp(value), 0.0) AS variance,
+           count(*) FILTER (WHERE value <> 0) AS successes,
+           arg_max(share, ts) FILTER (WHERE share IS NOT NULL) AS share,
+           min(share) AS share_min, max(share) AS share_max, count(share) AS with_share
+    FROM outcomes GROUP BY route, arm ORDER BY route, arm"""
+    return Query("experiment arms", sql)
+
+
+def experiment_values(labels: bool, max_distinct: int | None) -> Query:
+    """Per (route, arm, value): how often each outcome value occurs, for routes with at
+    most ``max_distinct`` distinct values (all routes when None): what detects binary
+    and ordinal outcomes and what the Mann-Whitney test counts."""
+    limit = "" if max_distinct is None else f"WHERE distinct_values <= {int(max_distinct)}"
+    sql = f"""
+    WITH {_outcomes(labels)},
+    per_route AS (
+        SELECT route, count(DISTINCT value) AS distinct_values
+        FROM outcomes WHERE value IS NOT NULL GROUP BY route)
+    SELECT o.route, o.arm, o.value, count(*) AS n
+    FROM outcomes o JOIN per_route r ON o.route = r.route
+    WHERE o.value IS NOT NULL AND o.route IN (SELECT route FROM per_route {limit})
+    GROUP BY o.route, o.arm, o.value ORDER BY o.route, o.arm, o.value"""
+    return Query("experiment outcome values", sql)
 
 
 def probe_file(path_source: str) -> Query:

@@ -16,6 +16,8 @@ from shadowproxy.report.model import (
     OUTCOME_NAMES,
     ChaosCheck,
     Example,
+    Experiment,
+    ExperimentArm,
     Interval,
     Labels,
     PairReport,
@@ -74,6 +76,7 @@ def render(report: Report) -> str:
         _overview(report),
         *(_pair_section(pair, report) for pair in report.pairs),
         _chaos(report),
+        _experiments(report),
         _methods(report),
     ]
     return (
@@ -474,6 +477,82 @@ def fault_text(check: ChaosCheck) -> str:
 
 def chaos_value(check: ChaosCheck, value: float | None) -> str:
     return ms(value) if check.fault == "delay" else pct(value)
+
+
+def _experiments(report: Report) -> str:
+    if not report.experiments:
+        return ""
+    parts = [
+        (
+            '<section id="experiments"><h2>Experiments</h2><p>Per experiment route: each '
+            "arm's requests (exposures without injected faults) and the outcomes posted to "
+            "<code>/feedback</code> for them, compared with the control; the split checked "
+            "against the configured shares (sample ratio mismatch at p &lt; 0.001); the "
+            "sample size that detects the planned effect at 80% power.</p>"
+        )
+    ]
+    for trial in report.experiments:
+        kind = trial.kind or "no outcomes"
+        parts.append(f"<h3>{escape(trial.route)} ({escape(trial.design)}, {escape(kind)})</h3>")
+        parts.extend(f'<div class="warn"><b>{escape(w)}</b></div>' for w in trial.warnings)
+        rows = [[escape(cell) for cell in arm_row(trial, arm)] for arm in trial.arms]
+        head = ("arm", "exposed", "with outcome", "mean [95% CI]", "vs control [95% CI]", "p")
+        parts.append(_table(head, rows))
+        parts.extend(f'<p class="note">{escape(line)}</p>' for line in experiment_lines(trial))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def arm_row(trial: Experiment, arm: ExperimentArm) -> list[str]:
+    scale, digits = (100.0, 2) if trial.kind == "binary" else (1.0, 3)
+    mean = NA if arm.mean is None else f"{arm.mean * scale:.{digits}f}"
+    if arm.name == trial.control:
+        versus = "control"
+    elif arm.difference is None:
+        versus = NA
+    else:
+        versus = (
+            f"{arm.difference * scale:+.{digits}f} {interval(arm.difference_ci, scale, digits)}"
+        )
+    unit = "%" if trial.kind == "binary" and arm.mean is not None else ""
+    return [
+        arm.name,
+        f"{arm.exposed:,}",
+        f"{arm.with_outcome:,}",
+        f"{mean}{unit} {interval(arm.ci, scale, digits)}".strip(),
+        versus,
+        NA if arm.p_value is None else p_text(arm.p_value),
+    ]
+
+
+def experiment_lines(trial: Experiment) -> list[str]:
+    """The test, the split check and the power figures, one sentence each."""
+    lines = []
+    if trial.test is not None:
+        extra = ""
+        superiority = getattr(trial.test, "superiority", None)
+        if superiority is not None:
+            extra = f", P(treatment > control) = {superiority:.3f}"
+        lines.append(
+            f"test: {trial.test.name} statistic {trial.test.statistic:.3f}, "
+            f"{p_text(trial.test.p_value)}{extra}"
+        )
+    srm = trial.srm
+    observed = ", ".join(f"{arm} {n:,}" for arm, n in srm.observed.items())
+    shares = ", ".join(f"{arm} {share:.1%}" for arm, share in srm.expected_shares.items())
+    verdict = {True: "MISMATCH", False: "passes", None: "not tested"}[srm.mismatch]
+    p = f", {p_text(srm.test.p_value)}" if srm.test is not None else ""
+    note = f" ({srm.note})" if srm.note else ""
+    lines.append(f"sample ratio: {observed} vs configured {shares}{p}: {verdict}{note}")
+    power = trial.power
+    needed = NA if power.n_needed_per_arm is None else f"{power.n_needed_per_arm:,}"
+    lines.append(
+        f"power: {needed} outcomes per arm detect a {power.mde_relative:.1%} relative effect "
+        f"(alpha 0.05, 80% power); the current arms detect {pct(power.mde_at_current_n)}"
+    )
+    if trial.ignored:
+        lines.append(f"{trial.ignored:,} feedback values were not numbers or booleans: ignored")
+    return lines
 
 
 def _methods(report: Report) -> str:

@@ -341,6 +341,31 @@ def _z_p_value(z: float, alternative: Alternative) -> float:
     return min(1.0, 2.0 * norm_sf(abs(z)))
 
 
+def proportion_diff_ci(
+    x1: int, n1: int, x2: int, n2: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Interval for p1 - p2 from two independent samples: Newcombe's hybrid score
+    interval (his method 10), built from each sample's Wilson interval, so it keeps its
+    coverage at rates near 0 or 1 where the Wald interval does not."""
+    if n1 <= 0 or n2 <= 0:
+        return (math.nan, math.nan)
+    p1, p2 = x1 / n1, x2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(x1, n1, confidence), wilson_interval(x2, n2, confidence)
+    diff = p1 - p2
+    return (
+        diff - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+        diff + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2),
+    )
+
+
+def mean_ci(mean: float, variance: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Student's t interval for a mean from its summary; NaN below two values."""
+    if n < 2:
+        return (math.nan, math.nan)
+    half = t_ppf(1.0 - (1.0 - confidence) / 2.0, n - 1) * math.sqrt(variance / n)
+    return (mean - half, mean + half)
+
+
 def binom_cdf(k: int, n: int, p: float = 0.5) -> float:
     """P(X <= k) for X ~ Binomial(n, p), summed in log space from the mode outwards.
 

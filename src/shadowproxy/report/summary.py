@@ -13,6 +13,8 @@ from typing import Any
 
 from shadowproxy.report.model import (
     ChaosCheck,
+    Experiment,
+    ExperimentArm,
     Interval,
     Labels,
     Latency,
@@ -35,6 +37,7 @@ def summary(report: Report) -> dict[str, Any]:
             "skipped_files": [{"path": p, "reason": r} for p, r in report.skipped_files],
             "pairs": [_pair(p) for p in report.pairs],
             "chaos": [_chaos(c) for c in report.chaos],
+            "experiments": [_experiment(e) for e in report.experiments],
         }
     )
     return data
@@ -83,6 +86,56 @@ def _chaos(check: ChaosCheck) -> dict[str, Any]:
         "clean_rows": check.clean_rows,
         "expected": check.expected,
         "noticed": check.noticed,
+    }
+
+
+def _experiment(e: Experiment) -> dict[str, Any]:
+    test = _test(e.test)
+    if test is not None:
+        test |= {
+            "difference": e.difference,
+            "ci_low": e.difference_ci.lo if e.difference_ci else None,
+            "ci_high": e.difference_ci.hi if e.difference_ci else None,
+            "superiority": getattr(e.test, "superiority", None),
+        }
+    srm_test = e.srm.test
+    return {
+        "route": e.route,
+        "design": e.design,
+        "kind": e.kind,
+        "control": e.control,
+        "arms": [_arm(a) for a in e.arms],
+        "test": test,
+        "srm": {
+            "observed": dict(e.srm.observed),
+            "expected_shares": dict(e.srm.expected_shares),
+            "statistic": srm_test.statistic if srm_test else None,
+            "p_value": srm_test.p_value if srm_test else None,
+            "mismatch": e.srm.mismatch,
+            "note": e.srm.note or None,
+        },
+        "power": {
+            "mde_relative": e.power.mde_relative,
+            "n_needed_per_arm": e.power.n_needed_per_arm,
+            "mde_at_current_n": e.power.mde_at_current_n,
+        },
+        "ignored_feedback": e.ignored,
+        "warnings": list(e.warnings),
+    }
+
+
+def _arm(arm: ExperimentArm) -> dict[str, Any]:
+    return {
+        "name": arm.name,
+        "exposed": arm.exposed,
+        "with_outcome": arm.with_outcome,
+        "share": arm.share,
+        "mean": arm.mean,
+        "ci_low": arm.ci.lo if arm.ci else None,
+        "ci_high": arm.ci.hi if arm.ci else None,
+        "difference": arm.difference,
+        "difference_ci95": _interval(arm.difference_ci),
+        "p_value": arm.p_value,
     }
 
 

@@ -12,8 +12,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shadowproxy.report.model import ChaosCheck, PairReport, Report
-from shadowproxy.report.render import chaos_value, fault_text, interval, ms, pct
+from shadowproxy.report.model import ChaosCheck, Experiment, PairReport, Report
+from shadowproxy.report.render import (
+    arm_row,
+    chaos_value,
+    experiment_lines,
+    fault_text,
+    interval,
+    ms,
+    pct,
+)
 
 
 def print_summary(report: Report, out: TextIO | None = None) -> None:
@@ -21,11 +29,14 @@ def print_summary(report: Report, out: TextIO | None = None) -> None:
     # A pipe gets a wide, colourless table so that no column is folded.
     console = Console(file=stream, width=None if stream.isatty() else 160, highlight=False)
     console.print(f"shadowproxy report: {report.root}", soft_wrap=True, markup=False)
-    console.print(summary_table(report))
+    if report.pairs:  # a recording of experiments without shadows has none
+        console.print(summary_table(report))
     for pair in report.pairs:
         console.print(f"{pair.route} / {pair.verdict}", soft_wrap=True, markup=False)
     for check in report.chaos:
         console.print(chaos_line(check), soft_wrap=True, markup=False)
+    for trial in report.experiments:
+        print_experiment(console, trial)
     for path, reason in report.skipped_files:
         console.print(f"skipped unreadable file {path}: {reason}", soft_wrap=True, markup=False)
 
@@ -77,6 +88,25 @@ def chaos_line(check: ChaosCheck) -> str:
         f"{chaos_value(check, check.clean)} without faults "
         f"(expected {chaos_value(check, check.expected)}): {verdict}"
     )
+
+
+def print_experiment(console: Console, trial: Experiment) -> None:
+    """An experiment: warnings first, in bold red (they decide whether to read on)."""
+    console.print(
+        f"experiment {trial.route} ({trial.design}, {trial.kind or 'no outcomes'})",
+        soft_wrap=True,
+        markup=False,
+    )
+    for warning in trial.warnings:
+        console.print(f"WARNING: {warning}", style="bold red", soft_wrap=True, markup=False)
+    table = Table()
+    for name in ("arm", "exposed", "with outcome", "mean [95% CI]", "vs control [95% CI]", "p"):
+        table.add_column(name, justify="left" if name == "arm" else "right")
+    for arm in trial.arms:
+        table.add_row(*arm_row(trial, arm))
+    console.print(table)
+    for line in experiment_lines(trial):
+        console.print(line, soft_wrap=True, markup=False)
 
 
 def _labels(pair: PairReport) -> str:
