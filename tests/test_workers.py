@@ -257,3 +257,16 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_canary_routes_are_refused_with_several_workers(tmp_path: Path) -> None:
+    canary = route("price", "http://127.0.0.1:9", mode="canary")
+    canary["canary"] = {"candidate": {"name": "v2", "url": "http://127.0.0.1:9"}}
+    config = write_config(tmp_path, [canary])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shadowproxy", "serve", "--config", str(config),
+        "--workers", "2", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert b"price run a canary" in output and b"--workers 1" in output

@@ -159,6 +159,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("shadowproxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
+    canaries = [route.name for route in config.routes if route.canary is not None]
+    if args.workers > 1 and canaries:
+        print(
+            f"shadowproxy: route(s) {', '.join(canaries)} run a canary, whose decisions are "
+            "taken in one process: serve them with --workers 1",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if args.workers > 1:
         from shadowproxy.supervisor import Supervisor
 
