@@ -13,14 +13,17 @@ How a request travels::
                              └─► recording.process ══pipe══► writer process (recording.child):
                                    redact ─► compare ─► Parquet, metrics back to /metrics
 
-Modules follow that path: ``config`` (YAML -> frozen models), ``routing`` and
-``headers`` (pure rules), ``upstream`` and ``http1`` (client pools), ``proxy`` (the
-handler), ``tee`` (shadow fan-out), ``records`` (the pair), ``recording`` (the writer,
+Modules follow that path: ``config`` (YAML -> frozen models), ``server`` (the traffic
+port's HTTP/1.1 server), ``routing`` and ``headers`` (pure rules), ``upstream`` and
+``http1`` (client pools), ``proxy`` (the handler), ``tee`` (shadow fan-out), ``records`` (the pair), ``recording`` (the writer,
 ``schema`` its rows), ``compare`` (extraction and comparators), ``metrics``,
 ``runtime`` (the snapshot of routes, pools and runners a config builds, swapped on
 reload), ``app`` (composition and lifecycle), ``cli``; offline: ``report``, ``demo``.
 ``chaos`` holds the rules that inject faults on purpose (into copies, in ``tee``; into
-production, in ``proxy``; corrupted answers, in the writer).
+production, in ``proxy``; corrupted answers, in the writer). ``experiments`` holds the
+pure rules of canary and A/B routes (assignment, guardrails, the canary state machine)
+and ``experiment_runtime`` puts them on the request path. ``supervisor`` runs
+``serve --workers N`` (``metrics_merge`` merges the workers' metrics).
 """
 
 __version__ = "0.1.0"
