@@ -91,6 +91,24 @@ def test_errors_name_the_field(tmp_path: Path, change: dict, field: str, message
     assert message in error.message, error.message
 
 
+def test_a_canary_route_keeps_the_shadow_name_production_for_its_check(tmp_path: Path) -> None:
+    shadows = [GOOD_ROUTE["shadows"][0], {"name": "production", "url": "http://h:1"}]  # type: ignore[index]
+    canary = {
+        **GOOD_ROUTE,
+        "shadows": shadows,
+        "mode": "canary",
+        "canary": {"candidate": {"name": "v3", "url": "http://127.0.0.1:8003"}},
+    }
+    error = error_of(layout(tmp_path / "canary", canary))
+    assert error.field == "shadows[1].name"
+    assert error.message.startswith("'production' is reserved on canary routes"), error.message
+    # Other routes may use the name.
+    config = load_config(
+        layout(tmp_path / "shadow", {**GOOD_ROUTE, "shadows": shadows}), environ={}
+    )
+    assert [shadow.name for shadow in config.routes[0].shadows] == ["v2", "production"]
+
+
 def test_missing_required_key(tmp_path: Path) -> None:
     route = {key: value for key, value in GOOD_ROUTE.items() if key != "production"}
     error = error_of(layout(tmp_path, route))

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from shadowproxy import experiment_runtime
+from shadowproxy.app import Server
+from shadowproxy.compare import Comparer
+from shadowproxy.config import load_config
+from shadowproxy.metrics import Metrics
+from shadowproxy.recording import Recorder, read_dataset
+from shadowproxy.recording.process import RecorderProcess
 from tests.support import RunningProxy, route, running_proxy, upstream, write_config
 
 EVALUATE_EVERY_S = 0.1
@@ -109,7 +120,50 @@ def canary_route(production: str, candidate: str) -> dict[str, object]:
     return config
 
 
-async def drive(proxy: RunningProxy, client: aiohttp.ClientSession, users: range) -> Counter[str]:
+@dataclass
+class RecordingProxy:
+    """The proxy with the recorder ``serve`` uses, so pairs are compared and the
+    verdicts reach the canary controller."""
+
+    server: Server
+    recorder: Recorder | RecorderProcess
+
+    @property
+    def url(self) -> str:
+        assert self.server.proxy_address is not None
+        return "http://{}:{}".format(*self.server.proxy_address)
+
+    @property
+    def admin_url(self) -> str:
+        assert self.server.admin_address is not None
+        return "http://{}:{}".format(*self.server.admin_address)
+
+
+@contextlib.asynccontextmanager
+async def recording_proxy(
+    path: Path, writer: Literal["thread", "process"]
+) -> AsyncIterator[RecordingProxy]:
+    config = load_config(path)
+    recorder: Recorder | RecorderProcess
+    if writer == "process":
+        metrics = Metrics(CollectorRegistry(), recorder_registry=CollectorRegistry())
+        recorder = RecorderProcess(config, metrics)
+    else:
+        metrics = Metrics(CollectorRegistry())
+        comparer = Comparer(config.routes)
+        recorder = Recorder(config.main.recording, config.routes, metrics, comparer)
+    server = Server(config, metrics, recorder, recorder)
+    await server.start()
+    try:
+        yield RecordingProxy(server, recorder)
+    finally:
+        await server.stop()
+
+
+Proxy = RunningProxy | RecordingProxy
+
+
+async def drive(proxy: Proxy, client: aiohttp.ClientSession, users: range) -> Counter[str]:
     answered: Counter[str] = Counter()
     for user in users:
         async with client.post(
@@ -122,7 +176,7 @@ async def drive(proxy: RunningProxy, client: aiohttp.ClientSession, users: range
     return answered
 
 
-async def experiment(proxy: RunningProxy, client: aiohttp.ClientSession) -> dict[str, object]:
+async def experiment(proxy: Proxy, client: aiohttp.ClientSession) -> dict[str, Any]:
     async with client.get(f"{proxy.admin_url}/experiments") as response:
         document = await response.json()
     (only,) = document["experiments"]
@@ -217,3 +271,139 @@ async def test_a_good_canary_advances_through_every_step(
     steps = [p for i, p in enumerate(percents) if i == 0 or p != percents[i - 1]]
     assert steps == [20, 50, 100]
     assert answered == Counter({"v2": 100})
+
+
+# --- the disagreement guardrail: copies to production, compared by the writer -----------
+
+
+def checked_canary(
+    production: str, candidate: str, sample_rate: float = 1.0, **canary: Any
+) -> dict[str, Any]:
+    config = canary_route(production, candidate)
+    config["compare"] = {"prediction": "kserve-v1"}
+    guardrail = {"metric": "disagreement", "max": 0.05, "sample_rate": sample_rate}
+    config["canary"] = {**config["canary"], "guardrails": [guardrail], **canary}  # type: ignore[dict-item]
+    return config
+
+
+async def test_a_candidate_that_answers_differently_is_rolled_back_on_disagreement(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async with (
+        upstream(answering("production")) as production,
+        upstream(answering("v2")) as candidate,
+    ):
+        config = write_config(
+            tmp_path,
+            [checked_canary(production.url, candidate.url)],
+            state_dir=str(tmp_path / "state"),
+            recording={"dir": str(tmp_path / "logs"), "flush_interval_s": 0.2},
+        )
+        async with recording_proxy(config, "process") as proxy:
+            for batch in range(40):
+                await drive(proxy, client, range(batch * 100, batch * 100 + 100))
+                await asyncio.sleep(EVALUATE_EVERY_S * 2)
+                state = await experiment(proxy, client)
+                if state["status"] == "rolled_back":
+                    break
+            assert state["status"] == "rolled_back", state
+            after = await drive(proxy, client, range(10_000, 10_100))
+    assert after == Counter({"production": 100})
+    rollback = state["decisions"][-1]
+    assert (rollback["action"], rollback["by"]) == ("rollback", "auto")
+    (evidence,) = rollback["evidence"]["guardrails"]
+    assert evidence["metric"] == "disagreement" and evidence["verdict"] == "fail"
+    assert evidence["compared"] >= 30 and evidence["disagreed"] == evidence["compared"]
+    assert any("disagreement" in reason for reason in rollback["reasons"])
+    # The check's rows: the candidate's answer on the production side, production's copy
+    # on the shadow side, judged with the route's compare block.
+    rows = [
+        r for r in read_dataset(str(tmp_path / "logs")).to_pylist() if r["shadow"] == "production"
+    ]
+    assert len(rows) >= evidence["compared"]
+    assert {
+        (r["role"], r["prod_prediction"], r["shadow_prediction"], r["agree"]) for r in rows
+    } == {("candidate", '["v2"]', '["production"]', False)}
+
+
+async def test_a_candidate_that_answers_like_production_advances_with_the_guardrail(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async with (
+        upstream(answering("production")) as production,
+        upstream(answering("production")) as candidate,
+    ):
+        config = write_config(
+            tmp_path,
+            [checked_canary(production.url, candidate.url, step_min_requests=100)],
+            state_dir=str(tmp_path / "state"),
+        )
+        async with recording_proxy(config, "thread") as proxy:
+            percents = []
+            for batch in range(60):
+                await drive(proxy, client, range(batch * 100, batch * 100 + 100))
+                await asyncio.sleep(EVALUATE_EVERY_S * 2)
+                state = await experiment(proxy, client)
+                percents.append(state["percent"])
+                if state["status"] == "completed":
+                    break
+            assert state["status"] == "completed", state
+    steps = [p for i, p in enumerate(percents) if i == 0 or p != percents[i - 1]]
+    assert steps == [20, 50, 100]
+    advances = [d for d in state["decisions"] if d["action"] in ("advance", "complete")]
+    assert len(advances) == 2
+    for decision in advances:
+        (evidence,) = decision["evidence"]["guardrails"]
+        assert evidence["metric"] == "disagreement" and evidence["verdict"] == "pass"
+        assert evidence["compared"] >= 30 and evidence["disagreed"] == 0
+
+
+async def test_production_gets_check_copies_of_candidate_answers_only_at_the_sample_rate(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    async with (
+        upstream(answering("production")) as production,
+        upstream(answering("v2")) as candidate,
+        upstream(answering("mirror")) as mirror,
+    ):
+        canary = checked_canary(
+            production.url, candidate.url, sample_rate=0.5, steps=[50], step_min_requests=10_000
+        )
+        canary["shadows"] = [{"name": "mirror", "url": mirror.url}]
+        config = write_config(tmp_path, [canary], state_dir=str(tmp_path / "state"))
+        served: dict[str, str] = {}
+        async with running_proxy(config) as proxy:
+            for user in range(400):
+                async with client.post(
+                    f"{proxy.url}/v1/models/price:predict",
+                    json={"instances": [1]},
+                    headers={"X-User-Id": f"u{user}"},
+                ) as response:
+                    served[response.headers["X-Request-Id"]] = response.headers["X-Canary-Arm"]
+                    await response.read()
+        # Stopping drained every copy: all of them have arrived and are paired.
+        pairs = list(proxy.sink.pairs)
+
+    def request_ids(seen: list[Any], shadow: bool) -> list[str]:
+        headers = [{name.lower(): value for name, value in s.headers} for s in seen]
+        return [h["x-request-id"] for h in headers if ("x-shadow-request" in h) == shadow]
+
+    by_candidate = [rid for rid, arm in served.items() if arm == "v2"]
+    checks = request_ids(production.seen, shadow=True)
+    assert 120 <= len(by_candidate) <= 280  # 400 users at 50%
+    # Production answered its own share, and got copies of candidate answers only.
+    assert sorted(request_ids(production.seen, shadow=False)) == sorted(
+        rid for rid, arm in served.items() if arm == "production"
+    )
+    assert set(checks) <= set(by_candidate) and len(set(checks)) == len(checks)
+    assert 0.35 * len(by_candidate) <= len(checks) <= 0.65 * len(by_candidate)
+    # The route's own shadow still gets a copy of every request, whoever answered.
+    assert len(mirror.seen) == 400 and len(request_ids(mirror.seen, shadow=True)) == 400
+    # Each check is one pair: the candidate's answer against production's copy.
+    check_pairs = [p for p in pairs if p.shadow == "production"]
+    assert sorted(p.request.request_id for p in check_pairs) == sorted(checks)
+    for pair in check_pairs:
+        assert json.loads(pair.production.body) == {"predictions": ["v2"]}
+        assert json.loads(pair.result.body) == {"predictions": ["production"]}
+        assert pair.role == "candidate" and pair.result.outcome == "ok"
+    assert len([p for p in pairs if p.shadow == "mirror"]) == 400

@@ -128,3 +128,16 @@ def test_windows_merge_and_round_trip() -> None:
 def test_a_corrupt_histogram_is_refused() -> None:
     with pytest.raises(ValueError, match="out of range"):
         LatencyHistogram.from_dict({"counts": {str(BUCKETS): 1}})
+
+
+def test_comparisons_one_at_a_time_or_in_bulk_count_the_same() -> None:
+    one, bulk = Window(0), Window(0)
+    for agree in (True, True, False, True, False):
+        one.record_comparison(agree=agree)
+    bulk.record_comparisons(2, 1)
+    bulk.record_comparisons(1, 1)
+    bulk.record_comparisons(0, 0)
+    assert (one.compared, one.disagreed) == (bulk.compared, bulk.disagreed) == (5, 2)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        bulk.record_comparisons(-1, 0)
+    assert (bulk.compared, bulk.disagreed) == (5, 2)

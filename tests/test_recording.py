@@ -533,6 +533,8 @@ async def test_comparisons_fill_columns_and_metrics(tmp_path: Path, metrics: Met
         assert sample(registry, "shadowproxy_comparisons_total", **labels) == 1
     count = sample(registry, "shadowproxy_diff_score_count", route="price", shadow="cand")
     assert count == 2
+    # The same verdicts, as counts the serving process reads (incomparable left out).
+    assert recorder.verdict_counts() == {("price", "cand"): (1, 1)}
 
 
 async def test_comparer_failures_never_lose_a_row(tmp_path: Path, metrics: Metrics) -> None:

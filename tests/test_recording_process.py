@@ -128,6 +128,33 @@ async def test_a_dead_writer_is_restarted_and_its_losses_counted(tmp_path: Path)
     assert sample(registry, "shadowproxy_records_dropped_total", reason="writer_died") == 0
 
 
+async def test_verdict_counts_come_back_and_survive_a_writer_restart(tmp_path: Path) -> None:
+    _, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path), metrics)
+    await recorder.start()
+    assert recorder.verdict_counts() == {}
+    for n in range(30):
+        # make_pair's answers differ; equal bodies agree.
+        recorder.submit(make_pair(n) if n % 3 else make_pair(n, shadow_body=b'{"y": 1}'))
+    key = ("price", "cand")
+    await wait_until(lambda: recorder.verdict_counts().get(key) == (10, 20), within_s=20)
+    first = recorder._process
+    assert first is not None
+    first.kill()
+    await wait_until(
+        lambda: recorder._process not in (None, first) and recorder.health()["status"] == "ok",
+        within_s=20,
+    )
+    # The new writer counts from zero; the parent keeps the sum, so counts never go down.
+    assert recorder.verdict_counts() == {key: (10, 20)}
+    for n in range(30, 40):
+        recorder.submit(make_pair(n, shadow="other"))
+        recorder.submit(make_pair(n))
+    await wait_until(lambda: recorder.verdict_counts().get(key) == (10, 30), within_s=20)
+    await recorder.close()
+    assert recorder.verdict_counts() == {key: (10, 30), ("price", "other"): (0, 10)}
+
+
 @pytest.mark.parametrize("writer", ["thread", "process"])
 async def test_both_writers_are_selectable(tmp_path: Path, writer: str) -> None:
     assert config(tmp_path, writer=writer).main.recording.writer == writer

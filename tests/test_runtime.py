@@ -78,6 +78,38 @@ async def test_a_sample_rate_change_keeps_the_lane_and_its_state(tmp_path: Path)
     await pools.close()
 
 
+def checked_canary(sample_rate: float | None) -> dict[str, Any]:
+    """A canary route with a disagreement guardrail (None: without one)."""
+    canary: dict[str, Any] = {"candidate": {"name": "v2", "url": OTHER}}
+    if sample_rate is not None:
+        canary["guardrails"] = [{"metric": "disagreement", "max": 0.05, "sample_rate": sample_rate}]
+    return route("c", PROD, [shadow()], mode="canary", canary=canary)
+
+
+async def test_a_canary_disagreement_check_is_a_runner_reloads_reuse(tmp_path: Path) -> None:
+    metrics, pools = Metrics(), Pools()
+    first = build(config(tmp_path, checked_canary(0.5)), metrics, pools)
+    runtime = first.routes["c"]
+    check = runtime.check
+    assert check is not None and check.config.name == "production"
+    assert (check.config.url, check.config.sample_rate) == (PROD, 0.5)
+    # Only the candidate's variant sends it; production-served requests copy the route's own.
+    assert [r.config.name for r in runtime.shadows] == ["s"]
+    assert [r.config.name for r in runtime.variants["v2"].shadows] == ["s", "production"]
+    assert {r.config.name for r in first.runners()} == {"s", "production"}
+    check.lane.in_flight = 2
+    second = build(config(tmp_path, checked_canary(0.5)), metrics, pools, first)
+    assert second.routes["c"].check is check
+    third = build(config(tmp_path, checked_canary(0.1)), metrics, pools, second)
+    new = third.routes["c"].check
+    assert new is not None and new is not check and new.config.sample_rate == 0.1
+    assert new.lane is check.lane and new.in_flight == 2
+    fourth = build(config(tmp_path, checked_canary(None)), metrics, pools, third)
+    assert fourth.routes["c"].check is None
+    assert [r.config.name for r in fourth.routes["c"].variants["v2"].shadows] == ["s"]
+    await pools.close()
+
+
 async def test_a_circuit_breaker_change_resets_the_breaker_only(tmp_path: Path) -> None:
     metrics, pools = Metrics(), Pools()
     first = build(config(tmp_path, route("m", PROD, [shadow()])), metrics, pools)

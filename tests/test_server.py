@@ -167,10 +167,14 @@ async def test_slowloris_head_gets_408_and_the_connection_closes(
 ) -> None:
     echo, server, port = echo_server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for byte in b"GET / HTTP/1.1\r\nHo":
+    # Counted from the first byte: the proxy answers 408 while bytes still trickle in.
+    answer = asyncio.get_running_loop().create_task(reader.read())
+    for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 40:
+        if answer.done():
+            break
         writer.write(bytes([byte]))
         await asyncio.sleep(0.05)
-    raw = await asyncio.wait_for(reader.read(), 5)
+    raw = await asyncio.wait_for(answer, 5)
     writer.close()
     assert raw.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert rejections(server) == ["header_timeout"]

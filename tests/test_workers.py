@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shadowproxy.metrics_merge import merge_expositions
+from shadowproxy.metrics_merge import WorkerExpositions, merge_expositions
 from tests.support import free_port, route, upstream, wait_listening, write_config
 
 
@@ -179,8 +179,10 @@ async def test_two_workers_share_the_port_record_and_merge_metrics(tmp_path: Pat
                 for _ in range(300):
                     await asyncio.sleep(0.1)
                     state = await _wait_ready(admin, session)
-                    pids = {w["pid"] for w in state["workers"]}  # type: ignore[attr-defined]
-                    if victim["pid"] not in pids:
+                    workers_now = state["workers"]
+                    assert isinstance(workers_now, list)
+                    replaced = victim["pid"] not in {w["pid"] for w in workers_now}
+                    if replaced and all(w["ready"] for w in workers_now):
                         break
                 else:
                     raise AssertionError("the dead worker was not replaced")
@@ -270,3 +272,22 @@ async def test_canary_routes_are_refused_with_several_workers(tmp_path: Path) ->
     output, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
     assert b"price run a canary" in output and b"--workers 1" in output
+
+
+def test_merged_counters_never_go_down_when_a_scrape_fails_or_a_worker_restarts() -> None:
+    def requests(total: float) -> float:
+        return _samples(merged)[("shadowproxy_requests_total", (("code", "200"), ("route", "r")))]
+
+    expositions = WorkerExpositions()
+    expositions.update(0, 100, _exposition(1000, [], 0, 3))
+    expositions.update(1, 101, _exposition(1000, [], 0, 4))
+    merged = expositions.merged()
+    assert requests(0) == 2000
+    expositions.update(1, 101, None)  # one scrape of worker 1 failed: its last one stands
+    merged = expositions.merged()
+    assert requests(0) == 2000
+    expositions.update(1, 202, _exposition(1, [], 0, 1))  # worker 1 restarted from zero
+    merged = expositions.merged()
+    assert requests(0) == 2001
+    in_flight = _samples(merged)[("shadowproxy_shadow_in_flight", (("shadow", "s"),))]
+    assert in_flight == 3 + 1  # the dead process's gauges are gone, not summed

@@ -15,8 +15,9 @@ How a request travels::
 
 Modules follow that path: ``config`` (YAML -> frozen models), ``server`` (the traffic
 port's HTTP/1.1 server), ``routing`` and ``headers`` (pure rules), ``upstream`` and
-``http1`` (client pools), ``proxy`` (the handler), ``tee`` (shadow fan-out), ``records`` (the pair), ``recording`` (the writer,
-``schema`` its rows), ``compare`` (extraction and comparators), ``metrics``,
+``http1`` (client pools), ``proxy`` (the handler), ``tee`` (shadow fan-out),
+``records`` (the pair), ``recording`` (the writer, ``schema`` its rows), ``compare``
+(extraction and comparators), ``metrics``,
 ``runtime`` (the snapshot of routes, pools and runners a config builds, swapped on
 reload), ``app`` (composition and lifecycle), ``cli``; offline: ``report``, ``demo``.
 ``chaos`` holds the rules that inject faults on purpose (into copies, in ``tee``; into

@@ -19,6 +19,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import os
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ from shadowproxy.experiments.canary import OPERATOR_ACTIONS, CanaryActionError
 from shadowproxy.feedback import FeedbackError, FeedbackItem, parse_feedback
 from shadowproxy.metrics import Metrics
 from shadowproxy.proxy import ProxyHandler
-from shadowproxy.records import Exposure, ExposureSink, Pair, Sink
+from shadowproxy.records import Exposure, ExposureSink, Pair, Sink, VerdictCounts, VerdictSource
 from shadowproxy.runtime import Retirer, build, check_reloadable
 from shadowproxy.server import HttpServer, ServerLimits
 from shadowproxy.tasks import TaskSet
@@ -195,6 +196,10 @@ class Server:
         self.sink = sink or DiscardSink()
         self.feedback = feedback
         self.tee = Tee(self.sink)
+        # Embedders' sinks may not compare: then a disagreement guardrail stays undecided.
+        self._verdicts: Callable[[], VerdictCounts] | None = (
+            self.sink.verdict_counts if isinstance(self.sink, VerdictSource) else None
+        )
         self.ready = False
         self._load = load or functools.partial(load_config, config.source)
         self._pools = Pools()
@@ -222,7 +227,7 @@ class Server:
             build(self.config, self.metrics, self._pools), self.tee, self.metrics, exposures
         )
         for controller in self._handler.snapshot.canaries.values():
-            controller.start()
+            controller.start(self._verdicts)
         self._loaded()
         limits = ServerLimits(
             max_header_bytes=main.max_header_bytes,
@@ -298,7 +303,7 @@ class Server:
         self._retirer.retire(old, new)
         kept = set(new.canaries.values())
         for controller in kept - set(old.canaries.values()):
-            controller.start()
+            controller.start(self._verdicts)
         for controller in set(old.canaries.values()) - kept:
             self._reloads.spawn(controller.stop(), name=f"canary:{controller.route}:stop")
 
@@ -445,7 +450,10 @@ class Server:
         choices = self.auto_choices() if self.auto_choices is not None else {}
         assert self._handler is not None
         snapshot = self._handler.snapshot
-        runners = {name: runtime.shadows for name, runtime in snapshot.routes.items()}
+        runners = {
+            name: [*runtime.shadows, *([runtime.check] if runtime.check is not None else [])]
+            for name, runtime in snapshot.routes.items()
+        }
         return _json(routes_document(snapshot.config, runners, choices))
 
     async def _reload(self, request: web.Request) -> web.Response:
@@ -480,6 +488,18 @@ async def _bind(runner: web.BaseRunner, listen: str) -> tuple[str, int]:
 GIL_SWITCH_INTERVAL_S = 0.001
 
 
+SUPERVISOR_CHECK_S = 1.0
+
+
+async def _stop_without(supervisor_pid: int, stop: asyncio.Event) -> None:
+    # Polled: no event announces a parent's death (PR_SET_PDEATHSIG follows the parent's
+    # spawning thread, which is not the process).
+    while os.getppid() == supervisor_pid:  # noqa: ASYNC110
+        await asyncio.sleep(SUPERVISOR_CHECK_S)
+    log.warning("supervisor %d is gone: shutting down", supervisor_pid)
+    stop.set()
+
+
 async def serve(
     config: Config,
     sink_factory: Callable[[Config, Metrics], RecordingSink] | None = None,
@@ -487,8 +507,12 @@ async def serve(
     load: Callable[[], Config] | None = None,
     *,
     reuse_port: bool = False,
+    supervisor_pid: int | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order; reload on SIGHUP.
+
+    ``supervisor_pid``: a worker of ``serve --workers N`` stops, in order, once that
+    process is gone (even killed), so no orphan keeps serving on the shared port.
 
     By default pairs are compared and recorded to Parquet; ``sink_factory`` replaces
     that (benchmarks, embedding). ``load`` reads the config again for a reload.
@@ -524,6 +548,9 @@ async def serve(
         await server.start()
         if on_ready is not None:
             await on_ready(server)
+        if supervisor_pid is not None:
+            watchdog = TaskSet()
+            watchdog.spawn(_stop_without(supervisor_pid, stop), name="supervisor-watchdog")
         await stop.wait()
         log.info("shutting down")
     finally:

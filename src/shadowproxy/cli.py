@@ -7,13 +7,17 @@ import asyncio
 import logging
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from shadowproxy import __version__
 from shadowproxy.config import Config, load_config, with_overrides
 from shadowproxy.errors import ConfigError
 
 EXIT_CONFIG = 2
+DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos")
+"""``demo --scenario`` choices (``shadowproxy.demo.SCENARIOS`` describes each)."""
+
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,15 +56,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Set by the supervisor for its workers: bind the shared port with SO_REUSEPORT.
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     demo = commands.add_parser(
         "demo", help="train two models, shadow one behind the other, write the report"
     )
-    demo.add_argument("--out", default="demo-output", help="directory for config, data, report")
-    demo.add_argument("--rate", type=float, default=100.0, help="requests per second to replay")
     demo.add_argument(
-        "--keep-running", action="store_true", help="leave the stack up after the traffic"
+        "--scenario",
+        default="shadow",
+        choices=DEMO_SCENARIOS,
+        help="shadow (default), a canary that fails or succeeds, an A/B test, "
+        "the same with a skewed split, or chaos faults",
+    )
+    demo.add_argument(
+        "--out",
+        help="directory for config, data, report (default demo-output, "
+        "or demo-output/<scenario> for the other scenarios)",
+    )
+    demo.add_argument(
+        "--rate", type=float, help="requests per second to send (default: the scenario's)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=1, help="seed of the simulated outcomes and failures"
+    )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the stack up after the traffic (shadow scenario)",
     )
     demo.set_defaults(func=cmd_demo)
 
@@ -174,7 +197,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_code(supervisor.run())
     from shadowproxy.app import serve
 
-    run(serve(config, load=load, reuse_port=args.reuse_port))
+    run(serve(config, load=load, reuse_port=args.reuse_port, supervisor_pid=args.supervisor_pid))
     return 0
 
 
@@ -182,26 +205,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         import sklearn  # noqa: F401
 
-        from shadowproxy.demo import run_demo
+        from shadowproxy.demo import run_scenario
     except ImportError:
         print("the demo needs scikit-learn: pip install 'shadowproxy[demo]'", file=sys.stderr)
         return 1
     from pathlib import Path
 
-    return run_demo(Path(args.out), rate=args.rate, keep_running=args.keep_running)
+    if args.rate is not None and args.rate <= 0:
+        print("shadowproxy: --rate must be positive", file=sys.stderr)
+        return EXIT_CONFIG
+    out = Path(args.out) if args.out else None
+    return run_scenario(
+        args.scenario, out, args.rate, keep_running=args.keep_running, seed=args.seed
+    )
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
-    run_code(coro)
+    run_loop(coro)
 
 
 def run_code(coro: Coroutine[Any, Any, int | None]) -> int:
+    return run_loop(coro) or 0
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop where it is installed (Linux, macOS), else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(coro) or 0
-    return uvloop.run(coro) or 0
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def summary(config: Config) -> str:

@@ -37,7 +37,7 @@ from shadowproxy import jsonpath
 from shadowproxy.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
-from shadowproxy.experiments.spec import ABSpec, CanarySpec, Mode, check_layers
+from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 """Route and shadow names end up in partition paths and metric labels: keep them tame."""
@@ -235,6 +235,20 @@ class RouteConfig(_Model):
             if shadow.name in seen:
                 raise ValueError(f"shadow name {shadow.name!r} is used twice in this route")
             seen.add(shadow.name)
+        return self
+
+    @model_validator(mode="after")
+    def _check_shadow_name_free(self) -> RouteConfig:
+        if self.mode != "canary":
+            return self
+        for index, shadow in enumerate(self.shadows):
+            if shadow.name == CHECK_SHADOW:
+                raise FieldError(
+                    ("shadows", index, "name"),
+                    f"{CHECK_SHADOW!r} is reserved on canary routes: the disagreement "
+                    "guardrail's copies to production are recorded under it; rename this "
+                    "shadow",
+                )
         return self
 
 

@@ -6,6 +6,17 @@ request and without I/O, the upstream that answers it (an A/B arm, the canary's
 candidate, or production) and is told how the answer went; the ``CanaryController``
 evaluates the canary's window once a second off the request path, applies and logs
 each decision, and keeps the state in a small JSON file so a restart resumes it.
+
+The disagreement guardrail compares the candidate with production on a sample::
+
+    candidate answers ─► tee: copy to production (shadow ``production``, sampled at the
+                         guardrail's sample_rate) ─► Pair(candidate's answer, production's)
+    writer: compare ─► verdict counts per (route, shadow) ─► sink.verdict_counts()
+    controller, each tick: counts now - counts at the last tick ─► window.record_comparisons
+
+Verdicts reach the window late (the writer's batch and status periods, under a second
+by default): those on answers given just before a step change count towards the new
+step. A known approximation, small next to the evidence a step needs.
 """
 
 from __future__ import annotations
@@ -15,20 +26,21 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from shadowproxy.config import RouteConfig
+from shadowproxy.config import RouteConfig, ShadowConfig
 from shadowproxy.experiments.assign import assign_arm, in_canary
 from shadowproxy.experiments.canary import Canary, CanaryActionError, Decision
-from shadowproxy.experiments.spec import ABSpec, CanarySpec
+from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec
 from shadowproxy.experiments.window import Side
 from shadowproxy.http1 import Pool
 from shadowproxy.metrics import Metrics
+from shadowproxy.records import VerdictCounts
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -38,7 +50,39 @@ PRODUCTION_ARM = "production"
 """The arm name recorded when production answered (outside an A/B share, or the
 canary's non-candidate side)."""
 
+CHECK_MAX_IN_FLIGHT = 64
+"""Copies to production for the disagreement guardrail in flight per canary route;
+beyond it they are dropped and counted like any shadow's."""
+
 __all__ = ["CanaryActionError"]
+
+
+def check_shadow(route: RouteConfig) -> ShadowConfig | None:
+    """The disagreement guardrail's copies to production, as a shadow of the route that
+    only candidate-served requests reach; None without that guardrail.
+
+    Its role is ``candidate``: its rows measure the candidate (their production columns
+    hold the candidate's answer), so they must not count as a noise-floor baseline.
+    """
+    guardrail = route.canary.disagreement if route.canary is not None else None
+    if guardrail is None:
+        return None
+    return ShadowConfig(
+        name=CHECK_SHADOW,
+        url=route.production.url,
+        sample_rate=guardrail.sample_rate,
+        timeout_s=route.production.timeout_s,
+        max_in_flight=CHECK_MAX_IN_FLIGHT,
+        role="candidate",
+    )
+
+
+def verdict_delta(seen: tuple[int, int], now: tuple[int, int]) -> tuple[int, int]:
+    """(agreed, disagreed) judged between two reads of cumulative counts. Counts that
+    went down were reset (a sink counting from zero again): all of ``now`` is new."""
+    if now[0] < seen[0] or now[1] < seen[1]:
+        return now
+    return now[0] - seen[0], now[1] - seen[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +196,8 @@ class CanaryController:
             for name in (spec.candidate.name, PRODUCTION_ARM)
         }
         self._tasks = TaskSet()
+        self._verdicts: Callable[[], VerdictCounts] | None = None
+        self._verdicts_seen = (0, 0)
         self._publish()
 
     @property
@@ -185,7 +231,18 @@ class CanaryController:
         self._save()
         self._publish()
 
-    def start(self) -> None:
+    def start(self, verdicts: Callable[[], VerdictCounts] | None = None) -> None:
+        """Evaluate every ``EVALUATE_EVERY_S``; ``verdicts`` (the sink's cumulative
+        comparison counts) feeds the disagreement guardrail."""
+        self._verdicts = verdicts
+        if verdicts is not None:
+            self._verdicts_seen = self._read_verdicts(verdicts)
+        elif self.spec.disagreement is not None:
+            log.warning(
+                "canary %s: the recorder does not report comparison verdicts, so the "
+                "disagreement guardrail stays undecided (and holds the canary)",
+                self.route,
+            )
         self._tasks.spawn(self._run(), name=f"canary:{self.route}")
 
     async def stop(self) -> None:
@@ -194,13 +251,31 @@ class CanaryController:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(EVALUATE_EVERY_S)
-            self.tick(time.time())
+            try:
+                self.tick(time.time())
+            except Exception:
+                # One bad evaluation must not end the watch: the guardrails stay on.
+                log.exception("canary %s: evaluation failed; trying again", self.route)
 
     def tick(self, now: float) -> Decision:
+        self._take_verdicts()
         decision = self.canary.evaluate(now, self.window)
         if decision.action != "hold":
             self._decided(decision)
         return decision
+
+    def _take_verdicts(self) -> None:
+        """Add the check's verdicts since the last tick to the window."""
+        if self._verdicts is None:
+            return
+        counts = self._read_verdicts(self._verdicts)
+        agreed, disagreed = verdict_delta(self._verdicts_seen, counts)
+        self._verdicts_seen = counts
+        if agreed or disagreed:
+            self.window.record_comparisons(agreed, disagreed)
+
+    def _read_verdicts(self, verdicts: Callable[[], VerdictCounts]) -> tuple[int, int]:
+        return verdicts().get((self.route, CHECK_SHADOW), (0, 0))
 
     def act(self, action: str, by: str, note: str | None = None) -> Decision:
         decision = self.canary.act(action, now=time.time(), by=by, note=note)

@@ -39,11 +39,19 @@ class _Family:
         self.samples: dict[SampleKey, float] = {}
 
 
-def merge_expositions(texts: Iterable[str]) -> str:
-    """One exposition (text format 0.0.4) holding every worker's series, merged."""
+CUMULATIVE = frozenset({"counter", "histogram", "summary"})
+
+
+def merge_expositions(texts: Iterable[str], *, cumulative_only: bool = False) -> str:
+    """One exposition (text format 0.0.4) holding every worker's series, merged.
+
+    ``cumulative_only`` keeps counters and histograms only: what a dead worker leaves
+    behind (its gauges described a process that is gone)."""
     families: dict[str, _Family] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
+            if cumulative_only and family.type not in CUMULATIVE:
+                continue
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = _Family(
@@ -96,3 +104,30 @@ def _escape_help(text: str) -> str:
 
 def _escape_label(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class WorkerExpositions:
+    """The workers' latest expositions, kept so merged counters never go down.
+
+    Prometheus reads a counter that drops as a reset and counts everything after it as
+    new increase. A worker's counters would drop out of the sum when one scrape of it
+    fails (its last exposition is used instead) and when it restarts from zero (the
+    dead process's counters and histograms are kept as a retired part of the sum).
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[int, tuple[int | None, str]] = {}
+        self._retired = ""
+
+    def update(self, worker: int, pid: int | None, text: str | None) -> None:
+        """``text`` None: the scrape failed; the last one stands in for it."""
+        if text is None:
+            return
+        previous = self._latest.get(worker)
+        if previous is not None and previous[0] != pid:
+            self._retired = merge_expositions([self._retired, previous[1]], cumulative_only=True)
+        self._latest[worker] = (pid, text)
+
+    def merged(self, *extra: str) -> str:
+        texts = [text for _, text in self._latest.values()]
+        return merge_expositions([self._retired, *texts, *extra])

@@ -71,6 +71,9 @@ class RouteRuntime:
     """Experiment routes: picks who answers each request (None: production, always)."""
     variants: dict[str, RouteRuntime] = field(default_factory=dict)
     """This route answered by an experiment arm: same route, the arm's pool and timeout."""
+    check: ShadowRunner | None = None
+    """Canary routes with a disagreement guardrail: the copy to production, among the
+    candidate variant's ``shadows`` only (so only candidate-served requests send it)."""
 
 
 class ProductionChaos:
@@ -183,6 +186,15 @@ class ProxyHandler:
             host=request.headers.get("host"),
         )
         raw_path = request.target
+        outcome = _Production(runtime.capture_bytes)
+        choice: Choice | None = None
+        route = runtime
+        if runtime.assigner is not None:
+            # Chosen before the tee: the arm that answers decides which copies are sent.
+            choice = runtime.assigner.choose(request.headers)
+            outcome.arm_header = (runtime.assigner.header, choice.name)
+            if choice.arm is not None:
+                runtime = runtime.variants[choice.arm.name]
         exchange: Exchange | None = None
         if runtime.shadows:
             path, _, query = raw_path.partition("?")
@@ -192,14 +204,6 @@ class ProxyHandler:
             )  # fmt: skip
             exchange = self._tee.start(runtime.shadows, info, headers, raw_path, request.headers)
         data = body if complete else _chain(body, request.body)
-        outcome = _Production(runtime.capture_bytes)
-        choice: Choice | None = None
-        route = runtime
-        if runtime.assigner is not None:
-            choice = runtime.assigner.choose(request.headers)
-            outcome.arm_header = (runtime.assigner.header, choice.name)
-            if choice.arm is not None:
-                runtime = runtime.variants[choice.arm.name]
         try:
             if runtime.chaos is None or await _inject(
                 runtime.chaos, request, runtime, request_id, outcome
@@ -213,7 +217,9 @@ class ProxyHandler:
             if choice is not None:
                 assert route.assigner is not None
                 # The answering upstream's status; None when it did not answer (502/504).
-                route.assigner.observe(choice, result.status, result.latency_ms)
+                # A client whose own body failed says nothing about the upstream.
+                if request.body.error is None:
+                    route.assigner.observe(choice, result.status, result.latency_ms)
                 if self._exposures is not None:
                     self._exposures.submit_exposure(
                         Exposure(

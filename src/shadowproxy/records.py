@@ -12,8 +12,9 @@ form of a pair (the Parquet schema) is written down once, in ``shadowproxy.schem
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 ShadowOutcome = Literal["ok", "error", "timeout", "dropped", "skipped"]
 OUTCOMES: tuple[ShadowOutcome, ...] = ("ok", "error", "timeout", "dropped", "skipped")
@@ -125,6 +126,21 @@ class ExposureSink(Protocol):
     """Where exposures go. ``submit_exposure`` runs on the event loop: it must not block."""
 
     def submit_exposure(self, exposure: Exposure) -> None: ...
+
+
+VerdictCounts = Mapping[tuple[str, str], tuple[int, int]]
+"""Cumulative (agreed, disagreed) comparisons per (route, shadow); incomparable pairs
+are left out."""
+
+
+@runtime_checkable
+class VerdictSource(Protocol):
+    """A sink that compares pairs and tells the serving process the verdicts, so a
+    canary's disagreement guardrail can use them (``recording.Recorder``,
+    ``recording.process.RecorderProcess``)."""
+
+    def verdict_counts(self) -> VerdictCounts:
+        """Counted since the sink started; cheap, called from the event loop."""
 
 
 class Sink(PairSink, Protocol):

@@ -13,7 +13,7 @@ A reload (``Server.reload`` in ``shadowproxy.app``), step by step:
 3. ``build`` the new snapshot, reusing what did not change: production pools by
    (origin, pool settings), shadow lanes (pool, in-flight count, breaker) by
    (route, shadow, url, max_in_flight), runners whose settings (chaos rules
-   included) are all the same;
+   included) are all the same; a canary's disagreement check is a runner like these;
 4. swap it into the handler: new requests use it;
 5. ``Retirer``: once no request holds an older snapshot and no copy runs on a dropped
    lane, close the pools the new snapshot no longer uses.
@@ -30,7 +30,13 @@ from dataclasses import dataclass, replace
 
 from shadowproxy.config import Config, MainConfig, RouteConfig, ShadowConfig
 from shadowproxy.errors import ConfigError
-from shadowproxy.experiment_runtime import ABAssigner, Arm, CanaryAssigner, CanaryController
+from shadowproxy.experiment_runtime import (
+    ABAssigner,
+    Arm,
+    CanaryAssigner,
+    CanaryController,
+    check_shadow,
+)
 from shadowproxy.http1 import Pool
 from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
 from shadowproxy.proxy import RouteMetrics, RouteRuntime, route_runtime
@@ -80,8 +86,11 @@ class Snapshot:
     counts them): its pools stay open until it is zero."""
 
     def runners(self) -> Iterator[ShadowRunner]:
+        """Every shadow runner, canary checks included."""
         for runtime in self.routes.values():
             yield from runtime.shadows
+            if runtime.check is not None:
+                yield runtime.check
 
     def pools(self) -> set[Pool]:
         return {*self.production.values(), *(lane.pool for lane in self.lanes.values())}
@@ -147,7 +156,7 @@ def build(
             metrics=RouteMetrics(metrics, DEFAULT_ROUTE),
         )
     canaries = _experiments(
-        config, routes, production_pool, metrics, previous.canaries if previous else {}
+        config, routes, production_pool, runner, metrics, previous.canaries if previous else {}
     )
     return Snapshot(config, RouteTable(config.routes), routes, default, production, lanes, canaries)
 
@@ -156,10 +165,12 @@ def _experiments(
     config: Config,
     routes: dict[str, RouteRuntime],
     pool_of: Callable[[str], Pool],
+    runner_of: Callable[[RouteConfig, ShadowConfig], ShadowRunner],
     metrics: Metrics,
     old: dict[str, CanaryController],
 ) -> dict[str, CanaryController]:
-    """Give experiment routes their assigner and arm variants; returns the canaries."""
+    """Give experiment routes their assigner and arm variants (a canary's candidate
+    variant also its disagreement check); returns the canaries."""
     canaries: dict[str, CanaryController] = {}
     now = time.time()
     for route in config.routes:
@@ -179,9 +190,18 @@ def _experiments(
             candidate = spec.candidate
             arms = [Arm(candidate.name, pool_of(candidate.url), candidate.timeout_s)]
             runtime.assigner = CanaryAssigner(route, arms[0], controller)
+            check = check_shadow(route)
+            runtime.check = runner_of(route, check) if check is not None else None
+        shadows = runtime.shadows if runtime.check is None else [*runtime.shadows, runtime.check]
         runtime.variants = {
             arm.name: replace(
-                runtime, pool=arm.pool, timeout_s=arm.timeout_s, assigner=None, variants={}
+                runtime,
+                pool=arm.pool,
+                timeout_s=arm.timeout_s,
+                assigner=None,
+                variants={},
+                shadows=shadows,
+                check=None,
             )
             for arm in arms
         }

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[["HttpRequest"], Awaitable[None]]
 RejectCounter = Callable[[str], None]
 
+LINGER_S = 2.0
+"""After an error answer, how long the rest of a refused request is read and dropped."""
 # Body bytes buffered for a handler that has not read them yet before the socket is
 # paused (TCP backpressure reaches the client instead of this process's memory).
 BODY_HIGH_WATER = 256 * 1024
@@ -194,6 +196,7 @@ class HttpRequest:
         "_state",
         "body",
         "content_length",
+        "expect_continue",
         "headers",
         "keep_alive",
         "method",
@@ -221,6 +224,7 @@ class HttpRequest:
         self.keep_alive = keep_alive
         self.remote = conn.remote
         self.body = Body(conn)
+        self.expect_continue = False
         self._state = 0  # 0: nothing sent, 1: head sent (streaming), 2: done
         self._chunked = False
 
@@ -253,12 +257,12 @@ class HttpRequest:
         describes a body not sent (the answer to a HEAD)."""
         if self._state != 0:
             raise RuntimeError("response already started")
-        self._state = 2
         length = len(body) if content_length is None else content_length
         bodiless = status < 200 or status in (204, 304)
         framing = "" if bodiless and not length else f"Content-Length: {length}\r\n"
         close = not self.keep_alive or self._conn.closing
         head = _head(status, reason, headers, framing, close)
+        self._state = 2
         self._conn.write(head + body if body and self.method != "HEAD" else head)
         self._conn.response_done(self, close)
 
@@ -272,7 +276,6 @@ class HttpRequest:
         """Send the head of a streamed response; the body follows with ``write``."""
         if self._state != 0:
             raise RuntimeError("response already started")
-        self._state = 1
         close = not self.keep_alive or self._conn.closing
         if content_length is not None:
             framing = f"Content-Length: {content_length}\r\n"
@@ -280,9 +283,11 @@ class HttpRequest:
             framing = "Transfer-Encoding: chunked\r\n"
         else:
             framing, close = "", True  # an HTTP/1.0 client: the body ends at close
+        head = _head(status, reason, headers, framing, close)
+        self._state = 1
         self.keep_alive = not close
         self._chunked = framing.startswith("Transfer-Encoding")
-        self._conn.write(_head(status, reason, headers, framing, close))
+        self._conn.write(head)
 
     async def write(self, chunk: bytes) -> None:
         """Send part of a streamed body, waiting while the client reads slowly."""
@@ -315,7 +320,8 @@ def _head(
     if close:
         lines.append("Connection: close\r\n")
     lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+    # As ``http1`` decodes upstream heads: bytes pass through unchanged, UTF-8 or not.
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 class _HeadTooLarge(Exception):
@@ -334,6 +340,7 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.remote: str | None = None
         self.closing = False
+        self.lingering = False
         self.lost = False
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
@@ -342,6 +349,8 @@ class HttpConnection(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
+        self._in_head = False
+        self._head_raw = 0
         self._content_length: int | None = None
         self._expect_continue = False
         self._parsing: HttpRequest | None = None
@@ -381,11 +390,15 @@ class HttpConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing and self._current is None and self._parsing is None:
+        if self.lingering or (self.closing and self._current is None and self._parsing is None):
             return
-        if self._timer is not None and self._parsing is None and self._current is None:
-            # Idle keep-alive timer: a new request starts, its head must arrive in time.
-            self._set_timer(self._limits.header_timeout_s, self._head_timed_out)
+        if self._in_head:
+            # httptools holds a header line until it ends: bound the head by raw bytes too.
+            self._head_raw += len(data)
+            if self._head_raw > self._limits.max_header_bytes:
+                limit = self._limits.max_header_bytes
+                self._reject(431, f"request head exceeds {limit} bytes", "header_too_large")
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -400,6 +413,11 @@ class HttpConnection(asyncio.Protocol):
     # --- parser callbacks -------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_raw = 0
+        if self._current is None:
+            # The head must arrive within the timeout, counted from its first byte.
+            self._set_timer(self._limits.header_timeout_s, self._head_timed_out)
         self._url = []
         self._headers = []
         self._head_bytes = 0
@@ -416,8 +434,9 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._limits.max_header_bytes:
             raise _HeadTooLarge
-        key = name.decode("latin-1")
-        text = value.decode("latin-1")
+        # As ``http1`` encodes them upstream: bytes pass through unchanged.
+        key = name.decode("utf-8", "surrogateescape")
+        text = value.decode("utf-8", "surrogateescape")
         self._headers.append((key, text))
         if len(key) == 14 and key.lower() == "content-length":
             self._content_length = int(text) if text.isdigit() else None
@@ -425,18 +444,20 @@ class HttpConnection(asyncio.Protocol):
             self._expect_continue = text.lower() == "100-continue"
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self._parser
         if parser.should_upgrade():
             return  # feed_data raises HttpParserUpgrade next
         request = HttpRequest(
             self,
             parser.get_method().decode("ascii"),
-            b"".join(self._url).decode("latin-1"),
+            b"".join(self._url).decode("utf-8", "surrogateescape"),
             parser.get_http_version(),
             RequestHeaders(self._headers),
             self._content_length,
             parser.should_keep_alive(),
         )
+        request.expect_continue = self._expect_continue and request.version == "1.1"
         self._parsing = request
         if self._current is None:
             self._cancel_timer()
@@ -446,8 +467,6 @@ class HttpConnection(asyncio.Protocol):
             # goes on while a request is answered, so a client leaving is noticed.
             self._pipeline.append(request)
             self.pause_reading()
-        if self._expect_continue and request.version == "1.1":
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
         if self._parsing is not None:
@@ -462,6 +481,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _dispatch(self, request: HttpRequest) -> None:
         self._current = request
+        if request.expect_continue and not request.body.arrived:
+            # Now, not when its head arrived: a pipelined request's interim answer must
+            # not land inside the response before it.
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._server.tasks.spawn(self._run(request), name="http-request")
 
     async def _run(self, request: HttpRequest) -> None:
@@ -471,7 +494,9 @@ class HttpConnection(asyncio.Protocol):
             log.exception("handler failed for %s %s", request.method, request.target)
             if not request.responded:
                 request.reply(*_error(500, "internal error in the proxy"))
-                return
+            elif not request.finished:
+                request.abort()
+            return
         if not request.finished:
             request.abort()
 
@@ -485,6 +510,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._pipeline:
             self._dispatch(self._pipeline.popleft())
+        elif self._in_head:
+            self._set_timer(self._limits.header_timeout_s, self._head_timed_out)
         else:
             self._set_timer(self._limits.keepalive_timeout_s, self._close)
         self.resume_reading()
@@ -518,15 +545,36 @@ class HttpConnection(asyncio.Protocol):
             self.pause_reading()
             return
         self.write(_error_bytes(status, message))
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an error answer without losing it: a close with unread bytes in
+        the socket sends a reset, which can destroy the answer before the client reads
+        it. So: send FIN after the answer, discard what still arrives, close on the
+        client's EOF or after ``LINGER_S``."""
+        self.closing = self.lingering = True
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            self._close()
+            return
+        transport.write_eof()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self._cancel_timer()
+        self._timer = self.loop.call_later(LINGER_S, self._close)
 
     def _head_timed_out(self) -> None:
         self._timer = None
         if self._parsing is None and self._current is None:
-            if self._url or self._headers:
+            if self._in_head:
                 limit = self._limits.header_timeout_s
                 self._server.count_rejected("header_timeout")
                 self.write(_error_bytes(408, f"request head not received within {limit:g}s"))
+                self._linger()
+                return
             self._close()
 
     # --- flow control and closing -----------------------------------------------

@@ -13,8 +13,10 @@ order on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
+import os
 import signal
 import socket
 import sys
@@ -30,7 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 
 from shadowproxy.config import Config
-from shadowproxy.metrics_merge import merge_expositions
+from shadowproxy.metrics_merge import WorkerExpositions
+from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,8 @@ class Supervisor:
         self._runner: web.AppRunner | None = None
         self._watchers: list[asyncio.Task[None]] = []
         self._feedback_turn = itertools.cycle(range(workers))
+        self._expositions = WorkerExpositions()
+        self._tasks = TaskSet()
         self.admin_address: tuple[str, int] | None = None
 
     # --- lifecycle --------------------------------------------------------------
@@ -152,6 +157,7 @@ class Supervisor:
             for watcher in self._watchers:
                 watcher.cancel()
             await asyncio.gather(*self._watchers, return_exceptions=True)
+            await self._tasks.drain(0)
             await self._kill_all()
             if self._runner is not None:
                 await self._runner.cleanup()
@@ -174,13 +180,15 @@ class Supervisor:
             "--admin-listen",
             f"127.0.0.1:{worker.admin_port}",
             "--reuse-port",
+            "--supervisor-pid",
+            str(os.getpid()),
         ]
 
     async def _start(self, worker: Worker) -> None:
         worker.admin_port = _free_loopback_port()
         worker.ready = False
         worker.process = await asyncio.create_subprocess_exec(
-            *self._argv(worker), stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
+            *self._argv(worker), stdin=asyncio.subprocess.DEVNULL
         )
         worker.started = time.monotonic()
         deadline = time.monotonic() + _START_TIMEOUT_S
@@ -245,7 +253,9 @@ class Supervisor:
         for process in running:
             process.send_signal(signal.SIGTERM)
         codes = await asyncio.gather(*(_wait(process, grace) for process in running))
-        failed = [code for code in codes if code != 0]
+        # -SIGTERM: a worker still starting (a restart) had no handler yet; it had no
+        # requests either, so ending it there is a clean stop too.
+        failed = [code for code in codes if code not in (0, -signal.SIGTERM)]
         if failed:
             log.error("workers exited with %s", failed)
         return 0 if not failed else 1
@@ -257,7 +267,7 @@ class Supervisor:
                 await worker.process.wait()
 
     def _on_sighup(self) -> None:
-        asyncio.get_running_loop().create_task(self._reload_all(None), name="reload")
+        self._tasks.spawn(self._reload_all(None), name="reload")
 
     # --- admin ------------------------------------------------------------------
 
@@ -284,8 +294,9 @@ class Supervisor:
     async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in ("/healthz", "/readyz", "/metrics"):
             return await handler(request)
-        expected = f"Bearer {self.config.main.admin_token}"
-        if request.headers.get("Authorization") != expected:
+        expected = f"Bearer {self.config.main.admin_token}".encode()
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
             return _json({"error": "missing or wrong bearer token"}, status=401)
         return await handler(request)
 
@@ -294,7 +305,9 @@ class Supervisor:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         states = await asyncio.gather(*(self._ready(worker) for worker in self.workers))
-        ready = all(states) and not self.stopping
+        # One worker restarting does not take the instance out of service: the others
+        # still accept on the shared port.
+        ready = any(states) and not self.stopping
         body = {
             "status": "ok" if ready else "starting",
             "workers": [
@@ -306,18 +319,20 @@ class Supervisor:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         texts = await asyncio.gather(*(self._scrape(worker) for worker in self.workers))
+        for worker, text in zip(self.workers, texts, strict=True):
+            self._expositions.update(worker.index, worker.pid, text)
         self.alive.set(sum(1 for worker in self.workers if worker.running))
-        own = generate_latest(self.registry).decode()
-        body = merge_expositions([text for text in texts if text] + [own])
+        body = self._expositions.merged(generate_latest(self.registry).decode())
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _scrape(self, worker: Worker) -> str:
+    async def _scrape(self, worker: Worker) -> str | None:
+        """None when the worker does not answer (restarting, busy): see WorkerExpositions."""
         assert self._session is not None
         try:
             async with self._session.get(f"{worker.admin}/metrics") as response:
-                return await response.text() if response.status == 200 else ""
+                return await response.text() if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError):
-            return ""  # a restarting worker: its series come back with it
+            return None
 
     async def _routes(self, request: web.Request) -> web.StreamResponse:
         return await self._pass_to(self.workers[0], request)
@@ -382,16 +397,6 @@ class Supervisor:
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _json({"error": f"worker {worker.index} unreachable: {exc}"}, status=503)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL,
-    so no orphaned worker keeps serving (and holding the shared port) on its own."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def _wait(process: asyncio.subprocess.Process, timeout_s: float) -> int:

@@ -5,53 +5,91 @@ Trains production v1 and candidate v2 on a data set inside scikit-learn, serves 
 model server process, puts shadowproxy in front, replays held-out rows as traffic at
 a steady rate, posts the true labels to ``/feedback`` a moment later ("wait and see"),
 stops, and writes the report. Nothing is downloaded; no external service is needed.
+
+That is the default scenario, ``shadow``. The others run the same models through the
+other modes (``run_scenario``): ``canary-bad`` and ``canary-good`` (``demo.canary``),
+``ab`` and ``ab-skewed`` (``demo.ab``), and ``chaos`` (``demo.chaos``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 
 from shadowproxy.demo.models import DemoData, train
+from shadowproxy.demo.stack import (
+    PREDICT_PATH,
+    Stack,
+    prepare,
+    processes,
+    run_loop,
+    run_report,
+    start_model,
+    start_proxy,
+    stop_proxy,
+    wait_for_stack,
+    write_config,
+)
 
-STARTUP_DEADLINE_S = 30.0
 FEEDBACK_DELAY_S = 1.0
 FEEDBACK_BATCH = 500
+SCENARIOS: dict[str, str] = {
+    "shadow": "v2 shadows v1 with a baseline replica; labels posted; the report",
+    "canary-bad": "v2 fails 20% of requests as a canary: the proxy rolls it back",
+    "canary-good": "a healthy v2 canary advances through every step to completed",
+    "ab": "v1 against v2 for 50/50 users, a known effect on outcomes; the report finds it",
+    "ab-skewed": "the A/B test with treatment users lost: the report flags the split",
+    "chaos": "the shadow demo with injected delays, aborts and corruptions",
+}
+RATE = 100.0
+"""Requests per second of the shadow scenario (each other scenario's module has its own)."""
 
 
-@dataclass(frozen=True)
-class Stack:
-    proxy: str
-    admin: str
-    models: dict[str, str]
+def run_scenario(
+    name: str,
+    out: Path | None = None,
+    rate: float | None = None,
+    *,
+    keep_running: bool = False,
+    seed: int = 1,
+) -> int:
+    """Run the named scenario into ``out`` (default ``demo-output``, or
+    ``demo-output/<name>`` for the scenarios other than ``shadow``); exit status."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; one of: {', '.join(SCENARIOS)}")
+    if keep_running and name != "shadow":
+        print("--keep-running only applies to the shadow scenario", file=sys.stderr)
+        return 2
+    if out is None:
+        out = Path("demo-output") if name == "shadow" else Path("demo-output", name)
+    if name == "shadow":
+        return run_demo(out, rate or RATE, keep_running)
+    if name in ("canary-bad", "canary-good"):
+        from shadowproxy.demo import canary
+
+        return canary.run(out, bad=name == "canary-bad", rate=rate or canary.RATE, seed=seed)
+    if name in ("ab", "ab-skewed"):
+        from shadowproxy.demo import ab
+
+        return ab.run(out, skewed=name == "ab-skewed", rate=rate or ab.RATE, seed=seed)
+    from shadowproxy.demo import chaos
+
+    return chaos.run(out, rate or chaos.RATE)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def write_config(out: Path, stack: Stack) -> Path:
-    """The demo's main file and its one route file, as a user would write them."""
-    routes = out / "routes"
-    routes.mkdir(parents=True, exist_ok=True)
-    route = {
+def shadow_route(stack: Stack, rules: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """v2 as the candidate shadow of v1, a v1 replica as the baseline."""
+    route: dict[str, Any] = {
         "name": "digits",
         "match": {"path_prefix": "/v1/models/digits", "methods": ["POST"]},
         "production": {"url": stack.models["v1"], "timeout_s": 10},
@@ -61,56 +99,22 @@ def write_config(out: Path, stack: Stack) -> Path:
         ],
         "compare": {"prediction": "kserve-v1", "kind": "label"},
     }
-    (routes / "digits.yaml").write_text(yaml.safe_dump(route, sort_keys=False))
-    main = {
-        "listen": stack.proxy.removeprefix("http://"),
-        "admin_listen": stack.admin.removeprefix("http://"),
-        "routes_dir": "routes",
-        "recording": {"dir": str(out / "shadow-logs"), "flush_interval_s": 1},
-    }
-    path = out / "shadowproxy.yaml"
-    path.write_text(yaml.safe_dump(main, sort_keys=False))
-    return path
+    if rules:
+        route["chaos"] = list(rules)
+    return route
 
 
-@contextlib.contextmanager
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Children started inside are stopped (SIGTERM, then SIGKILL) however we leave."""
-    children: list[subprocess.Popen[bytes]] = []
-    try:
-        yield children
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-
-
-def spawn(children: list[subprocess.Popen[bytes]], *args: str) -> subprocess.Popen[bytes]:
-    # One thread per model server: per-request predictions gain nothing from a pool.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-m", *args], env=env)
-    children.append(child)
-    return child
-
-
-async def wait_until_up(session: aiohttp.ClientSession, url: str) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while True:
-        try:
-            async with session.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not come up within {STARTUP_DEADLINE_S:g}s")
-        await asyncio.sleep(0.1)
+def start_shadow_stack(
+    out: Path, children: list[subprocess.Popen[bytes]], rules: Sequence[dict[str, Any]] = ()
+) -> tuple[Stack, DemoData, subprocess.Popen[bytes]]:
+    """Train, write the config, start v1, v2, the v1 replica and the proxy."""
+    print("training production v1 (logistic regression) and candidate v2 (gradient boosting)...")
+    paths, data = train(out)
+    stack = Stack.on_free_ports(("v1", "v2", "v1-replica"))
+    config = write_config(out, stack, shadow_route(stack, rules))
+    for name, url in stack.models.items():
+        start_model(children, url, paths["v1" if name == "v1-replica" else name], name)
+    return stack, data, start_proxy(children, config)
 
 
 async def replay(
@@ -144,33 +148,33 @@ async def replay(
 
 
 async def post_feedback(
-    session: aiohttp.ClientSession, admin: str, ids: list[str], labels: list[int]
+    session: aiohttp.ClientSession, admin: str, items: Sequence[dict[str, Any]], what: str
 ) -> None:
+    """POST ``items`` to ``/feedback`` in batches, as a labelling job or an event
+    pipeline would, a moment after the answers ("wait and see")."""
     await asyncio.sleep(FEEDBACK_DELAY_S)
-    for start in range(0, len(ids), FEEDBACK_BATCH):
-        batch = [
-            {"request_id": request_id, "label": label}
-            for request_id, label in zip(
-                ids[start : start + FEEDBACK_BATCH],
-                labels[start : start + FEEDBACK_BATCH],
-                strict=True,
-            )
-        ]
+    for start in range(0, len(items), FEEDBACK_BATCH):
+        batch = items[start : start + FEEDBACK_BATCH]
         async with session.post(f"{admin}/feedback", json=batch) as response:
             if response.status != 202:
                 raise RuntimeError(f"/feedback answered {response.status}: {await response.text()}")
-    print(f"posted {len(ids)} ground-truth labels to {admin}/feedback")
+    print(f"posted {len(items)} {what} to {admin}/feedback")
+
+
+def labels_of(ids: Sequence[str], labels: Sequence[int]) -> list[dict[str, Any]]:
+    return [
+        {"request_id": request_id, "label": label}
+        for request_id, label in zip(ids, labels, strict=True)
+    ]
 
 
 async def drive(stack: Stack, data: DemoData, rate: float, keep_running: bool) -> None:
     async with aiohttp.ClientSession() as session:
-        for url in (
-            *(f"{m}/v1/models/digits" for m in stack.models.values()),
-            f"{stack.admin}/readyz",
-        ):
-            await wait_until_up(session, url)
-        ids = await replay(session, f"{stack.proxy}/v1/models/digits:predict", data, rate)
-        await post_feedback(session, stack.admin, ids, data.labels)
+        await wait_for_stack(session, stack)
+        ids = await replay(session, f"{stack.proxy}{PREDICT_PATH}", data, rate)
+        await post_feedback(
+            session, stack.admin, labels_of(ids, data.labels), "ground-truth labels"
+        )
         if keep_running:
             print_urls(stack, data.rows[0])
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,7 +185,7 @@ def print_urls(stack: Stack, example: list[float]) -> None:
     body = orjson.dumps({"instances": [example]}).decode()
     print(
         "\nThe stack is up. Try:\n"
-        f"  curl -s -X POST {stack.proxy}/v1/models/digits:predict -d '{body}'\n"
+        f"  curl -s -X POST {stack.proxy}{PREDICT_PATH} -d '{body}'\n"
         f"  curl -s {stack.admin}/metrics | grep shadowproxy_comparisons\n"
         f"  curl -s {stack.admin}/routes\n"
         f"models: {', '.join(f'{k} {v}' for k, v in stack.models.items())}\n"
@@ -190,45 +194,20 @@ def print_urls(stack: Stack, example: list[float]) -> None:
     )
 
 
-def run_demo(out: Path, rate: float = 100.0, keep_running: bool = False) -> int:
-    out = out.resolve()
-    shutil.rmtree(out / "shadow-logs", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+def run_demo(out: Path, rate: float = RATE, keep_running: bool = False) -> int:
+    out = prepare(out)
     began = time.monotonic()
-    print("training production v1 (logistic regression) and candidate v2 (gradient boosting)...")
-    paths, data = train(out)
-    stack = Stack(
-        proxy=f"http://127.0.0.1:{free_port()}",
-        admin=f"http://127.0.0.1:{free_port()}",
-        models={name: f"http://127.0.0.1:{free_port()}" for name in ("v1", "v2", "v1-replica")},
-    )
-    config = write_config(out, stack)
     with processes() as children:
-        for name, url in stack.models.items():
-            model = paths["v1" if name == "v1-replica" else name]
-            port = url.rsplit(":", 1)[1]
-            spawn(children, "shadowproxy.demo.model_server", "--model", str(model),
-                  "--name", f"digits-{name}", "--port", port)  # fmt: skip
-        proxy = spawn(children, "shadowproxy", "--log-level", "warning", "serve",
-                      "--config", str(config))  # fmt: skip
+        stack, data, proxy = start_shadow_stack(out, children)
         try:
-            _run(drive(stack, data, rate, keep_running))
+            run_loop(drive(stack, data, rate, keep_running))
         except KeyboardInterrupt:
             print("\nstopping...")
-        proxy.send_signal(signal.SIGTERM)
-        if proxy.wait(timeout=60) != 0:
-            print(f"shadowproxy exited with {proxy.returncode}", file=sys.stderr)
+        if not stop_proxy(proxy):
             return 1
-    report = out / "report.html"
-    summary = out / "summary.json"
-    command = [sys.executable, "-m", "shadowproxy", "report", str(out / "shadow-logs"),
-               "--out", str(report), "--json", str(summary)]  # fmt: skip
-    code = subprocess.run(command, env={**os.environ, "COLUMNS": "160"}).returncode
-    print(f"\nreport: {report}\nsummary: {summary}\ndemo took {time.monotonic() - began:.0f}s")
+    code = run_report(out)
+    print(
+        f"\nreport: {out / 'report.html'}\nsummary: {out / 'summary.json'}\n"
+        f"demo took {time.monotonic() - began:.0f}s"
+    )
     return code
-
-
-def _run(coro: object) -> None:
-    from shadowproxy.cli import run
-
-    run(coro)  # type: ignore[arg-type]

@@ -2,12 +2,15 @@
 
 ``POST /v1/models/<name>:predict`` with ``{"instances": [[...], ...]}`` answers
 ``{"predictions": [...]}``. One process per model, as in a real deployment.
+``--error-rate`` makes it a broken deployment: that share of requests, drawn from a
+seeded generator, gets a 500 instead of an answer (the ``canary-bad`` scenario).
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
+import random
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,12 @@ import orjson
 from aiohttp import web
 
 
-def build_app(model: Any, name: str) -> web.Application:
+def build_app(model: Any, name: str, error_rate: float = 0.0, seed: int = 0) -> web.Application:
+    failures = random.Random(seed)
+
     async def predict(request: web.Request) -> web.Response:
+        if error_rate and failures.random() < error_rate:
+            return web.json_response({"error": "internal error (--error-rate)"}, status=500)
         try:
             instances = orjson.loads(await request.read())["instances"]
             predictions = [int(label) for label in model.predict(instances)]
@@ -39,11 +46,16 @@ def main() -> None:
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", required=True, type=int)
-    args = parser.parse_args()
-    model = pickle.loads(args.model.read_bytes())
-    web.run_app(
-        build_app(model, args.name), host="127.0.0.1", port=args.port, print=None, access_log=None
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of requests answered with a 500"
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --error-rate draws")
+    args = parser.parse_args()
+    if not 0.0 <= args.error_rate <= 1.0:
+        parser.error(f"--error-rate must be between 0 and 1, got {args.error_rate:g}")
+    model = pickle.loads(args.model.read_bytes())
+    app = build_app(model, args.name, args.error_rate, args.seed)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

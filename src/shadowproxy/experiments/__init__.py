@@ -7,7 +7,8 @@ How a request on an experiment route is decided and how a canary moves::
                   │  ab:     point in the layer's share ─► arm by weight, else production
                   ▼
     answer ──► window.Window.record(side, error, latency)      (counts + log histogram)
-               window.Window.record_comparison(agree)          (sampled candidate vs production)
+               window.Window.record_comparisons(agreed, disagreed)  (sampled candidate
+                                                  answers vs production, judged by the writer)
                   │
     every few seconds: canary.Canary.evaluate(now, window)
                   │  guardrails: pass | fail | undecided, each on one-sided bounds

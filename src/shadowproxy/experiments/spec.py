@@ -51,6 +51,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 """As ``config.NAME_PATTERN``: names end up in metric labels and partition paths. It has
 no ':', which keeps the hash salts built from names (``assign``) apart from each other."""
 
+CHECK_SHADOW = "production"
+"""The shadow name a canary route's disagreement check records under: a copy of a
+candidate-served request sent to production. A route's own shadows cannot take it."""
+
 RANDOM = "random"
 HEADER_PREFIX = "header:"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -234,6 +238,12 @@ class CanarySpec(_Model):
     @property
     def key_header(self) -> str | None:
         return key_header(self.assignment_key)
+
+    @property
+    def disagreement(self) -> GuardrailSpec | None:
+        """The disagreement guardrail, if configured: its comparisons need production
+        called on a sample of the candidate's answers."""
+        return next((g for g in self.guardrails if g.metric == "disagreement"), None)
 
 
 class ArmSpec(_Model):

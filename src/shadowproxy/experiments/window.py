@@ -171,7 +171,8 @@ class Window:
     the candidate answered, ``production`` otherwise. What counts as an error is the
     caller's rule (an upstream failure or a 5xx), applied the same way to both sides.
     ``record_comparison`` takes the sampled comparisons of a candidate answer with a
-    shadow call to production; incomparable pairs are not recorded.
+    shadow call to production, ``record_comparisons`` many at once; incomparable pairs
+    are not recorded.
     """
 
     epoch: int
@@ -193,6 +194,12 @@ class Window:
     def record_comparison(self, *, agree: bool) -> None:
         self.compared += 1
         self.disagreed += not agree
+
+    def record_comparisons(self, agreed: int, disagreed: int) -> None:
+        if agreed < 0 or disagreed < 0:
+            raise ValueError(f"counts cannot be negative, got {agreed} and {disagreed}")
+        self.compared += agreed + disagreed
+        self.disagreed += disagreed
 
     def merge(self, other: Window) -> Window:
         if other.epoch != self.epoch:

@@ -3,9 +3,9 @@
 Started by ``RecorderProcess`` as ``python -m shadowproxy.recording.child``. It reads
 frames from stdin (``wire``), feeds them to a ``Recorder`` with its own metrics, and
 every ``STATUS_INTERVAL_S`` writes a status frame to stdout: records finished, health,
-the metrics exposition and what ``auto`` picked. End of stdin means "flush and exit":
-it ignores SIGINT and SIGTERM, so a Ctrl-C on the terminal cannot cut the flush short;
-the proxy decides when recording ends.
+the metrics exposition, what ``auto`` picked and the comparison verdicts so far. End of
+stdin means "flush and exit": it ignores SIGINT and SIGTERM, so a Ctrl-C on the terminal
+cannot cut the flush short; the proxy decides when recording ends.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Child:
             "health": self.recorder.health(),
             "metrics": generate_latest(self.registry),
             "auto": self.comparer.auto_choices(),
+            "verdicts": self.recorder.verdict_counts(),
         }
 
     async def report(self) -> None:

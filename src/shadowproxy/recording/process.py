@@ -8,7 +8,8 @@ GIL back. In a separate process they run on their own interpreter.
     event loop                                       writer process (recording.child)
     submit(pair) -> deque (bounded, counted)          Recorder: redact -> compare -> Parquet
     every BATCH_INTERVAL_S: pack + pickle -> pipe ->  status every 0.5 s: finished, health,
-    status frames <------------------------------------  metrics exposition, auto picks
+    status frames <------------------------------------  metrics exposition, auto picks,
+                                                      comparison verdicts
 
 The event loop's share is a tuple per pair (or exposure) and a C pickle per batch.
 The pipe is bounded too: when the writer falls behind, batches stay in the deques,
@@ -36,7 +37,7 @@ from shadowproxy.config import Config, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import wire
-from shadowproxy.records import Exposure, Pair
+from shadowproxy.records import Exposure, Pair, VerdictCounts
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class RecorderProcess:
         self._finished_before = 0
         """Records finished (or lost) by writers that are gone."""
         self._status: dict[str, Any] = {}
+        self._verdicts_before: dict[tuple[str, str], tuple[int, int]] = {}
+        """Verdicts reported by writers that are gone, so the counts survive a restart."""
         self._process: asyncio.subprocess.Process | None = None
         self._closing = False
         self._tasks = TaskSet()
@@ -161,6 +164,11 @@ class RecorderProcess:
 
     def auto_choices(self) -> dict[str, dict[str, int]]:
         return dict(self._status.get("auto") or {})
+
+    def verdict_counts(self) -> VerdictCounts:
+        """(agreed, disagreed) comparisons per (route, shadow) since the start, as of the
+        writer's latest status; what a dead writer compared after it is not counted."""
+        return _added(self._verdicts_before, self._status.get("verdicts") or {})
 
     def _drop(self, reason: str) -> None:
         drops = self._collector.local_drops
@@ -240,6 +248,7 @@ class RecorderProcess:
         """What the writer was given but never finished is lost with it: count it."""
         lost = max(self._shipped - int(self._status.get("finished", 0)), 0)
         self._finished_before += self._shipped
+        self._verdicts_before = _added(self._verdicts_before, self._status.get("verdicts") or {})
         self._status, self._shipped = {}, 0
         for _ in range(lost):
             self._drop("writer_died")
@@ -295,3 +304,11 @@ class RecorderProcess:
                 process.stdin.write(wire.frame(kind, list(queue)))
                 self._shipped += len(queue)
                 queue.clear()
+
+
+def _added(a: VerdictCounts, b: VerdictCounts) -> dict[tuple[str, str], tuple[int, int]]:
+    total = dict(a)
+    for key, (agreed, disagreed) in b.items():
+        before = total.get(key, (0, 0))
+        total[key] = (before[0] + agreed, before[1] + disagreed)
+    return total

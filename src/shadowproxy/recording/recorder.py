@@ -26,7 +26,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording.storage import Storage
 from shadowproxy.recording.writer import Comparer, Feedback, Item, Routes, Writer
-from shadowproxy.records import Exposure, Pair
+from shadowproxy.records import Exposure, Pair, VerdictCounts
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,11 @@ class Recorder:
         """A reload: pairs submitted from now on are recorded with these routes' settings
         (queued in order, so the pairs already waiting keep the old ones)."""
         self._queue.append(Routes(tuple(routes)))
+
+    def verdict_counts(self) -> VerdictCounts:
+        """(agreed, disagreed) comparisons per (route, shadow) since the start."""
+        # One C-level copy under the GIL: the writer thread only ever replaces values.
+        return dict(self._writer.verdicts)
 
     def health(self) -> dict[str, object]:
         error = self._writer.error

@@ -232,6 +232,9 @@ class Writer:
     ) -> None:
         self.finished = 0
         self.error: str | None = None
+        self.verdicts: dict[tuple[str, str], tuple[int, int]] = {}
+        """(agreed, disagreed) per (route, shadow) so far. Each update replaces a tuple,
+        so a copy taken from another thread is consistent."""
         self._storage = storage
         self._settings = recording
         self._policies = _route_policies(routes)
@@ -360,6 +363,9 @@ class Writer:
         agree = comparison.agree if comparison else None
         result = "incomparable" if agree is None else "agree" if agree else "disagree"
         self._metrics.comparisons.labels(route, shadow, result).inc()
+        if agree is not None:
+            agreed, disagreed = self.verdicts.get((route, shadow), (0, 0))
+            self.verdicts[route, shadow] = (agreed + agree, disagreed + (not agree))
         score = comparison.diff_score if comparison else None
         if score is not None and math.isfinite(score):
             self._metrics.diff_score.labels(route, shadow).observe(score)
