@@ -20,12 +20,10 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -38,33 +36,9 @@ from shadowproxy.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-"""Route and shadow names end up in partition paths and metric labels: keep them tame."""
+from shadowproxy.validation import NAME_PATTERN, FrozenModel, check_url, is_header_name
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _check_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-    if not parts.hostname:
-        raise ValueError(f"has no host, got {value!r}")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise ValueError(f"has an invalid port, got {value!r}") from None
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(
-            "must be scheme://host[:port] only (the request path is forwarded as is), "
-            f"got {value!r}"
-        )
-    return value.rstrip("/")
 
 
 def _check_listen(value: str) -> str:
@@ -85,7 +59,7 @@ Seconds = Annotated[float, Field(gt=0)]
 ByteCount = Annotated[int, Field(ge=0)]
 
 
-class CircuitBreakerConfig(_Model):
+class CircuitBreakerConfig(FrozenModel):
     """When a shadow keeps failing, stop paying for copies it cannot answer."""
 
     failures: Annotated[int, Field(ge=1)] = 5
@@ -93,11 +67,11 @@ class CircuitBreakerConfig(_Model):
     max_backoff_s: Seconds = 60.0
 
 
-class UpstreamConfig(_Model):
+class UpstreamConfig(FrozenModel):
     url: Url
     timeout_s: Seconds = 10.0
 
-    _url = field_validator("url")(_check_url)
+    _url = field_validator("url")(check_url)
 
 
 def _check_methods(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -112,10 +86,7 @@ def _check_methods(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return upper
 
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-class ShadowHeadersConfig(_Model):
+class ShadowHeadersConfig(FrozenModel):
     """Header rules for one shadow's copies; production's request is never changed.
 
     ``drop`` names are matched case-insensitively; ``set`` replaces the client's value.
@@ -128,7 +99,7 @@ class ShadowHeadersConfig(_Model):
     @classmethod
     def _drop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
-            if not _HEADER_NAME.match(name):
+            if not is_header_name(name):
                 raise ValueError(f"{name!r} is not a valid header name")
         return value
 
@@ -136,14 +107,14 @@ class ShadowHeadersConfig(_Model):
     @classmethod
     def _set(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if not _HEADER_NAME.match(name):
+            if not is_header_name(name):
                 raise ValueError(f"{name!r} is not a valid header name")
             if any(char in text for char in "\r\n\0"):
                 raise ValueError(f"the value for {name!r} contains CR, LF or NUL")
         return value
 
 
-class ShadowConfig(_Model):
+class ShadowConfig(FrozenModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     url: Url
     sample_rate: float = 1.0
@@ -157,12 +128,12 @@ class ShadowConfig(_Model):
     request whose method a shadow does not take is not sampled for it: no copy, no row."""
     headers: ShadowHeadersConfig = ShadowHeadersConfig()
 
-    _url = field_validator("url")(_check_url)
+    _url = field_validator("url")(check_url)
     _rate = field_validator("sample_rate")(_check_rate)
     _methods = field_validator("methods")(_check_methods)
 
 
-class MatchConfig(_Model):
+class MatchConfig(FrozenModel):
     path_prefix: str
     methods: tuple[str, ...] | None = None
 
@@ -176,7 +147,7 @@ class MatchConfig(_Model):
     _methods = field_validator("methods")(_check_methods)
 
 
-class RecordConfig(_Model):
+class RecordConfig(FrozenModel):
     bodies: bool = True
     max_body_bytes: ByteCount = 65536
     redact: tuple[str, ...] = ()
@@ -190,7 +161,7 @@ class RecordConfig(_Model):
         return value
 
 
-class RouteConfig(_Model):
+class RouteConfig(FrozenModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     match: MatchConfig
     production: UpstreamConfig
@@ -252,7 +223,7 @@ class RouteConfig(_Model):
         return self
 
 
-class RecordingConfig(_Model):
+class RecordingConfig(FrozenModel):
     dir: str = "shadow-logs"
     flush_interval_s: Seconds = 5.0
     max_rows_per_file: Annotated[int, Field(ge=1)] = 100_000
@@ -265,7 +236,7 @@ class RecordingConfig(_Model):
     process (one interpreter, no child; costs production latency under load)."""
 
 
-class PoolConfig(_Model):
+class PoolConfig(FrozenModel):
     """Connection pool of the production upstreams (each shadow has its own, sized by
     ``max_in_flight``, so a black-holed shadow cannot take production's connections)."""
 
@@ -273,7 +244,7 @@ class PoolConfig(_Model):
     keepalive_timeout_s: Seconds = 30.0
 
 
-class MainConfig(_Model):
+class MainConfig(FrozenModel):
     listen: str = "127.0.0.1:8080"
     admin_listen: str = "127.0.0.1:9090"
     default_upstream: Url | None = None
@@ -302,7 +273,7 @@ class MainConfig(_Model):
     @field_validator("default_upstream")
     @classmethod
     def _default_upstream(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value)
+        return None if value is None else check_url(value)
 
     @field_validator("admin_token")
     @classmethod
@@ -312,7 +283,7 @@ class MainConfig(_Model):
         return value
 
 
-class Config(_Model):
+class Config(FrozenModel):
     """Everything the proxy runs on: the main file plus its routes, in load order."""
 
     source: str

@@ -1,9 +1,9 @@
 """The ``canary:`` and ``ab:`` blocks of a route, parsed once at config load.
 
 Like ``compare.spec``, this module is imported by ``shadowproxy.config`` and so cannot
-import it back: the few rules the two share (names, upstream URLs, header names) are
-restated here, with the same wording, so an error reads the same wherever it comes from.
-Errors raised here become ``ConfigError(file, field, message)`` in the loader, e.g.::
+import it back: the rules the two share (names, upstream URLs, header names) live in
+``shadowproxy.validation``, so an error reads the same wherever it comes from. Errors
+raised here become ``ConfigError(file, field, message)`` in the loader, e.g.::
 
     config/routes/price.yaml: canary.guardrails[1].max_increase_ratio: must be at least 1, got 0.9
 """
@@ -11,19 +11,23 @@ Errors raised here become ``ConfigError(file, field, message)`` in the loader, e
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
+)
+
+from shadowproxy.validation import (
+    NAME_PATTERN,
+    FrozenModel,
+    check_header_name,
+    check_url,
+    is_header_name,
 )
 
 Mode = Literal["shadow", "canary", "ab"]
@@ -47,46 +51,12 @@ _BOUND_MEANING: dict[Metric, str] = {
     "production's, 0..1",
 }
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-"""As ``config.NAME_PATTERN``: names end up in metric labels and partition paths. It has
-no ':', which keeps the hash salts built from names (``assign``) apart from each other."""
-
 CHECK_SHADOW = "production"
 """The shadow name a canary route's disagreement check records under: a copy of a
 candidate-served request sent to production. A route's own shadows cannot take it."""
 
 RANDOM = "random"
 HEADER_PREFIX = "header:"
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _check_url(value: str) -> str:
-    """The rule of ``config.UpstreamConfig.url``: scheme://host[:port], nothing else."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-    if not parts.hostname:
-        raise ValueError(f"has no host, got {value!r}")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise ValueError(f"has an invalid port, got {value!r}") from None
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(
-            "must be scheme://host[:port] only (the request path is forwarded as is), "
-            f"got {value!r}"
-        )
-    return value.rstrip("/")
-
-
-def _check_header_name(value: str) -> str:
-    if not _HEADER_NAME.match(value):
-        raise ValueError(f"{value!r} is not a valid header name")
-    return value
 
 
 def _absent_is_random(value: Any) -> Any:
@@ -99,7 +69,7 @@ def _check_assignment_key(value: str) -> str:
         return RANDOM
     if text.startswith(HEADER_PREFIX):
         name = text[len(HEADER_PREFIX) :].strip()
-        if name and _HEADER_NAME.match(name):
+        if name and is_header_name(name):
             return HEADER_PREFIX + name
     raise ValueError(
         f"must be 'header:<Name>' (sticky: the same header value always gets the same "
@@ -115,16 +85,16 @@ def key_header(assignment_key: str) -> str | None:
 
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-Url = Annotated[str, AfterValidator(_check_url)]
+Url = Annotated[str, AfterValidator(check_url)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 AssignmentKey = Annotated[
     str, BeforeValidator(_absent_is_random), AfterValidator(_check_assignment_key)
 ]
-HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+HeaderName = Annotated[str, AfterValidator(check_header_name)]
 
 
-class CandidateSpec(_Model):
+class CandidateSpec(FrozenModel):
     """The upstream that answers the canary's slice of traffic for real."""
 
     name: Name
@@ -132,7 +102,7 @@ class CandidateSpec(_Model):
     timeout_s: Seconds = 10.0
 
 
-class GuardrailSpec(_Model):
+class GuardrailSpec(FrozenModel):
     """One check of candidate against production over the same window.
 
     One model discriminated by ``metric`` (rather than a pydantic tagged union) so a
@@ -200,7 +170,7 @@ def _check_steps(value: tuple[float, ...]) -> tuple[float, ...]:
     return value
 
 
-class CanarySpec(_Model):
+class CanarySpec(FrozenModel):
     """``mode: canary``: the candidate answers a growing share of traffic for real.
 
     The share follows ``steps``; a step advances when the candidate has served
@@ -246,7 +216,7 @@ class CanarySpec(_Model):
         return next((g for g in self.guardrails if g.metric == "disagreement"), None)
 
 
-class ArmSpec(_Model):
+class ArmSpec(FrozenModel):
     """One arm of an A/B experiment: an upstream and its relative share of traffic."""
 
     name: Name
@@ -264,7 +234,7 @@ def _check_share(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
-class ABSpec(_Model):
+class ABSpec(FrozenModel):
     """``mode: ab``: sticky, weighted split of traffic between named arms.
 
     Weights are relative (50/50, 1/1/2). Experiments naming the same ``layer`` share one

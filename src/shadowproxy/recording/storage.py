@@ -83,7 +83,7 @@ def exposures_directory(route: str, date: str) -> str:
 
 
 def _route_directory(kind: str, route: str, date: str) -> str:
-    # Route names are already tame (config NAME_PATTERN); quoting is a second fence
+    # Route names are already tame (validation.NAME_PATTERN); quoting is a second fence
     # that keeps a stray '/' from ever leaving the partition.
     return f"{kind}/route={quote(route, safe='')}/date={date}"
 

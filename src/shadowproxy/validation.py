@@ -1,0 +1,55 @@
+"""Value rules shared by every config model (``config``, ``experiments.spec``).
+
+Kept apart so the models that ``config`` imports can use them without importing
+``config`` back, and so a rule reads the same wherever a value breaks it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""Route, shadow and arm names end up in partition paths and metric labels: keep them
+tame. It has no ':', which keeps the hash salts built from names apart from each other."""
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+class FrozenModel(BaseModel):
+    """Config values never change after loading, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def check_url(value: str) -> str:
+    """An upstream: ``scheme://host[:port]``, nothing else (the request path is the
+    client's, forwarded as is)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    if not parts.hostname:
+        raise ValueError(f"has no host, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError(f"has an invalid port, got {value!r}") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            "must be scheme://host[:port] only (the request path is forwarded as is), "
+            f"got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def is_header_name(value: str) -> bool:
+    """An HTTP field name (RFC 9110 token)."""
+    return _HEADER_NAME.match(value) is not None
+
+
+def check_header_name(value: str) -> str:
+    if not is_header_name(value):
+        raise ValueError(f"{value!r} is not a valid header name")
+    return value
