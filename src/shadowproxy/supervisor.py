@@ -239,6 +239,8 @@ class Supervisor:
             try:
                 await self._start(worker)
             except WorkerStartError as exc:
+                if self.stopping:
+                    return  # a restart cut short by shutdown: nothing went wrong
                 log.error("%s", exc)
                 if worker.running:
                     assert worker.process is not None
