@@ -75,9 +75,12 @@ def record(
     arms: Sequence[tuple[str, float | None, Sequence[Outcome]]],
     *,
     chaos: int = 0,
+    keyed: bool = True,
 ) -> None:
     """Exposures of ``route_name`` (one per outcome, arms interleaved in time) and their
-    feedback; ``chaos`` extra rows per arm carry an injected fault and outcome 100."""
+    feedback; ``chaos`` extra rows per arm carry an injected fault and outcome 100.
+    ``keyed``: each request is a user of its own (sticky assignment, one visit each);
+    else the exposures name no unit (random assignment)."""
     exposures, feedback = [], []
     for arm, share, outcomes in arms:
         for n, outcome in enumerate([*outcomes, *([100] * chaos)]):
@@ -88,7 +91,7 @@ def record(
                     "ts": ts_micros(ts),
                     "request_id": request_id,
                     "arm": arm,
-                    "unit": f"u-{arm}-{n}",
+                    "unit": f"u-{arm}-{n}" if keyed else None,
                     "status": 200,
                     "latency_ms": 10.0,
                     "error": None,
@@ -248,16 +251,20 @@ def test_likert_ratings_get_mann_whitney(tmp_path: Path) -> None:
 # --- arms, canaries, warnings --------------------------------------------------------
 
 
-def test_a_tiny_arm_is_warned_about_loudly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("keyed", "unit"), [(True, "users"), (False, "requests")])
+def test_a_tiny_arm_is_warned_about_loudly(tmp_path: Path, keyed: bool, unit: str) -> None:
     record(
-        tmp_path, "rank", [("control", 0.5, [1, 0, 0] * 719 + [0]), ("treatment", 0.5, [1] * 10)]
+        tmp_path,
+        "rank",
+        [("control", 0.5, [1, 0, 0] * 719 + [0]), ("treatment", 0.5, [1] * 10)],
+        keyed=keyed,
     )
     report = make(tmp_path)
     trial = only(report)
     assert trial.arms[0].with_outcome == 2158
-    tiny = stats.tiny_arm_warning({"control": 2158, "treatment": 10}, unit="requests")
+    tiny = stats.tiny_arm_warning({"control": 2158, "treatment": 10}, unit=unit)
     assert tiny is not None and tiny in trial.warnings
-    assert "'treatment' has 10 requests" in tiny
+    assert f"'treatment' has 10 {unit}" in tiny
     out = StringIO()
     table.print_summary(report, out)
     assert "WARNING: Tiny arm" in out.getvalue()
@@ -303,6 +310,307 @@ def test_non_numeric_feedback_is_ignored_and_counted(tmp_path: Path) -> None:
     write(tmp_path, feedback_directory("2024-05-01"), rows, FEEDBACK_SCHEMA)
     trial = only(make(tmp_path))
     assert trial.ignored == 20 and trial.arms[0].with_outcome == 280
+
+
+# --- per user: sticky assignment ----------------------------------------------------
+
+Visit = tuple[str, str | None, Outcome]
+"""One request: (arm, its unit or None, its outcome)."""
+
+
+def record_visits(
+    root: Path, route_name: str, visits: Sequence[Visit], shares: dict[str, float]
+) -> None:
+    """Exposures of ``route_name`` in the order given, each with its feedback."""
+    exposures, feedback = [], []
+    for n, (arm, unit, outcome) in enumerate(visits):
+        request_id, ts = f"{route_name}-{n:06d}", START + n
+        exposures.append(
+            {
+                "ts": ts_micros(ts),
+                "request_id": request_id,
+                "arm": arm,
+                "unit": unit,
+                "status": 200,
+                "latency_ms": 10.0,
+                "error": None,
+                "chaos": None,
+                "share": shares[arm],
+            }
+        )
+        if outcome is not None:
+            feedback.append(
+                {"request_id": request_id, "label": json.dumps(outcome), "ts": ts_micros(ts)}
+            )
+    write(root, exposures_directory(route_name, "2024-05-01"), exposures, EXPOSURES_SCHEMA)
+    if feedback:
+        write(root, feedback_directory("2024-05-01"), feedback, FEEDBACK_SCHEMA)
+
+
+Users = dict[str, list[list[Outcome]]]
+"""arm -> one list of outcomes (one per request) per user."""
+
+
+def visits_of(users: Users, *, keyed: bool = True) -> list[Visit]:
+    """Every user's requests, arm by arm; ``keyed=False`` leaves the units out, as
+    random assignment records them."""
+    out: list[Visit] = []
+    for arm, outcomes in users.items():
+        for user, requests in enumerate(outcomes):
+            unit = f"{arm}-user-{user}" if keyed else None
+            out.extend((arm, unit, outcome) for outcome in requests)
+    return out
+
+
+def sticky_users(
+    rng: random.Random, users: int, requests: int, propensity: dict[str, tuple[float, float]]
+) -> Users:
+    """``users`` split at random between the arms; each has a fixed propensity drawn
+    from the arm's Beta(a, b) and converts on each of ``requests`` visits with it."""
+    arms = list(propensity)
+    out: Users = {arm: [] for arm in arms}
+    for _ in range(users):
+        arm = rng.choice(arms)
+        p = rng.betavariate(*propensity[arm])
+        out[arm].append([rng.random() < p for _ in range(requests)])
+    return out
+
+
+def figures(trial: Experiment) -> list[float]:
+    """Every number of an experiment, flat (NaN for none), to compare two of them with
+    ``approx``: DuckDB's sums of many doubles may differ in the last bits with their order."""
+    numbers: list[float | None] = []
+    for arm in trial.arms:
+        numbers += [arm.exposed, arm.with_outcome, arm.requests, arm.mean, arm.difference]
+        for ci in (arm.ci, arm.difference_ci):
+            numbers += [None, None] if ci is None else [ci.lo, ci.hi]
+        numbers.append(arm.p_value)
+    for test in (trial.test, trial.srm.test):
+        numbers += [None, None] if test is None else [test.statistic, test.p_value]
+    numbers += [trial.power.n_needed_per_arm, trial.power.mde_at_current_n]
+    return [math.nan if n is None else float(n) for n in numbers]
+
+
+def user_means(users: Users, arm: str) -> list[float]:
+    return [statistics.fmean(map(float, requests)) for requests in users[arm]]
+
+
+BETA = {"control": (0.2, 1.8), "treatment": (0.26, 1.74)}
+"""Propensities with means 0.10 and 0.13 and a large spread between users: a third of
+the variance of a request's outcome lies between users (ten requests per user then
+carry the information of about 2.5 independent ones)."""
+BETA_EFFECT = 0.13 - 0.10
+
+
+def test_users_with_several_requests_are_analysed_per_user(tmp_path: Path) -> None:
+    rng = random.Random(21)
+    users: Users = {"control": [], "treatment": []}
+    for _ in range(3000):
+        arm = rng.choice(["control", "treatment"])
+        p = rng.betavariate(*BETA[arm])
+        users[arm].append([rng.random() < p for _ in range(rng.randint(1, 12))])
+    record_visits(tmp_path, "rank", visits_of(users), {"control": 0.5, "treatment": 0.5})
+    trial = only(make(tmp_path))
+    assert (trial.unit, trial.kind, trial.units_in_several_arms) == ("user", "binary", 0)
+    # Users' rates other than 0 and 1: they are compared as means, by Welch's t.
+    assert trial.test is not None and trial.test.name == "Welch t"
+    assert trial.difference_ci is not None
+    assert trial.difference_ci.lo < BETA_EFFECT < trial.difference_ci.hi
+    # The figures are stats.py's on the users' rates, computed here from the raw data.
+    t, c = user_means(users, "treatment"), user_means(users, "control")
+    summaries = (
+        statistics.fmean(t),
+        statistics.variance(t),
+        len(t),
+        statistics.fmean(c),
+        statistics.variance(c),
+        len(c),
+    )
+    expected = stats.welch_t_test(*summaries)
+    assert trial.test.statistic == pytest.approx(expected.statistic)
+    assert trial.test.p_value == pytest.approx(expected.p_value)
+    ci = stats.welch_ci(*summaries)
+    assert (trial.difference_ci.lo, trial.difference_ci.hi) == pytest.approx(ci)
+    for arm, rates in zip(trial.arms, (c, t), strict=True):
+        assert arm.mean == pytest.approx(statistics.fmean(rates))
+        assert arm.ci is not None and (arm.ci.lo, arm.ci.hi) == pytest.approx(
+            stats.mean_ci(statistics.fmean(rates), statistics.variance(rates), len(rates))
+        )
+    assert [a.exposed for a in trial.arms] == [len(c), len(t)]
+    assert [a.with_outcome for a in trial.arms] == [len(c), len(t)]
+    assert [a.requests for a in trial.arms] == [sum(map(len, users[a])) for a in users]
+    # The split is checked on users, and so is the power.
+    assert trial.srm.observed == {"control": len(c), "treatment": len(t)}
+    assert trial.srm.test == stats.chi_square_goodness_of_fit([len(c), len(t)], [0.5, 0.5])
+    sd = math.sqrt(
+        ((len(c) - 1) * summaries[4] + (len(t) - 1) * summaries[1]) / (len(c) + len(t) - 2)
+    )
+    needed = stats.n_two_means(sd, 0.05 * summaries[3])
+    assert trial.power.n_needed_per_arm == math.ceil(needed)
+
+
+SEEDS = range(30)
+
+
+def test_correlated_requests_need_the_per_user_interval(tmp_path: Path) -> None:
+    """Each user has a fixed propensity and 10 requests. Analysed per request (the same
+    data without units), the interval is about half as wide as it should be and misses
+    the true effect far more often than 5% of the time; per user it covers it at about
+    the nominal rate."""
+    for seed in SEEDS:
+        users = sticky_users(random.Random(seed), 300, 10, BETA)
+        shares = {"control": 0.5, "treatment": 0.5}
+        record_visits(tmp_path, f"user-{seed:02d}", visits_of(users), shares)
+        record_visits(tmp_path, f"request-{seed:02d}", visits_of(users, keyed=False), shares)
+    trials = {trial.route: trial for trial in make(tmp_path).experiments}
+    covered = {"user": 0, "request": 0}
+    ratios = []
+    for seed in SEEDS:
+        per_user, per_request = trials[f"user-{seed:02d}"], trials[f"request-{seed:02d}"]
+        assert (per_user.unit, per_request.unit) == ("user", "request")
+        for trial in (per_user, per_request):
+            ci = trial.difference_ci
+            assert ci is not None
+            covered[trial.unit] += ci.lo <= BETA_EFFECT <= ci.hi
+        assert per_user.difference_ci is not None and per_request.difference_ci is not None
+        ratios.append(
+            (per_request.difference_ci.hi - per_request.difference_ci.lo)
+            / (per_user.difference_ci.hi - per_user.difference_ci.lo)
+        )
+        # Per request the users' correlated requests pass for independent ones.
+        assert [a.with_outcome for a in per_request.arms] == [
+            10 * a.with_outcome for a in per_user.arms
+        ]
+    assert max(ratios) < 0.75 and statistics.fmean(ratios) < 0.6
+    assert covered["user"] >= 0.85 * len(SEEDS)
+    assert covered["request"] <= covered["user"] - 5
+
+
+def test_users_in_two_arms_are_counted_left_out_and_warned_about(tmp_path: Path) -> None:
+    rng = random.Random(13)
+    users = sticky_users(rng, 1200, 3, BETA)
+    shares = {"control": 0.5, "treatment": 0.5}
+    # Seven users seen in both arms, converting every time: in no figure.
+    crossing: list[Visit] = [
+        (arm, f"both-{user}", True) for user in range(7) for arm in ("control", "treatment")
+    ]
+    record_visits(tmp_path, "clean", visits_of(users), shares)
+    record_visits(tmp_path, "rank", [*visits_of(users), *crossing], shares)
+    report = make(tmp_path)
+    clean, trial = report.experiments
+    assert (clean.units_in_several_arms, trial.units_in_several_arms) == (0, 7)
+    assert figures(trial) == pytest.approx(figures(clean), rel=1e-12, nan_ok=True)
+    assert trial.srm.observed == {arm: len(users[arm]) for arm in users}
+    warning = trial.warnings[0]
+    assert warning.startswith("7 users of rank were seen in more than one arm under a fixed")
+    assert "sticky assignment is broken" in warning
+    # Loud everywhere, and each output says what was analysed.
+    out = StringIO()
+    table.print_summary(report, out)
+    terminal = out.getvalue()
+    assert "experiment rank (ab, binary, per user)" in terminal
+    assert f"WARNING: {warning[:40]}" in terminal
+    assert "unit of analysis: per user (hashed assignment key)" in terminal
+    assert "7 users seen in several arms left out" in terminal
+    html = render.render(report)
+    assert f'<div class="warn"><b>{warning[:40]}' in html
+    assert "unit of analysis: per user (hashed assignment key)" in html
+    entries = {e["route"]: e for e in json.loads(summary.dumps(report))["experiments"]}
+    assert entries["rank"]["unit"] == "user" and entries["rank"]["units_in_several_arms"] == 7
+    assert entries["clean"]["units_in_several_arms"] == 0
+    assert entries["rank"]["arms"][0]["requests"] == 3 * len(users["control"])
+
+
+def test_users_moved_by_a_canary_step_are_left_out_with_the_reason(tmp_path: Path) -> None:
+    visits: list[Visit] = []
+    for user in range(400):
+        moved = user < 40  # at the step from 5% to 25% these move to the candidate
+        before = "v2" if user < 20 else "production"
+        after = "v2" if user < 20 or moved else "production"
+        visits += [(before, f"u{user}", user % 3 == 0), (after, f"u{user}", user % 3 == 0)]
+    shares = {"v2": 0.05, "production": 0.95}
+    first, second = visits[::2], visits[1::2]
+    record_visits(tmp_path, "price", first, shares)
+    record_visits(tmp_path, "price", second, {"v2": 0.25, "production": 0.75})
+    trial = only(make(tmp_path))
+    assert trial.units_in_several_arms == 20
+    assert "the configured shares changed within the window" in trial.warnings[0]
+    assert {a.name: a.exposed for a in trial.arms} == {"production": 360, "v2": 20}
+
+
+@pytest.mark.parametrize(
+    ("ratings", "kind", "test_name"),
+    [
+        ([1, 2, 3, 4, 5], "ordinal", "Mann-Whitney U"),
+        ([0.5, 1.25, 7.0, 30.5], "continuous", "Welch t"),
+    ],
+)
+def test_per_user_figures_are_those_of_the_users_means(
+    tmp_path: Path, ratings: list[float], kind: str, test_name: str
+) -> None:
+    rng = random.Random(17)
+    users: Users = {"control": [], "treatment": []}
+    for user in range(900):
+        arm = "treatment" if user % 2 else "control"
+        taste = rng.choices(ratings, k=2)  # a user keeps to a couple of values
+        shift = arm == "treatment" and rng.random() < 0.2
+        users[arm].append([max(taste) if shift else rng.choice(taste) for _ in range(4)])
+    # Requests without an assignment key were assigned at random: units of their own.
+    keyless = [float(ratings[n % len(ratings)]) for n in range(30)]
+    visits = [*visits_of(users), *(("control", None, rating) for rating in keyless)]
+    record_visits(tmp_path, "rate", visits, {"control": 0.5, "treatment": 0.5})
+    trial = only(make(tmp_path))
+    assert (trial.unit, trial.kind) == ("user", kind)
+    assert trial.test is not None and trial.test.name == test_name
+    c = user_means(users, "control") + keyless
+    t = user_means(users, "treatment")
+    assert [a.exposed for a in trial.arms] == [len(c), len(t)]
+    assert trial.arms[0].mean == pytest.approx(statistics.fmean(c))
+    summaries = (
+        statistics.fmean(t),
+        statistics.variance(t),
+        len(t),
+        statistics.fmean(c),
+        statistics.variance(c),
+        len(c),
+    )
+    assert trial.difference_ci is not None
+    ci = stats.welch_ci(*summaries)
+    assert (trial.difference_ci.lo, trial.difference_ci.hi) == pytest.approx(ci)
+    if kind == "ordinal":
+        assert trial.test == stats.mann_whitney_u(Counter(t), Counter(c))
+    else:
+        assert trial.test.p_value == pytest.approx(stats.welch_t_test(*summaries).p_value)
+
+
+@pytest.mark.parametrize(
+    "outcomes",
+    [
+        pytest.param(lambda rng: bernoulli(rng, 0.2, 900), id="binary"),
+        pytest.param(lambda rng: rng.choices([1, 2, 3, 4, 5], k=900), id="ordinal"),
+        pytest.param(lambda rng: [round(rng.gauss(50, 9), 2) for _ in range(900)], id="continuous"),
+    ],
+)
+def test_one_request_per_user_gives_the_per_request_figures(tmp_path: Path, outcomes: Any) -> None:
+    """Random assignment keeps the per-request analysis; users who visit once each get
+    the same figures (for binary outcomes: the same two-proportion test), per user."""
+    rng = random.Random(29)
+    arms = [("control", 0.5, outcomes(rng)), ("treatment", 0.5, outcomes(rng))]
+    record(tmp_path / "keyed", "rank", arms)
+    record(tmp_path / "random", "rank", arms, keyed=False)
+    report = make(tmp_path / "random")
+    keyed, randomly = only(make(tmp_path / "keyed")), only(report)
+    assert (keyed.unit, randomly.unit) == ("user", "request")
+    assert keyed.test is not None and randomly.test is not None
+    assert keyed.test.name == randomly.test.name
+    assert figures(keyed) == pytest.approx(figures(randomly), rel=1e-12, nan_ok=True)
+    assert keyed.srm == randomly.srm
+    out = StringIO()
+    table.print_summary(report, out)
+    assert "unit of analysis: per request (random assignment)" in out.getvalue()
+    assert "experiment rank (ab, " in out.getvalue() and ", per request)" in out.getvalue()
+    (entry,) = json.loads(summary.dumps(report))["experiments"]
+    assert entry["unit"] == "request" and entry["units_in_several_arms"] == 0
 
 
 # --- the real proxy: POST /feedback with outcomes ------------------------------------
@@ -375,6 +683,25 @@ def test_arm_choice() -> None:
     assert [r["arm"] for r in chosen] == ["control", "z"]
     design, chosen = experiments.choose_arms(rows("v2", "production")) or ("", [])
     assert design == "canary" and [r["arm"] for r in chosen] == ["production", "v2"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "mixed", "method"),
+    [
+        ("binary", 0, experiments.PROPORTIONS),
+        ("binary", 1, experiments.WELCH),
+        ("ordinal", 1, experiments.MANN_WHITNEY),
+        ("continuous", 0, experiments.WELCH),
+        (None, 0, None),
+    ],
+)
+def test_comparison_method(kind: str | None, mixed: int, method: str | None) -> None:
+    rows = [{"arm": "control", "mixed": 0}, {"arm": "treatment", "mixed": mixed}]
+    assert experiments.comparison_method(kind, rows) == method
+    # Rows per request have no users, so no rates between 0 and 1.
+    assert experiments.comparison_method(kind, [{"arm": "a"}]) == (
+        experiments.PROPORTIONS if kind == "binary" else method
+    )
 
 
 @pytest.mark.parametrize(

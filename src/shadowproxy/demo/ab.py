@@ -171,7 +171,8 @@ def conclude(summary: Path, *, skewed: bool, seed: int) -> bool:
     )
     shares = ", ".join(f"{arm} {n:,}" for arm, n in sorted(srm["observed"].items()))
     verdict = "FAILS (sample ratio mismatch)" if srm["mismatch"] else "passes"
-    print(f"split: {shares} exposures against 50/50; SRM check p={srm['p_value']:.3g} {verdict}")
+    unit = f"{experiment['unit']}s"
+    print(f"split: {shares} {unit} against 50/50; SRM check p={srm['p_value']:.3g} {verdict}")
     if skewed:
         print(
             "expected: the SRM check fails, so the comparison is not to be trusted (here the "

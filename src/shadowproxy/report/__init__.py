@@ -116,7 +116,7 @@ def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:
 
 
 def _steps(options: ReportOptions) -> int:
-    return 13 + len(options.segments) + (2 if options.labels else 0)
+    return 15 + len(options.segments) + (2 if options.labels else 0)
 
 
 def _write(path: str, text: str) -> None:

@@ -101,7 +101,14 @@ def run_experiments(runner: Runner, options: ReportOptions, has_labels: bool) ->
         return []
     limit = None if options.outcome == "ordinal" else experiments.ORDINAL_MAX_VALUES
     values = runner.rows(queries.experiment_values(has_labels, limit))
-    return experiments.build(arms, values, outcome=options.outcome, mde=options.mde)
+    units: Rows = []
+    unit_values: Rows = []
+    if any(row["with_unit"] for row in arms):  # else every route is analysed per request
+        units = runner.rows(queries.experiment_units(has_labels))
+        unit_values = runner.rows(queries.experiment_unit_values(has_labels, limit))
+    return experiments.build(
+        arms, values, units, unit_values, outcome=options.outcome, mde=options.mde
+    )
 
 
 def _filters(options: ReportOptions) -> str:

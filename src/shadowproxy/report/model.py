@@ -166,11 +166,15 @@ class ExperimentArm:
 
     name: str
     exposed: int
-    """Requests it answered (exposures without injected faults)."""
+    """Units it answered (``Experiment.unit``): users, or requests (exposures without
+    injected faults)."""
     with_outcome: int
     """Those with a numeric outcome posted to ``/feedback``: the arm's sample size."""
+    requests: int
+    """The requests of those units (per request: ``exposed`` again)."""
     mean: float | None
-    """The outcome's mean (for a binary outcome: the rate)."""
+    """The outcome's mean (for a binary outcome: the rate); per user, the mean of the
+    users' means."""
     ci: Interval | None
     share: float | None
     """The configured share of the route's traffic (the newest recorded)."""
@@ -223,6 +227,11 @@ class Experiment:
     ignored: int
     """Feedback on these requests that is not a number or a boolean."""
     warnings: tuple[str, ...] = ()
+    unit: str = "request"
+    """What one observation is: ``user`` (the hashed assignment key, on routes with
+    sticky assignment) or ``request`` (random assignment)."""
+    units_in_several_arms: int = 0
+    """Users seen in more than one arm: left out of every figure."""
 
 
 @dataclass

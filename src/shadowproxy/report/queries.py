@@ -553,14 +553,33 @@ def _outcomes(labels: bool) -> str:
     newest feedback of its request, as the ``labels`` table keeps it."""
     source = "labels" if labels else NO_LABELS
     return f"""outcomes AS (
-        SELECT e.route, e.arm, e.ts, e.share, l.label, sp_outcome(l.label) AS value
+        SELECT e.route, e.arm, e.ts, e.share, e.unit, e.request_id, l.label,
+               sp_outcome(l.label) AS value
         FROM exposures e LEFT JOIN {source} l ON e.request_id = l.request_id
         WHERE e.chaos IS NULL)"""
 
 
+def _units(labels: bool) -> str:
+    """``outcomes`` and ``units``: one row per assignment unit of the routes whose
+    exposures carry units (sticky assignment by a key), with the arms it was seen in,
+    its requests, the mean of its outcomes and its success rate (outcomes other than 0
+    count as successes). A request without a unit was assigned at random, so it is a
+    unit of its own."""
+    return f"""{_outcomes(labels)},
+    keyed AS (
+        SELECT route, arm, coalesce(unit, 'request:' || request_id) AS unit, value
+        FROM outcomes
+        WHERE route IN (SELECT route FROM outcomes GROUP BY route HAVING count(unit) > 0)),
+    units AS (
+        SELECT route, unit, min(arm) AS arm, min(arm) <> max(arm) AS crossed,
+               count(*) AS requests, avg(value) AS mean, avg((value <> 0)::DOUBLE) AS rate
+        FROM keyed GROUP BY route, unit)"""
+
+
 def experiment_arms(labels: bool) -> Query:
     """Per (route, arm): exposures, outcomes and their sums, and the configured share
-    (the newest, with its range over the window: a canary's share moves by steps)."""
+    (the newest, with its range over the window: a canary's share moves by steps);
+    ``with_unit`` counts the exposures that name their assignment unit."""
     sql = f"""
     WITH {_outcomes(labels)}
     SELECT route, arm, count(*) AS exposed, count(value) AS with_outcome,
@@ -568,9 +587,30 @@ def experiment_arms(labels: bool) -> Query:
            coalesce(var_samp(value), 0.0) AS variance,
            count(*) FILTER (WHERE value <> 0) AS successes,
            arg_max(share, ts) FILTER (WHERE share IS NOT NULL) AS share,
-           min(share) AS share_min, max(share) AS share_max, count(share) AS with_share
+           min(share) AS share_min, max(share) AS share_max, count(share) AS with_share,
+           count(unit) AS with_unit
     FROM outcomes GROUP BY route, arm ORDER BY route, arm"""
     return Query("experiment arms", sql)
+
+
+def experiment_units(labels: bool) -> Query:
+    """Per (route, arm) of the routes with units: the units seen in that arm only, those
+    with an outcome, their requests, and the mean and variance of the units' means and
+    success rates; ``successes`` counts units whose every outcome is a success and
+    ``mixed`` those with both kinds. ``several_arms`` counts the units seen in more than
+    one arm (each under the first of its arms by name): they are in no other figure."""
+    single = "FILTER (WHERE NOT crossed)"
+    sql = f"""
+    WITH {_units(labels)}
+    SELECT route, arm, count(*) {single} AS units, count(mean) {single} AS with_outcome,
+           coalesce(sum(requests) {single}, 0) AS requests,
+           avg(mean) {single} AS mean, coalesce(var_samp(mean) {single}, 0.0) AS variance,
+           avg(rate) {single} AS rate, coalesce(var_samp(rate) {single}, 0.0) AS rate_variance,
+           count(*) FILTER (WHERE NOT crossed AND rate = 1) AS successes,
+           count(*) FILTER (WHERE NOT crossed AND rate > 0 AND rate < 1) AS mixed,
+           count(*) FILTER (WHERE crossed) AS several_arms
+    FROM units GROUP BY route, arm ORDER BY route, arm"""
+    return Query("experiment units", sql)
 
 
 def experiment_values(labels: bool, max_distinct: int | None) -> Query:
@@ -588,6 +628,21 @@ def experiment_values(labels: bool, max_distinct: int | None) -> Query:
     WHERE o.value IS NOT NULL AND o.route IN (SELECT route FROM per_route {limit})
     GROUP BY o.route, o.arm, o.value ORDER BY o.route, o.arm, o.value"""
     return Query("experiment outcome values", sql)
+
+
+def experiment_unit_values(labels: bool, max_distinct: int | None) -> Query:
+    """Per (route, arm, value): how many units (seen in one arm) have that mean outcome,
+    for the routes with units whose requests' outcomes take at most ``max_distinct``
+    distinct values (all when None): what the Mann-Whitney test counts per unit."""
+    limit = "" if max_distinct is None else f"HAVING count(DISTINCT value) <= {int(max_distinct)}"
+    sql = f"""
+    WITH {_units(labels)}
+    SELECT route, arm, mean AS value, count(*) AS n
+    FROM units
+    WHERE NOT crossed AND mean IS NOT NULL
+      AND route IN (SELECT route FROM outcomes WHERE value IS NOT NULL GROUP BY route {limit})
+    GROUP BY route, arm, mean ORDER BY route, arm, mean"""
+    return Query("experiment outcome values per unit", sql)
 
 
 def probe_file(path_source: str) -> Query:

@@ -486,21 +486,37 @@ def _experiments(report: Report) -> str:
         (
             '<section id="experiments"><h2>Experiments</h2><p>Per experiment route: each '
             "arm's requests (exposures without injected faults) and the outcomes posted to "
-            "<code>/feedback</code> for them, compared with the control; the split checked "
-            "against the configured shares (sample ratio mismatch at p &lt; 0.001); the "
-            "sample size that detects the planned effect at 80% power.</p>"
+            "<code>/feedback</code> for them, compared with the control; per user when "
+            "assignment is sticky by a key (a user's outcome is the mean over their "
+            "requests), else per request; the split checked against the configured shares "
+            "(sample ratio mismatch at p &lt; 0.001); the sample size that detects the "
+            "planned effect at 80% power.</p>"
         )
     ]
     for trial in report.experiments:
-        kind = trial.kind or "no outcomes"
-        parts.append(f"<h3>{escape(trial.route)} ({escape(trial.design)}, {escape(kind)})</h3>")
+        parts.append(f"<h3>{escape(experiment_title(trial))}</h3>")
         parts.extend(f'<div class="warn"><b>{escape(w)}</b></div>' for w in trial.warnings)
         rows = [[escape(cell) for cell in arm_row(trial, arm)] for arm in trial.arms]
-        head = ("arm", "exposed", "with outcome", "mean [95% CI]", "vs control [95% CI]", "p")
-        parts.append(_table(head, rows))
+        parts.append(_table(arm_columns(trial), rows))
         parts.extend(f'<p class="note">{escape(line)}</p>' for line in experiment_lines(trial))
     parts.append("</section>")
     return "".join(parts)
+
+
+UNIT_TEXT = {
+    "user": "per user (hashed assignment key)",
+    "request": "per request (random assignment)",
+}
+
+
+def experiment_title(trial: Experiment) -> str:
+    """``rank (ab, binary, per user)``."""
+    return f"{trial.route} ({trial.design}, {trial.kind or 'no outcomes'}, per {trial.unit})"
+
+
+def arm_columns(trial: Experiment) -> tuple[str, ...]:
+    counts = ("exposed",) if trial.unit == "request" else ("requests", "users")
+    return ("arm", *counts, "with outcome", "mean [95% CI]", "vs control [95% CI]", "p")
 
 
 def arm_row(trial: Experiment, arm: ExperimentArm) -> list[str]:
@@ -515,8 +531,10 @@ def arm_row(trial: Experiment, arm: ExperimentArm) -> list[str]:
             f"{arm.difference * scale:+.{digits}f} {interval(arm.difference_ci, scale, digits)}"
         )
     unit = "%" if trial.kind == "binary" and arm.mean is not None else ""
+    requests = [] if trial.unit == "request" else [f"{arm.requests:,}"]
     return [
         arm.name,
+        *requests,
         f"{arm.exposed:,}",
         f"{arm.with_outcome:,}",
         f"{mean}{unit} {interval(arm.ci, scale, digits)}".strip(),
@@ -526,8 +544,8 @@ def arm_row(trial: Experiment, arm: ExperimentArm) -> list[str]:
 
 
 def experiment_lines(trial: Experiment) -> list[str]:
-    """The test, the split check and the power figures, one sentence each."""
-    lines = []
+    """The unit, the test, the split check and the power figures, one sentence each."""
+    lines = [unit_line(trial)]
     if trial.test is not None:
         extra = ""
         superiority = getattr(trial.test, "superiority", None)
@@ -543,16 +561,31 @@ def experiment_lines(trial: Experiment) -> list[str]:
     verdict = {True: "MISMATCH", False: "passes", None: "not tested"}[srm.mismatch]
     p = f", {p_text(srm.test.p_value)}" if srm.test is not None else ""
     note = f" ({srm.note})" if srm.note else ""
-    lines.append(f"sample ratio: {observed} vs configured {shares}{p}: {verdict}{note}")
+    lines.append(
+        f"sample ratio ({trial.unit}s): {observed} vs configured {shares}{p}: {verdict}{note}"
+    )
     power = trial.power
     needed = NA if power.n_needed_per_arm is None else f"{power.n_needed_per_arm:,}"
+    per_arm = "outcomes" if trial.unit == "request" else "users with an outcome"
     lines.append(
-        f"power: {needed} outcomes per arm detect a {power.mde_relative:.1%} relative effect "
+        f"power: {needed} {per_arm} per arm detect a {power.mde_relative:.1%} relative effect "
         f"(alpha 0.05, 80% power); the current arms detect {pct(power.mde_at_current_n)}"
     )
     if trial.ignored:
         lines.append(f"{trial.ignored:,} feedback values were not numbers or booleans: ignored")
     return lines
+
+
+def unit_line(trial: Experiment) -> str:
+    """What one observation is, and the users left out for being in several arms."""
+    text = f"unit of analysis: {UNIT_TEXT[trial.unit]}"
+    if trial.unit == "request":
+        return f"{text}: the exposures name no assignment key"
+    text += ": each user counts once, with the mean of their requests' outcomes"
+    several = trial.units_in_several_arms
+    if several:
+        text += f"; {several:,} user{'s' if several != 1 else ''} seen in several arms left out"
+    return text
 
 
 def _methods(report: Report) -> str:

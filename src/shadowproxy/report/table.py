@@ -14,9 +14,11 @@ from rich.table import Table
 
 from shadowproxy.report.model import ChaosCheck, Experiment, PairReport, Report
 from shadowproxy.report.render import (
+    arm_columns,
     arm_row,
     chaos_value,
     experiment_lines,
+    experiment_title,
     fault_text,
     interval,
     ms,
@@ -92,15 +94,11 @@ def chaos_line(check: ChaosCheck) -> str:
 
 def print_experiment(console: Console, trial: Experiment) -> None:
     """An experiment: warnings first, in bold red (they decide whether to read on)."""
-    console.print(
-        f"experiment {trial.route} ({trial.design}, {trial.kind or 'no outcomes'})",
-        soft_wrap=True,
-        markup=False,
-    )
+    console.print(f"experiment {experiment_title(trial)}", soft_wrap=True, markup=False)
     for warning in trial.warnings:
         console.print(f"WARNING: {warning}", style="bold red", soft_wrap=True, markup=False)
     table = Table()
-    for name in ("arm", "exposed", "with outcome", "mean [95% CI]", "vs control [95% CI]", "p"):
+    for name in arm_columns(trial):
         table.add_column(name, justify="left" if name == "arm" else "right")
     for arm in trial.arms:
         table.add_row(*arm_row(trial, arm))
