@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from shadowproxy.cli import run_loop
+
 TICK_S = 0.001
 """Timer granularity of the event loop; requests due within one tick are sent now."""
 MAX_DISPATCH_LAG_P50_S = 0.001
@@ -484,12 +486,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(_main(args))
-    else:
-        result = uvloop.run(_main(args))
+    result = run_loop(_main(args))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

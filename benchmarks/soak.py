@@ -46,7 +46,6 @@ It prints markdown tables and writes JSON to ``benchmarks/results/soak-<time>.js
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os
@@ -56,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -76,6 +75,8 @@ from soak_checks import (
 )
 from soak_load import Driven, Plan, drive, http, parse_phases
 from soak_sampler import Ports, Sample, read_samples
+
+from shadowproxy.cli import run_loop
 
 HERE = Path(__file__).resolve().parent
 SHADOW = "candidate"
@@ -217,16 +218,6 @@ def stop_gracefully(child: Child) -> tuple[int | None, float]:
     except subprocess.TimeoutExpired:
         code = None
     return code, round(time.monotonic() - started, 2)
-
-
-def run_loop(coro: Coroutine[Any, Any, Driven]) -> Driven:
-    try:
-        import uvloop
-    except ImportError:
-        result: Driven = asyncio.run(coro)
-    else:
-        result = uvloop.run(coro)
-    return result
 
 
 @dataclass(frozen=True)

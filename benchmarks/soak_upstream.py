@@ -31,6 +31,8 @@ from typing import cast
 import httptools
 from upstreams import RESPONSE_BODY, SLOW_DELAY_MS
 
+from shadowproxy.cli import run_loop
+
 MODES = ("healthy", "slow", "blackhole")
 CONTROL = b"/_soak/"
 
@@ -117,13 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=MODES, default="healthy")
     parser.add_argument("--delay-ms", type=float, default=SLOW_DELAY_MS)
     args = parser.parse_args(argv)
-    coro = serve(args.port, State(args.mode, args.delay_ms / 1000.0))
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+    run_loop(serve(args.port, State(args.mode, args.delay_ms / 1000.0)))
     return 0
 
 

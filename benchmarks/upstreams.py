@@ -28,6 +28,8 @@ from pathlib import Path
 
 from procs import Children, free_port, refused_port, wait_for_port
 
+from shadowproxy.cli import run_loop
+
 SCENARIOS = ("healthy", "slow", "down", "blackhole")
 """Which shadow the systems under test tee to; ``healthy`` is the reference."""
 
@@ -194,12 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         coro = serve_blackhole(args.port)
     else:
         coro = serve_answer(args.port, args.delay_ms / 1000.0 if args.kind == "slow" else 0.0)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+    run_loop(coro)
     return 0
 
 

@@ -194,10 +194,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from shadowproxy.supervisor import Supervisor
 
         supervisor = Supervisor(config, args.config, args.workers, args.log_level)
-        return run_code(supervisor.run())
+        return run_loop(supervisor.run())
     from shadowproxy.app import serve
 
-    run(serve(config, load=load, reuse_port=args.reuse_port, supervisor_pid=args.supervisor_pid))
+    run_loop(
+        serve(config, load=load, reuse_port=args.reuse_port, supervisor_pid=args.supervisor_pid)
+    )
     return 0
 
 
@@ -218,14 +220,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_scenario(
         args.scenario, out, args.rate, keep_running=args.keep_running, seed=args.seed
     )
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    run_loop(coro)
-
-
-def run_code(coro: Coroutine[Any, Any, int | None]) -> int:
-    return run_loop(coro) or 0
 
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from shadowproxy.app import serve
-from shadowproxy.cli import run
+from shadowproxy.cli import run_loop
 from shadowproxy.config import load_config
 
 log = logging.getLogger("shadowproxy.examples")
@@ -98,7 +98,7 @@ def cli() -> None:
     parser.add_argument("--config", default="config/shadowproxy.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run(main(args.config))
+    run_loop(main(args.config))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from shadowproxy.cli import run_loop
 from shadowproxy.config import load_config
 from shadowproxy.demo import post_feedback
 from shadowproxy.demo.models import DemoData, train
@@ -34,7 +35,6 @@ from shadowproxy.demo.stack import (
     Stack,
     prepare,
     processes,
-    run_loop,
     run_report,
     start_model,
     start_proxy,

@@ -26,13 +26,13 @@ from typing import Any
 import aiohttp
 import orjson
 
+from shadowproxy.cli import run_loop
 from shadowproxy.demo.models import DemoData, train
 from shadowproxy.demo.stack import (
     PREDICT_PATH,
     Stack,
     prepare,
     processes,
-    run_loop,
     start_model,
     start_proxy,
     steady,

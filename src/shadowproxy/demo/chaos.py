@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from shadowproxy.cli import run_loop
 from shadowproxy.demo import labels_of, post_feedback, replay, start_shadow_stack
 from shadowproxy.demo.models import DemoData
 from shadowproxy.demo.stack import (
@@ -24,7 +25,6 @@ from shadowproxy.demo.stack import (
     Stack,
     prepare,
     processes,
-    run_loop,
     run_report,
     stop_proxy,
     wait_for_stack,

@@ -17,10 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import yaml
@@ -30,8 +30,6 @@ MAX_IN_FLIGHT = 32
 """Requests the traffic generator keeps open at once; beyond it the rate sags instead
 of piling up connections on a machine that cannot keep up."""
 PREDICT_PATH = "/v1/models/digits:predict"
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -181,10 +179,3 @@ def run_report(out: Path) -> int:
     command = [sys.executable, "-m", "shadowproxy", "report", str(out / "shadow-logs"),
                "--out", str(out / "report.html"), "--json", str(out / "summary.json")]  # fmt: skip
     return subprocess.run(command, env={**os.environ, "COLUMNS": "160"}).returncode
-
-
-def run_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """The CLI's event loop (uvloop where installed) for the demo's client side."""
-    from shadowproxy.cli import run_loop
-
-    return run_loop(coro)
