@@ -10,7 +10,7 @@ Shutdown, step by step (SIGTERM or SIGINT):
 
 Reload (SIGHUP or ``POST /reload``): the files are read again and new requests are
 served with them; requests in flight finish under the config they started with
-(``shadowproxy.runtime`` holds the steps).
+(``shadowproxy.proxy.runtime`` holds the steps).
 """
 
 from __future__ import annotations
@@ -32,19 +32,19 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shadowproxy.admin.feedback import FeedbackError, FeedbackItem, parse_feedback
 from shadowproxy.compare import Comparer, describe
 from shadowproxy.config import Config, RouteConfig, load_config
 from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.canary import OPERATOR_ACTIONS, CanaryActionError
-from shadowproxy.feedback import FeedbackError, FeedbackItem, parse_feedback
+from shadowproxy.http.server import HttpServer, ServerLimits
 from shadowproxy.metrics import Metrics
-from shadowproxy.proxy import ProxyHandler
+from shadowproxy.proxy.handler import ProxyHandler
+from shadowproxy.proxy.runtime import Retirer, build, check_reloadable
+from shadowproxy.proxy.tee import ShadowRunner, Tee
+from shadowproxy.proxy.upstream import Pools
 from shadowproxy.records import Exposure, ExposureSink, Pair, Sink, VerdictCounts, VerdictSource
-from shadowproxy.runtime import Retirer, build, check_reloadable
-from shadowproxy.server import HttpServer, ServerLimits
 from shadowproxy.tasks import TaskSet
-from shadowproxy.tee import ShadowRunner, Tee
-from shadowproxy.upstream import Pools
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from pydantic import (
     model_validator,
 )
 
-from shadowproxy import jsonpath
-from shadowproxy.chaos import ChaosRule, FieldError, unknown_target
+from shadowproxy.compare import jsonpath
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
+from shadowproxy.experiments.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
 from shadowproxy.validation import NAME_PATTERN, FrozenModel, check_url, is_header_name
 
@@ -171,7 +171,7 @@ class RouteConfig(FrozenModel):
     record: RecordConfig = RecordConfig()
     compare: CompareConfig = CompareConfig()
     chaos: tuple[ChaosRule, ...] = ()
-    """Faults injected on purpose (``shadowproxy.chaos``); empty in normal operation."""
+    """Faults injected on purpose (``shadowproxy.experiments.chaos``); empty in normal operation."""
     mode: Mode = "shadow"
     """``shadow``: production answers, shadows get copies. ``canary`` and ``ab``: other
     upstreams answer a share of the clients for real (``shadowproxy.experiments``)."""

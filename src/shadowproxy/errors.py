@@ -7,7 +7,7 @@
           └── UpstreamTimeout       no answer within the route's timeout   -> 504
 
 Shadow failures are not exceptions: they become an outcome on the recorded pair
-(see ``shadowproxy.records``). Only ``shadowproxy.proxy`` turns upstream errors into
+(see ``shadowproxy.records``). Only ``shadowproxy.proxy.handler`` turns upstream errors into
 HTTP responses.
 """
 

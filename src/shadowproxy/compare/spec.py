@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from shadowproxy import jsonpath
+from shadowproxy.compare import jsonpath
 
 Kind = Literal["auto", "exact", "numeric", "label", "probabilities", "ranking", "text"]
 KINDS: tuple[Kind, ...] = get_args(Kind)

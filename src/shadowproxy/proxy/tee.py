@@ -14,12 +14,14 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
-from shadowproxy.breaker import CircuitBreaker
-from shadowproxy.chaos import INJECTED_BODY, SHADOW_PREFIX, Injection, draw, rules_for
 from shadowproxy.config import CircuitBreakerConfig, RouteConfig, ShadowConfig
-from shadowproxy.headers import shadow_request_headers
-from shadowproxy.http1 import Pool
+from shadowproxy.experiments.chaos import INJECTED_BODY, SHADOW_PREFIX, Injection, draw, rules_for
+from shadowproxy.http.client import Pool
+from shadowproxy.http.headers import shadow_request_headers
 from shadowproxy.metrics import Metrics
+from shadowproxy.proxy.breaker import CircuitBreaker
+from shadowproxy.proxy.routing import is_sampled
+from shadowproxy.proxy.upstream import fetch_shadow
 from shadowproxy.records import (
     OUTCOMES,
     Pair,
@@ -29,9 +31,7 @@ from shadowproxy.records import (
     ShadowOutcome,
     ShadowResult,
 )
-from shadowproxy.routing import is_sampled
 from shadowproxy.tasks import TaskSet
-from shadowproxy.upstream import fetch_shadow
 
 
 def not_sent(outcome: ShadowOutcome, reason: str) -> ShadowResult:

@@ -24,7 +24,7 @@ from typing import Any, cast
 import httptools
 import orjson
 
-from shadowproxy.headers import REQUEST_ID, new_request_id
+from shadowproxy.http.headers import REQUEST_ID, new_request_id
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)

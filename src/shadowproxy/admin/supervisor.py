@@ -31,8 +31,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
+from shadowproxy.admin.metrics_merge import WorkerExpositions
 from shadowproxy.config import Config
-from shadowproxy.metrics_merge import WorkerExpositions
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from shadowproxy.chaos import PRODUCTION, ChaosRule, draw, rules_for
 from shadowproxy.config import RouteConfig
 from shadowproxy.errors import (
     ShadowproxyError,
@@ -26,23 +25,24 @@ from shadowproxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from shadowproxy.experiment_runtime import Assigner, Choice
-from shadowproxy.headers import (
+from shadowproxy.experiments.chaos import PRODUCTION, ChaosRule, draw, rules_for
+from shadowproxy.http.client import Pool, Response
+from shadowproxy.http.headers import (
     REQUEST_ID,
     client_response_headers,
     new_request_id,
     upstream_request_headers,
     valid_request_id,
 )
-from shadowproxy.http1 import Pool, Response
+from shadowproxy.http.server import Body, HttpRequest, RequestBodyError
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
+from shadowproxy.proxy.arms import Assigner, Choice
+from shadowproxy.proxy.tee import Exchange, ShadowRunner, Tee
+from shadowproxy.proxy.upstream import header
 from shadowproxy.records import Exposure, ExposureSink, ProductionResult, RequestInfo
-from shadowproxy.server import Body, HttpRequest, RequestBodyError
-from shadowproxy.tee import Exchange, ShadowRunner, Tee
-from shadowproxy.upstream import header
 
 if TYPE_CHECKING:  # runtime builds RouteRuntimes: no import cycle
-    from shadowproxy.runtime import Snapshot
+    from shadowproxy.proxy.runtime import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def route_runtime(
 
 
 class ProxyHandler:
-    """Serves with ``snapshot``; a reload replaces it (see ``shadowproxy.runtime``)."""
+    """Serves with ``snapshot``; a reload replaces it (see ``shadowproxy.proxy.runtime``)."""
 
     def __init__(
         self,

@@ -30,20 +30,20 @@ from dataclasses import dataclass, replace
 
 from shadowproxy.config import Config, MainConfig, RouteConfig, ShadowConfig
 from shadowproxy.errors import ConfigError
-from shadowproxy.experiment_runtime import (
+from shadowproxy.http.client import Pool
+from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
+from shadowproxy.proxy.arms import (
     ABAssigner,
     Arm,
     CanaryAssigner,
     CanaryController,
     check_shadow,
 )
-from shadowproxy.http1 import Pool
-from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
-from shadowproxy.proxy import RouteMetrics, RouteRuntime, route_runtime
-from shadowproxy.routing import RouteTable
+from shadowproxy.proxy.handler import RouteMetrics, RouteRuntime, route_runtime
+from shadowproxy.proxy.routing import RouteTable
+from shadowproxy.proxy.tee import ShadowLane, ShadowRunner
+from shadowproxy.proxy.upstream import Pools
 from shadowproxy.tasks import TaskSet
-from shadowproxy.tee import ShadowLane, ShadowRunner
-from shadowproxy.upstream import Pools
 
 log = logging.getLogger(__name__)
 
