@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from shadowproxy.errors import ShadowproxyError
+from shadowproxy.errors import ShadowproxyError, describe
 from shadowproxy.http.client import Pool
 from shadowproxy.records import ShadowOutcome, ShadowResult
 
@@ -98,8 +98,3 @@ async def fetch_shadow(
 def _failed(outcome: ShadowOutcome, status: int | None, started: float, error: str) -> ShadowResult:
     latency = (time.perf_counter() - started) * 1000.0
     return ShadowResult(outcome, status, latency, error, b"", False, None)
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return f"{exc.__class__.__name__}: {text}"[:500]
