@@ -39,7 +39,8 @@ class Metrics:
         rr = recorder_registry if recorder_registry is not None else r
         self.requests = Counter(
             "shadowproxy_requests",
-            "Client requests answered, by route and HTTP status sent to the client.",
+            "Client requests answered, by route and HTTP status sent to the client "
+            "(499: the client left before its answer ended, mid-stream included).",
             ["route", "code"],
             registry=r,
         )

@@ -10,6 +10,12 @@ What a client can do wrong is answered here, before any handler runs: malformed
 requests and request smuggling (``Content-Length`` with ``Transfer-Encoding``, which
 llhttp refuses) get 400, oversized request heads 431, a head that does not arrive in
 time (slowloris) 408; each is counted and the connection closed.
+
+Protocol upgrades: an offer of anything but WebSocket (``Upgrade: h2c``, sent by
+``curl --http2`` and Java's HttpClient on every cleartext request) is ignored and the
+request served as HTTP/1.1, as RFC 9110 section 7.8 allows. WebSocket and ``CONNECT``
+get 501: a tunnel has no request/response pair to copy or compare, and the lean client
+cannot hand a connection over.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any, cast
 import httptools
 
 from shadowproxy.http.error_json import error_answer
-from shadowproxy.http.headers import new_request_id
+from shadowproxy.http.headers import REQUEST_ID, new_request_id, valid_request_id
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -347,6 +353,11 @@ class HttpConnection(asyncio.Protocol):
         self._content_length: int | None = None
         self._expect_continue = False
         self._parsing: HttpRequest | None = None
+        # An upgrade offer stops llhttp after the head (httptools skips the body): what
+        # to answer instead, or the framing of the body a new parser must read.
+        self._refused: tuple[str, str | None] | None = None
+        self._body_head: bytes | None = None
+        self._replaying = False
         # The request being answered, and those pipelined behind it.
         self._current: HttpRequest | None = None
         self._pipeline: deque[HttpRequest] = deque()
@@ -392,20 +403,47 @@ class HttpConnection(asyncio.Protocol):
                 limit = self._limits.max_header_bytes
                 self._reject(431, f"request head exceeds {limit} bytes", "header_too_large")
                 return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(501, "protocol upgrades are not supported", "upgrade")
-        except (httptools.HttpParserCallbackError, httptools.HttpParserError) as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                limit = self._limits.max_header_bytes
-                self._reject(431, f"request head exceeds {limit} bytes", "header_too_large")
-            else:
-                self._reject(400, f"invalid HTTP request: {exc}", "bad_request")
+        while True:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                framing = self._upgrade_ignored()
+                if framing is None:
+                    return
+                data = framing + data[exc.args[0] :]
+                if not data:
+                    return
+            except (httptools.HttpParserCallbackError, httptools.HttpParserError) as exc:
+                if isinstance(exc.__context__, _HeadTooLarge):
+                    limit = self._limits.max_header_bytes
+                    self._reject(431, f"request head exceeds {limit} bytes", "header_too_large")
+                else:
+                    self._reject(400, f"invalid HTTP request: {exc}", "bad_request")
+                return
+
+    def _upgrade_ignored(self) -> bytes | None:
+        """llhttp stopped after a request offering an upgrade. A refused offer is
+        answered 501 (None: nothing more to read). Any other is ignored: a new parser
+        reads the rest, after the returned head that gives it the request's body framing
+        (empty for a request without a body)."""
+        refused, self._refused = self._refused, None
+        if refused is not None:
+            message, request_id = refused
+            self._reject(501, message, "upgrade", request_id)
+            return None
+        self._parser = httptools.HttpRequestParser(self)
+        head, self._body_head = self._body_head, None
+        self._replaying = head is not None
+        return head or b""
 
     # --- parser callbacks -------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._replaying:
+            # Only the framing of a skipped body: the request it belongs to exists.
+            self._url, self._headers, self._head_bytes = [], [], 0
+            return
         self._in_head = True
         self._head_raw = 0
         if self._current is None:
@@ -437,13 +475,23 @@ class HttpConnection(asyncio.Protocol):
             self._expect_continue = text.lower() == "100-continue"
 
     def on_headers_complete(self) -> None:
+        if self._replaying:
+            self._replaying = False
+            return
         self._in_head = False
         parser = self._parser
+        method = parser.get_method().decode("ascii")
         if parser.should_upgrade():
-            return  # feed_data raises HttpParserUpgrade next
+            # feed_data raises HttpParserUpgrade after this request's (empty) message.
+            message = _refused_upgrade(method, self._headers)
+            if message is not None:
+                request_id = RequestHeaders(self._headers).get(REQUEST_ID)
+                self._refused = (message, request_id if valid_request_id(request_id) else None)
+                return
+            self._body_head = _body_framing(self._headers)
         request = HttpRequest(
             self,
-            parser.get_method().decode("ascii"),
+            method,
             b"".join(self._url).decode("utf-8", "surrogateescape"),
             parser.get_http_version(),
             RequestHeaders(self._headers),
@@ -466,6 +514,8 @@ class HttpConnection(asyncio.Protocol):
             self._parsing.body.feed(chunk)
 
     def on_message_complete(self) -> None:
+        if self._body_head is not None:
+            return  # llhttp skipped the body of an ignored upgrade offer: it comes next
         request, self._parsing = self._parsing, None
         if request is not None:
             request.body.finish()
@@ -523,7 +573,9 @@ class HttpConnection(asyncio.Protocol):
         if self.lost:
             raise ConnectionResetError("client disconnected")
 
-    def _reject(self, status: int, message: str, reason: str) -> None:
+    def _reject(
+        self, status: int, message: str, reason: str, request_id: str | None = None
+    ) -> None:
         """A request that never reaches a handler: answer it, count it, close."""
         self._server.count_rejected(reason)
         request = self._parsing
@@ -537,7 +589,7 @@ class HttpConnection(asyncio.Protocol):
             self.closing = True
             self.pause_reading()
             return
-        self.write(_error_bytes(status, message))
+        self.write(_error_bytes(status, message, request_id))
         self._linger()
 
     def _linger(self) -> None:
@@ -614,14 +666,51 @@ class HttpConnection(asyncio.Protocol):
             self._timer = None
 
 
-def _error(status: int, message: str) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    """An error answer for a request the handler never saw (so it gets a new id)."""
-    return (status, *error_answer(status, message, new_request_id()))
+def _error(
+    status: int, message: str, request_id: str | None = None
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    """An error answer from the listener: the client's request id when it sent a valid
+    one, else a new one."""
+    return (status, *error_answer(status, message, request_id or new_request_id()))
 
 
-def _error_bytes(status: int, message: str) -> bytes:
-    status, reason, headers, body = _error(status, message)
+def _error_bytes(status: int, message: str, request_id: str | None = None) -> bytes:
+    status, reason, headers, body = _error(status, message, request_id)
     return _head(status, reason, headers, f"Content-Length: {len(body)}\r\n", True) + body
+
+
+def _refused_upgrade(method: str, headers: list[tuple[str, str]]) -> str | None:
+    """Why a request llhttp flags as an upgrade is refused; None to serve it as HTTP/1.1.
+
+    Only a tunnel is refused: there is no request/response pair in it to copy to the
+    shadows, and a WebSocket client expects ``101``, so HTTP/1.1 would only confuse it.
+    """
+    if method == "CONNECT":
+        return "CONNECT is not supported: shadowproxy is a reverse proxy, not a tunnel"
+    for name, value in headers:
+        if name.lower() == "upgrade":
+            offered = (token.split("/", 1)[0].strip().lower() for token in value.split(","))
+            if "websocket" in offered:
+                return (
+                    "WebSocket is not supported: shadowproxy proxies HTTP request/response "
+                    "traffic; connect WebSocket clients to production directly"
+                )
+    return None
+
+
+def _body_framing(headers: list[tuple[str, str]]) -> bytes | None:
+    """A head carrying only a request's body framing, for a parser to read that body
+    (httptools skips the body of an upgrade offer); None for a request without one.
+    llhttp has already refused conflicting framing in the real head."""
+    framing = [
+        f"{name}: {value}\r\n"
+        for name, value in headers
+        if name.lower() in ("content-length", "transfer-encoding")
+    ]
+    if not framing:
+        return None
+    head = "POST / HTTP/1.1\r\n" + "".join(framing) + "\r\n"
+    return head.encode("utf-8", "surrogateescape")
 
 
 class HttpServer:
