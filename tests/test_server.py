@@ -8,13 +8,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from shadowproxy.http.server import (
-    BODY_HIGH_WATER,
-    HttpRequest,
-    HttpServer,
-    RequestBodyError,
-    ServerLimits,
-)
+from shadowproxy.http.request import BODY_HIGH_WATER, HttpRequest, RequestBodyError
+from shadowproxy.http.server import HttpServer, ServerLimits
 
 
 class Echo:

@@ -29,7 +29,7 @@ from shadowproxy.http.headers import (
     upstream_request_headers,
     valid_request_id,
 )
-from shadowproxy.http.server import Body, HttpRequest, RequestBodyError
+from shadowproxy.http.request import Body, HttpRequest, RequestBodyError
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
 from shadowproxy.proxy.arms import Choice
 from shadowproxy.proxy.runtime import ProductionChaos, RouteMetrics, RouteRuntime, Snapshot
