@@ -37,7 +37,7 @@ from shadowproxy.chaos import corrupts
 from shadowproxy.compare.corrupt import corrupt_answer
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.config import RecordingConfig, RouteConfig
-from shadowproxy.metrics import Metrics
+from shadowproxy.metrics import RecorderMetrics
 from shadowproxy.recording.storage import (
     EXPOSURES,
     FEEDBACK,
@@ -226,7 +226,7 @@ class Writer:
         storage: Storage,
         recording: RecordingConfig,
         routes: Iterable[RouteConfig],
-        metrics: Metrics,
+        metrics: RecorderMetrics,
         comparer: Comparer | None,
         clock: Callable[[], float],
     ) -> None:
