@@ -28,3 +28,6 @@ and ``experiment_runtime`` puts them on the request path. ``supervisor`` runs
 """
 
 __version__ = "0.1.0"
+DISTRIBUTION = "shadowproxy-ml"
+"""The name to install (``pip install 'shadowproxy-ml[report]'``): ``shadowproxy`` on the
+package index is an unrelated project. The import package and the command are shadowproxy."""

@@ -86,7 +86,9 @@ async def serving(config: Path, workers: int, log: Path) -> AsyncIterator[None]:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-    assert code == 0, log.read_text()
+    if code != 0:
+        output = await asyncio.to_thread(log.read_text)
+        raise AssertionError(f"shadowproxy serve exited with {code}:\n{output}")
 
 
 async def wait_ready(session: aiohttp.ClientSession, admin: str) -> None:
@@ -140,10 +142,13 @@ async def test_live_metrics_pass_promtool(tmp_path: Path, workers: int) -> None:
     assert values(text, "shadowproxy_config_last_reload_successful") == [1.0]
     if PROMTOOL is None:
         pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    checked = subprocess.run(
-        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    checked = await asyncio.create_subprocess_exec(
+        PROMTOOL, "check", "metrics",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    said, _ = await checked.communicate(text.encode())
+    assert checked.returncode == 0, said.decode()
 
 
 # --- the shipped alert rules, evaluated by promtool -----------------------------------
@@ -241,7 +246,9 @@ def expected_alerts() -> dict[str, list[dict[str, Any]]]:
         "ShadowproxyRecorderDegraded": [
             {
                 "exp_labels": {"severity": "critical", "instance": instance},
-                "exp_annotations": {"summary": f"shadowproxy on {instance} cannot write recordings"},
+                "exp_annotations": {
+                    "summary": f"shadowproxy on {instance} cannot write recordings"
+                },
             }
         ],
         "ShadowproxyShadowCircuitOpen": [
@@ -255,15 +262,15 @@ def expected_alerts() -> dict[str, list[dict[str, Any]]]:
         "ShadowproxyProductionErrors": [
             {
                 "exp_labels": {"severity": "critical", "route": ROUTE},
-                "exp_annotations": {
-                    "summary": f"10% of {ROUTE} requests fail to reach production"
-                },
+                "exp_annotations": {"summary": f"10% of {ROUTE} requests fail to reach production"},
             }
         ],
         "ShadowproxyConfigReloadFailed": [
             {
                 "exp_labels": {"severity": "warning", "instance": instance},
-                "exp_annotations": {"summary": f"shadowproxy on {instance} refused its config files"},
+                "exp_annotations": {
+                    "summary": f"shadowproxy on {instance} refused its config files"
+                },
             }
         ],
     }
@@ -296,7 +303,7 @@ def test_alert_rules_fire_on_the_series_the_proxy_exposes(tmp_path: Path) -> Non
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     assert sorted(alerts) == sorted(rule["alert"] for rule in rules), "an alert is untested"
     with_descriptions(alerts)
-    quiet = dict.fromkeys(alerts, [])
+    quiet: dict[str, list[dict[str, Any]]] = {name: [] for name in alerts}
     spec = {
         "rule_files": [str(RULES)],
         "evaluation_interval": "1m",
