@@ -14,7 +14,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --home-dir /var/lib/shadowproxy --create-home shadowproxy
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels 'shadowproxy[report]' \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels 'shadowproxy-ml[report]' \
     && rm -rf /wheels
 USER 10001
 WORKDIR /var/lib/shadowproxy

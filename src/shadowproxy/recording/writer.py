@@ -37,7 +37,7 @@ from shadowproxy.compare.corrupt import corrupt_answer
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.experiments.chaos import corrupts
-from shadowproxy.metrics import Metrics
+from shadowproxy.metrics import RecorderMetrics
 from shadowproxy.recording.redact import Memo, Redactor
 from shadowproxy.recording.schema import (
     exposure_row,
@@ -226,7 +226,7 @@ class Writer:
         storage: Storage,
         recording: RecordingConfig,
         routes: Iterable[RouteConfig],
-        metrics: Metrics,
+        metrics: RecorderMetrics,
         comparer: Comparer | None,
         clock: Callable[[], float],
     ) -> None:
