@@ -79,12 +79,12 @@ def corrupt_value(value: Any) -> Any:
     if kind is list:
         items = [corrupt_value(item) for item in value] or [SUFFIX]
         if _scores(value):
-            _raise_next(items, list(range(len(items))))
+            _raise_next(value, items, list(range(len(items))))
         return items
     if kind is dict:
         fields = {key: corrupt_value(item) for key, item in value.items()} or {SUFFIX: SUFFIX}
         if _scores(list(value.values())):
-            _raise_next(fields, sorted(fields))
+            _raise_next(value, fields, sorted(fields))
         return fields
     return SUFFIX if value is None else value
 
@@ -105,11 +105,13 @@ def _scores(values: list[Any]) -> bool:
     return len(values) >= 2 and all(type(v) is int or type(v) is float for v in values)
 
 
-def _raise_next(scores: Any, keys: list[Any]) -> None:
-    """Make the entry after the (first) top one the only top: the argmax moves on."""
-    top = max(keys, key=scores.__getitem__)
+def _raise_next(before: Any, scores: Any, keys: list[Any]) -> None:
+    """Make the entry after the (first) top one of ``before`` the only top of ``scores``:
+    the argmax moves on. The top is found in ``before``, since moving every number can
+    round two of them to the same value (``1e-51`` and ``0`` both become ``1.0``)."""
+    top = max(keys, key=before.__getitem__)
     following = keys[(keys.index(top) + 1) % len(keys)]
-    best = scores[top]
+    best = max(scores[key] for key in keys)
     scores[following] = best + max(1, abs(best))
 
 
