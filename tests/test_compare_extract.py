@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadowproxy.compare import CompareConfig, compare
+from shadowproxy.compare import KINDS, PRESETS, CompareConfig, compare
 from shadowproxy.compare.decode import decode
 from shadowproxy.compare.extract import Extractor
 from shadowproxy.compare.sse import reassemble
@@ -229,8 +229,6 @@ TEXT_PRESETS = {"openai-chat", "openai-completions"}
 
 
 def test_every_preset_is_checked_for_class_ids_of_width_one() -> None:
-    from shadowproxy.compare import PRESETS
-
     assert set(CLASS_ANSWERS) | TEXT_PRESETS >= set(PRESETS) - {"openai-embeddings"}
 
 
@@ -595,9 +593,17 @@ content_types = st.sampled_from([JSON, SSE, None, "text/html"])
 configs = st.builds(
     CompareConfig,
     prediction=st.sampled_from(
-        ["raw", "kserve-v1", "open-inference", "openai-chat", "openai-completions", "$[0]"]
+        [
+            "raw",
+            "kserve-v1",
+            "open-inference",
+            "openai-chat",
+            "openai-completions",
+            "openai-embeddings",
+            "$[0]",
+        ]
     ),
-    kind=st.sampled_from(["auto", "exact", "numeric", "label", "probabilities", "ranking", "text"]),
+    kind=st.sampled_from(KINDS),
     ignore=st.sampled_from([(), ("$.id",), ("$[*]",)]),
 )
 

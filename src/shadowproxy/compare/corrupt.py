@@ -17,7 +17,10 @@ changes, each in the way its comparators notice:
   position; the next key by name) raised above the top, so its argmax names another
   class;
 * a boolean flips; null becomes ``"~chaos"``; an empty list or object gets one
-  ``"~chaos"`` entry.
+  ``"~chaos"`` entry;
+* an embedding (``openai-embeddings``: numbers or base64 float32, which stays base64)
+  has every number moved as above and then negated, so it points the other way: its
+  cosine with the original is negative, under any ``min_cosine`` of 0 or more.
 
 A streamed answer (``text/event-stream``) has the text of every event changed
 (``choices[*].delta.content``, ``choices[*].text``: what the reassembled answer is made
@@ -38,7 +41,8 @@ import orjson
 from shadowproxy import jsonpath
 from shadowproxy.compare import sse
 from shadowproxy.compare.decode import parse_json
-from shadowproxy.compare.spec import OPEN_INFERENCE, CompareConfig
+from shadowproxy.compare.embedding import decode_vector, encode_vector, is_vector
+from shadowproxy.compare.spec import OPEN_INFERENCE, OPENAI_EMBEDDINGS, CompareConfig
 from shadowproxy.compare.verdict import Incomparable
 
 SUFFIX = "~chaos"
@@ -56,7 +60,8 @@ def corrupt_answer(body: bytes, content_type: str | None, compare: CompareConfig
             corrupted = _open_inference(doc)
         else:
             path = _path(compare.path)
-            corrupted = path.map(doc, corrupt_value) if path.find(doc) else corrupt_value(doc)
+            change = corrupt_embedding if compare.prediction == OPENAI_EMBEDDINGS else corrupt_value
+            corrupted = path.map(doc, change) if path.find(doc) else change(doc)
         return orjson.dumps(corrupted)
     except (Incomparable, orjson.JSONEncodeError, RecursionError):
         return body + SUFFIX.encode()
@@ -87,6 +92,19 @@ def corrupt_value(value: Any) -> Any:
             _raise_next(value, fields, sorted(fields))
         return fields
     return SUFFIX if value is None else value
+
+
+def corrupt_embedding(value: Any) -> Any:
+    """An embedding pointing the other way, in the form it came (see the docstring)."""
+    if type(value) is str:
+        try:
+            vector = decode_vector(value, "shadow")
+        except Incomparable:
+            return corrupt_text(value)
+        return encode_vector([-_number(number) for number in vector])
+    if is_vector(value):
+        return [-_number(number) for number in value]
+    return corrupt_value(value)
 
 
 def corrupt_text(text: str) -> str:
