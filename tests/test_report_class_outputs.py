@@ -1,5 +1,6 @@
-"""A classifier's answers as real model servers send them, through comparison, a Parquet
-recording and the report: its accuracy must be scikit-learn's ``accuracy_score``.
+"""A model's answers as real model servers send them, through comparison, a Parquet
+recording and the report: its accuracy must be scikit-learn's ``accuracy_score`` (and a
+regressor's MAE its ``mean_absolute_error``).
 
 The recording is built the way the recorder builds it: each pair is compared with the
 route's ``compare:`` settings, turned into a row by ``schema.pair_row`` and the labels
@@ -19,10 +20,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score
-from sklearn.tree import DecisionTreeClassifier
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.metrics import accuracy_score, mean_absolute_error
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from shadowproxy.compare import CompareConfig, compare
 from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
@@ -77,7 +78,7 @@ def iris() -> tuple[Any, Any, Any, list[str]]:
 
 
 def pair_of(i: int, prod: dict[str, Any], shadow: dict[str, Any]) -> Pair:
-    request = RequestInfo(f"req-{i:04d}", TS + i, "iris", "POST", "/predict", "", [], b"{}", True)
+    request = RequestInfo(f"req-{i:04d}", TS + i, "model", "POST", "/predict", "", [], b"{}", True)
     return Pair(
         request,
         "tree",
@@ -97,7 +98,7 @@ def write_recording(
         comparison = compare(config, pair)
         comparators.append(comparison.comparator)
         rows.append(pair_row(pair, comparison, bodies=False, max_body_bytes=0))
-    pairs = root / "pairs" / "route=iris" / "date=2024-06-01"
+    pairs = root / "pairs" / "route=model" / "date=2024-06-01"
     pairs.mkdir(parents=True)
     pq.write_table(
         pa.Table.from_batches([to_record_batch(rows, PAIRS_SCHEMA)]), pairs / "p.parquet"
@@ -143,3 +144,30 @@ def test_report_accuracy_is_sklearns_accuracy_score(
     assert accuracy_score(truth, production) != accuracy_score(truth, shadow)
     # agreement is the two models' own agreement, row by row
     assert pair.agreement_rate == pytest.approx(float(np.mean(production == shadow)))
+
+
+def mlserver_regression(value: float) -> dict[str, Any]:
+    """MLServer's answer to a scikit-learn regressor's ``predict`` on one row."""
+    output = {"name": "predict", "shape": [1, 1], "datatype": "FP64", "data": [value]}
+    return {"model_name": "diabetes", "outputs": [output]}
+
+
+def test_report_mae_of_a_regressor_of_width_one_is_sklearns(tmp_path: Path) -> None:
+    x, y = load_diabetes(return_X_y=True)
+    x, y = x[:150], y[:150]
+    production = LinearRegression().fit(x, y).predict(x)
+    shadow = DecisionTreeRegressor(max_depth=3, random_state=0).fit(x, y).predict(x)
+    answers = [
+        (mlserver_regression(float(p)), mlserver_regression(float(s)))
+        for p, s in zip(production, shadow, strict=True)
+    ]
+    config = CompareConfig(prediction="open-inference")
+    comparators = write_recording(tmp_path, config, answers, [float(v) for v in y])
+    assert set(comparators) == {"auto:numeric"}  # a float output of width 1 stays numeric
+
+    report = build_report(ReportOptions(root=str(tmp_path)), now=NOW, progress=False)
+    (pair,) = report.pairs
+    assert pair.labels is not None and pair.labels.task == "regression"
+    assert pair.labels.n == 150
+    assert pair.labels.production["mae"] == pytest.approx(mean_absolute_error(y, production))
+    assert pair.labels.shadow["mae"] == pytest.approx(mean_absolute_error(y, shadow))
