@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from shadowproxy.compare import KINDS, PRESETS, CompareConfig, compare
 from shadowproxy.compare.decode import decode
-from shadowproxy.compare.extract import Extractor
+from shadowproxy.compare.extract import CLASS_DATATYPES, Extractor
 from shadowproxy.compare.sse import reassemble
 from shadowproxy.compare.verdict import Incomparable
 from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowOutcome, ShadowResult
@@ -210,6 +210,34 @@ def predict_output(datatype: str, data: list[Any], shape: list[int] | None = Non
 )
 def test_open_inference_rows_of_one_class_are_labels(answer: Any, expected: Any) -> None:
     assert extract(CompareConfig(prediction="open-inference"), answer) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 9), min_size=1, max_size=12),
+    changed=st.sets(st.integers(0, 11)),
+    datatype=st.sampled_from(sorted(CLASS_DATATYPES)),
+)
+def test_class_outputs_of_width_one_compare_row_by_row(
+    ids: list[int], changed: set[int], datatype: str
+) -> None:
+    values: list[Any] = [bool(i % 2) for i in ids] if datatype == "BOOL" else ids
+    if datatype == "BYTES":
+        values = [f"class-{i}" for i in ids]
+    other = [v if i not in changed else ("x" if isinstance(v, str) else not v if isinstance(v, bool) else v + 1)
+             for i, v in enumerate(values)]  # fmt: skip
+    config = CompareConfig(prediction="open-inference")
+    assert extract(config, predict_output(datatype, values)) == values
+    result = compare(
+        config, make_pair(predict_output(datatype, values), predict_output(datatype, other))
+    )
+    same = sum(a == b for a, b in zip(values, other, strict=True))
+    assert (result.comparator, result.batch_size, result.batch_agree) == (
+        "auto:label",
+        len(values),
+        same,
+    )
+    assert result.agree == (same == len(values))
 
 
 def class_ids(ids: list[Any]) -> Any:
