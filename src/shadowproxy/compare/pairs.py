@@ -78,7 +78,7 @@ class Plan:
         kind: str = self.config.kind
         name: str = kind
         if prod.reason is None:
-            kind, name = resolve(self.config.kind, prod.value)
+            kind, name = resolve(self.config.kind, prod.value, self.config.prediction)
         reason = (
             abandoned or outcome or prod_status or shadow_status or prod.reason or shadow.reason
         )
