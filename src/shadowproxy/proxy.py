@@ -39,7 +39,7 @@ from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
 from shadowproxy.records import Exposure, ExposureSink, ProductionResult, RequestInfo
 from shadowproxy.server import Body, HttpRequest, RequestBodyError
 from shadowproxy.tee import Exchange, ShadowRunner, Tee
-from shadowproxy.upstream import header
+from shadowproxy.upstream import header, header_list
 
 if TYPE_CHECKING:  # runtime builds RouteRuntimes: no import cycle
     from shadowproxy.runtime import Snapshot
@@ -200,7 +200,7 @@ class ProxyHandler:
             path, _, query = raw_path.partition("?")
             info = RequestInfo(
                 request_id, arrived, runtime.name, request.method, path, query,
-                headers, body, complete,
+                headers, body, complete, header_list(headers, "content-encoding"),
             )  # fmt: skip
             exchange = self._tee.start(runtime.shadows, info, headers, raw_path, request.headers)
         data = body if complete else _chain(body, request.body)
@@ -253,6 +253,7 @@ class ProxyHandler:
             return
         outcome.status = upstream.status
         outcome.content_type = header(upstream.headers, "content-type")
+        outcome.content_encoding = header_list(upstream.headers, "content-encoding")
         reply_headers = client_response_headers(upstream.headers, request_id)
         if outcome.arm_header is not None:
             reply_headers.append(outcome.arm_header)
@@ -281,6 +282,7 @@ class _Production:
         "cap",
         "captured",
         "chaos",
+        "content_encoding",
         "content_type",
         "error",
         "size",
@@ -292,6 +294,7 @@ class _Production:
         self.status: int | None = None
         self.error: str | None = None
         self.content_type: str | None = None
+        self.content_encoding: str | None = None
         self.captured: list[bytes] = []
         self.size = 0
         self.chaos: str | None = None
@@ -314,6 +317,7 @@ class _Production:
             self.size > self.cap,
             self.content_type,
             self.chaos,
+            self.content_encoding,
         )
 
 

@@ -45,31 +45,38 @@ def pack(pair: Pair) -> PackedPair:
     request, production, result = pair.request, pair.production, pair.result
     return (
         request.request_id, request.ts, request.route, request.method, request.path,
-        request.query, request.body, request.body_complete,
+        request.query, request.body, request.body_complete, request.content_encoding,
         pair.shadow, pair.role,
         production.status, production.latency_ms, production.error, production.body,
         production.body_truncated, production.content_type, production.chaos,
+        production.content_encoding,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
-        result.body_truncated, result.content_type, result.chaos,
+        result.body_truncated, result.content_type, result.chaos, result.content_encoding,
     )  # fmt: skip
 
 
 def unpack(packed: PackedPair) -> Pair:
     (
-        request_id, ts, route, method, path, query, body, body_complete,
+        request_id, ts, route, method, path, query, body, body_complete, request_encoding,
         shadow, role,
         prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
-        outcome, status, latency, error, shadow_body, truncated, content_type, chaos,
+        prod_encoding,
+        outcome, status, latency, error, shadow_body, truncated, content_type, chaos, encoding,
     ) = packed  # fmt: skip
     return Pair(
-        RequestInfo(request_id, ts, route, method, path, query, [], body, body_complete),
+        RequestInfo(
+            request_id, ts, route, method, path, query, [], body, body_complete, request_encoding
+        ),
         shadow,
         role,
         ProductionResult(
-            prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos
+            prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
+            prod_encoding,
         ),
-        ShadowResult(outcome, status, latency, error, shadow_body, truncated, content_type, chaos),
-    )
+        ShadowResult(
+            outcome, status, latency, error, shadow_body, truncated, content_type, chaos, encoding
+        ),
+    )  # fmt: skip
 
 
 def pack_exposure(e: Exposure) -> PackedExposure:
