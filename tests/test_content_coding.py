@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 import subprocess
@@ -162,6 +163,7 @@ def test_a_capture_cut_at_the_cap_decodes_to_its_start(header: str) -> None:
         decode(encoded[: len(encoded) // 2], header, 10 * LIMIT)
 
 
+@functools.cache
 def gzip_bomb(inflated: int = 1 << 30) -> bytes:
     """A valid gzip of ``inflated`` zero bytes, about a thousandth of that, made in a second:
     one fully flushed deflate block of 1 MiB of zeros, repeated."""

@@ -5,6 +5,8 @@ they cannot be decoded. Real Parquet read back; pairs built directly (no proxy).
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -214,3 +216,13 @@ async def test_without_bodies_or_comparison_nothing_is_decoded_but_the_encoding_
     await recorder.close()
     [row] = read_dataset(str(tmp_path)).to_pylist()
     assert (row["prod_content_encoding"], row["prod_body_decode_error"]) == ("gzip", None)
+
+
+def test_the_decoding_step_is_pure() -> None:
+    """It runs in the writer; nothing of the I/O stack or Arrow comes with it."""
+    code = (
+        "import sys, shadowproxy.recording.decoding; "
+        "loaded = {'aiohttp', 'pyarrow', 'brotli', 'backports.zstd'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
