@@ -174,6 +174,9 @@ class RouteConfig(FrozenModel):
     shadows: tuple[ShadowConfig, ...] = ()
     max_body_bytes: ByteCount = 10 * 1024 * 1024
     max_capture_bytes: ByteCount = 1024 * 1024
+    max_decoded_bytes: ByteCount = 16 * 1024 * 1024
+    """Most bytes one compressed body (``Content-Encoding``) may decode to for comparison
+    and recording; past it the pair is incomparable (a 1 MiB gzip can hold 1 GiB)."""
     record: RecordConfig = RecordConfig()
     compare: CompareConfig = CompareConfig()
     chaos: tuple[ChaosRule, ...] = ()

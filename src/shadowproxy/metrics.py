@@ -59,6 +59,14 @@ class RecorderMetrics:
             ["reason"],
             registry=registry,
         )
+        self.body_decode_failures = Counter(
+            "shadowproxy_body_decode_failures",
+            "Compressed bodies of recorded pairs left as sent, by body (request|production|"
+            "shadow) and reason (too_large|truncated|corrupt|unsupported); each makes its "
+            "pair incomparable.",
+            ["route", "body", "reason"],
+            registry=registry,
+        )
         self.recorder_pending = Gauge(
             "shadowproxy_recorder_pending_records",
             "Records buffered in memory, waiting for the writer thread.",
