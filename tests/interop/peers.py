@@ -67,7 +67,11 @@ class Peer:
 
 
 def start(
-    name: str, args: Sequence[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+    name: str,
+    args: Sequence[str],
+    log: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Peer:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
@@ -87,7 +91,9 @@ def wait_until(peer: Peer, ready: Callable[[], bool], within_s: float, what: str
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if peer.process.poll() is not None:
-            raise AssertionError(peer.failure(f"exited with {peer.process.returncode} before {what}"))
+            raise AssertionError(
+                peer.failure(f"exited with {peer.process.returncode} before {what}")
+            )
         if ready():
             return
         time.sleep(0.1)
@@ -139,7 +145,8 @@ class Proxy:
     peer: Peer
 
     def rows(self) -> list[dict[str, Any]]:
-        return read_dataset(str(self.root)).to_pylist()
+        rows: list[dict[str, Any]] = read_dataset(str(self.root)).to_pylist()
+        return rows
 
     def wait_rows(self, request_ids: Sequence[str], within_s: float = 20.0) -> list[dict[str, Any]]:
         """The recorded rows of these requests, once the writer has closed their files."""
@@ -171,7 +178,9 @@ def cli_proxy(directory: Path, routes: list[dict[str, Any]], **main: Any) -> Ite
     )
     args = [sys.executable, "-m", "shadowproxy", "serve", "--config", str(config)]
     peer = start("shadowproxy serve", args, directory / "proxy.log", cwd=directory)
-    proxy = Proxy(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", directory / "shadow-logs", peer)
+    proxy = Proxy(
+        f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", directory / "shadow-logs", peer
+    )
     try:
         wait_until(peer, http_ok(f"{proxy.admin_url}/readyz"), 60, "ready")
         yield proxy
@@ -198,7 +207,9 @@ def require(executable: str) -> str:
     path = shutil.which(executable)
     if path is None:
         packages = {"java": "default-jdk-headless", "javac": "default-jdk-headless", "curl": "curl"}
-        pytest.skip(f"{executable} not on PATH (apt-get install {packages.get(executable, executable)})")
+        pytest.skip(
+            f"{executable} not on PATH (apt-get install {packages.get(executable, executable)})"
+        )
     return path
 
 

@@ -75,7 +75,11 @@ def _model_repository(directory: Path, model: Any, parallel_workers: int = 0) ->
 def _mlserver(directory: Path, model: Any) -> tuple[Peer, str]:
     repository, port = _model_repository(directory, model)
     mlserver = Path(sys.executable).with_name("mlserver")
-    peer = start(f"mlserver {directory.name}", [str(mlserver), "start", str(repository)], directory.with_suffix(".log"))
+    peer = start(
+        f"mlserver {directory.name}",
+        [str(mlserver), "start", str(repository)],
+        directory.with_suffix(".log"),
+    )
     return peer, f"http://127.0.0.1:{port}"
 
 
@@ -164,7 +168,9 @@ def _send_with_requests(iris: Iris, model: str, prefix: str) -> list[str]:
         for i, row in enumerate(iris.features):
             request_id = f"{prefix}-{i}"
             url = f"{iris.proxy.url}/v2/models/{model}/infer"
-            response = session.post(url, json=_body(model, [row]), headers={"X-Request-Id": request_id})
+            response = session.post(
+                url, json=_body(model, [row]), headers={"X-Request-Id": request_id}
+            )
             assert response.status_code == 200, response.text
             [output] = response.json()["outputs"]
             data = output["data"]
@@ -186,7 +192,10 @@ def labeled_report(iris: Iris, tmp_path_factory: pytest.TempPathFactory) -> dict
     """Every iris row through both clients to both outputs, each labeled; then the report."""
     ids: list[tuple[str, int]] = []
     for model in (PREDICT, PROBA):
-        for send, client in ((_send_with_tritonclient, "triton"), (_send_with_requests, "requests")):
+        for send, client in (
+            (_send_with_tritonclient, "triton"),
+            (_send_with_requests, "requests"),
+        ):
             sent = send(iris, model, f"{client}-{model}")
             ids.extend(zip(sent, iris.labels, strict=True))
     feedback = [{"request_id": request_id, "label": label} for request_id, label in ids]
@@ -209,17 +218,26 @@ def test_report_accuracy_equals_sklearns_accuracy_score(
     assert production != shadow  # the two models differ, so a mix-up cannot pass
 
 
-@pytest.mark.parametrize(("route", "comparator"), [("iris-predict", "label"), ("iris-proba", "probabilities")])
+@pytest.mark.parametrize(
+    ("route", "comparator"), [("iris-predict", "label"), ("iris-proba", "probabilities")]
+)
 def test_each_row_is_compared_as_a_class(
     iris: Iris, labeled_report: dict[str, Any], route: str, comparator: str
 ) -> None:
     """Agreement is the share of rows where the two models pick the same class."""
-    rows = [r for r in iris.proxy.rows() if r["route"] == route and r["request_id"].startswith("requests-")]
+    rows = [
+        r
+        for r in iris.proxy.rows()
+        if r["route"] == route and r["request_id"].startswith("requests-")
+    ]
     assert len(rows) == len(iris.labels)
     assert {r["comparator"] for r in rows} == {f"auto:{comparator}"}
     by_id = {r["request_id"]: r["agree"] for r in rows}
     model = PREDICT if route == "iris-predict" else PROBA
-    expected = {f"requests-{model}-{i}": p == s for i, (p, s) in enumerate(zip(iris.production, iris.shadow, strict=True))}
+    expected = {
+        f"requests-{model}-{i}": p == s
+        for i, (p, s) in enumerate(zip(iris.production, iris.shadow, strict=True))
+    }
     assert by_id == expected
 
 
@@ -230,7 +248,10 @@ def test_a_gzipped_batch_answer_is_compared(iris: Iris) -> None:
     direct = requests.post(f"{iris.production_url}/v2/models/{PROBA}/infer", json=body, timeout=10)
     assert direct.headers.get("Content-Encoding") == "gzip"  # the premise of this test
     response = requests.post(
-        f"{iris.proxy.url}/v2/models/{PROBA}/infer", json=body, headers={"X-Request-Id": "batch-150"}, timeout=10
+        f"{iris.proxy.url}/v2/models/{PROBA}/infer",
+        json=body,
+        headers={"X-Request-Id": "batch-150"},
+        timeout=10,
     )
     assert response.status_code == 200
     assert response.headers.get("Content-Encoding") == "gzip"
@@ -239,4 +260,6 @@ def test_a_gzipped_batch_answer_is_compared(iris: Iris) -> None:
     assert row["prod_body"].startswith(b"{"), row["compare_detail"]
     assert row["agree"] is not None, row["compare_detail"]
     assert row["batch_size"] == len(iris.labels)
-    assert row["batch_agree"] == sum(p == s for p, s in zip(iris.production, iris.shadow, strict=True))
+    assert row["batch_agree"] == sum(
+        p == s for p, s in zip(iris.production, iris.shadow, strict=True)
+    )

@@ -25,7 +25,22 @@ from typing import Any
 
 from aiohttp import web
 
-WORDS = "the model answers every prompt with the same few words in a stable order".split()
+WORDS = [
+    "the",
+    "model",
+    "answers",
+    "every",
+    "prompt",
+    "with",
+    "the",
+    "same",
+    "few",
+    "words",
+    "in",
+    "a",
+    "stable",
+    "order",
+]
 DIMENSIONS = 16
 STREAM_GAP_S = 0.002
 """Pause between streamed pieces, so a stream is several TCP writes as with a real model."""
@@ -162,7 +177,7 @@ class Upstream:
         )
 
     async def echo(self, request: web.Request) -> web.Response:
-        """KServe v1: one prediction per instance (the sum of its numbers), and the
+        """KServe v1, any model name: one prediction per instance (the sum of its numbers), and the
         request's header names, so a test sees what reached the upstream."""
         body = await request.json()
         predictions = [sum(instance) for instance in body["instances"]]
@@ -181,7 +196,7 @@ def app(name: str, perturb: float) -> web.Application:
     application.router.add_post("/v1/chat/completions", upstream.chat)
     application.router.add_post("/v1/completions", upstream.completions)
     application.router.add_post("/v1/embeddings", upstream.embeddings)
-    application.router.add_post("/v1/models/echo:predict", upstream.echo)
+    application.router.add_post("/v1/models/{model:[^/:]+}:predict", upstream.echo)
     return application
 
 
