@@ -20,6 +20,7 @@ import pytest
 
 from tests.interop.peers import Proxy, cli_proxy, loopback_upstream
 
+requests = pytest.importorskip("requests")
 openai = pytest.importorskip(
     "openai", reason="openai does not install here (pip install '.[interop]')"
 )
@@ -149,8 +150,9 @@ def test_a_streamed_answer_is_productions_unchanged_and_compared(
     assert json.loads(row["prod_prediction"]) == ["".join(through_proxy)]
 
 
-def test_an_abandoned_stream_leaves_a_complete_or_a_client_abandoned_row(proxy: Proxy) -> None:
-    """The SDK closes the stream after the first piece, as a user who stops reading."""
+def test_an_abandoned_stream_is_recorded_and_counted_as_client_abandoned(proxy: Proxy) -> None:
+    """The SDK closes the stream after the first piece, as a user who stops reading: the
+    row says so (not an unexplained incomplete stream) and the request counts as 499."""
     stream = _create(
         _client(proxy.url),
         "chat",
@@ -161,9 +163,18 @@ def test_an_abandoned_stream_leaves_a_complete_or_a_client_abandoned_row(proxy: 
     next(iter(stream))
     stream.close()
     row = proxy.row("abandoned")
-    completed = row["agree"] is not None
-    marked = row["prod_status"] == 499
-    assert completed or marked, (row["prod_status"], row["compare_detail"])
+    assert row["prod_status"] == 200  # what production answered
+    assert row["prod_error"] == "client abandoned the stream"
+    assert row["agree"] is None and "client abandoned the stream" in row["compare_detail"]
+    metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
+    abandoned = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("shadowproxy_requests_total{")
+        and 'route="chat"' in line
+        and 'code="499"' in line
+    ]
+    assert abandoned and float(abandoned[0].rsplit(" ", 1)[1]) >= 1, "no 499 counted"
 
 
 @pytest.mark.parametrize("encoding", ["base64", "float"])
