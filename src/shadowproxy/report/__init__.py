@@ -9,7 +9,7 @@ How the report is made::
             │  queries: every aggregation as SQL, one streaming scan each;
             │           only aggregates and capped hash samples reach Python
             ▼
-    analysis (+ groundtruth, chaos,  ──► stats (pure: Wilson, z, McNemar, Wilcoxon,
+    analysis (+ groundtruth, chaos,  ──► stats, intervals (pure: Wilson, z, McNemar,
             │                                    bootstrap, Holm, power)
             │  experiments)
             │  ──► verdict (pure: one line per shadow, no claim beyond its test)

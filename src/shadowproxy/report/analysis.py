@@ -15,7 +15,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from shadowproxy.report import chaos, experiments, groundtruth, queries, stats, verdict
+from shadowproxy.report import (
+    chaos,
+    experiments,
+    groundtruth,
+    intervals,
+    queries,
+    stats,
+    verdict,
+)
 from shadowproxy.report.load import Rows, Runner
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
@@ -82,6 +90,7 @@ def analyze(
     add_noise_floors(list(pairs.values()))
     for pair in pairs.values():
         pair.verdict = verdict.verdict(pair)
+    warnings = input_warnings(pairs.values())
     return Report(
         generated_at=now,
         root=options.root,
@@ -92,7 +101,27 @@ def analyze(
         labels_available=has_labels,
         chaos=chaos.checks(runner.rows(queries.chaos_checks())) if excluded else [],
         experiments=trials,
+        warnings=warnings,
     )
+
+
+def input_warnings(pairs: Iterable[PairReport]) -> list[str]:
+    """What the reader must know before trusting a figure: rows left out for a NaN or
+    infinite latency, and label rows folded because their request was already counted."""
+    out = []
+    for pair in pairs:
+        if pair.nonfinite_latency:
+            out.append(
+                f"{pair.route} / {pair.shadow}: {pair.nonfinite_latency:,} row(s) with a NaN "
+                "or infinite latency, left out of the latency figures"
+            )
+        if pair.labels is not None and pair.labels.duplicates:
+            out.append(
+                f"{pair.route} / {pair.shadow}: {pair.labels.duplicates:,} duplicate row(s) of "
+                "already counted requests folded (retries keep their request id); each "
+                "labelled request counts once"
+            )
+    return out
 
 
 def run_experiments(runner: Runner, options: ReportOptions, has_labels: bool) -> list[Experiment]:
@@ -145,13 +174,26 @@ def _pair(row: dict[str, Any]) -> PairReport:
             pairs=int(row["latency_pairs"]),
             sample=0,
             test=None,
-            median_diff=None,
-            median_diff_ci=None,
+            mean_diff=None,
+            mean_diff_ci=None,
         ),
         first_ts=row["first_ts"],
         last_ts=row["last_ts"],
         diff_range=(row["diff_min"], row["diff_p99"], row["diff_max"]),
+        nonfinite_latency=int(row.get("nonfinite_latency") or 0),
+        latency_diff=_latency_diff(row.get("latency_d_mean"), row.get("latency_d_var")),
+        errors=(
+            int(row.get("sent") or 0),
+            int(row.get("shadow_failed") or 0),
+            int(row.get("prod_failed") or 0),
+        ),
     )
+
+
+def _latency_diff(mean: float | None, variance: float | None) -> tuple[float, float] | None:
+    if mean is None or variance is None:
+        return None
+    return (float(mean), float(variance))
 
 
 def _rate(part: int | None, whole: int | None) -> float | None:
@@ -208,26 +250,27 @@ def add_latency(pairs: dict[Key, PairReport], runner: Runner, options: ReportOpt
     for key, pair in pairs.items():
         prod_hist, shadow_hist = histograms.get(key, ((), ()))
         pair.latency = replace(
-            latency_test(pair.latency, samples.get(key, [])),
+            latency_test(pair.latency, samples.get(key, []), pair.latency_diff),
             production_hist=prod_hist,
             shadow_hist=shadow_hist,
         )
 
 
-def latency_test(base: Latency, sample: Sequence[tuple[float, float]]) -> Latency:
-    """Wilcoxon signed-rank on per-request (shadow - production) latency and a bootstrap
-    interval for the median difference (exact, so it uses the whole sample)."""
-    diffs = [shadow - prod for prod, shadow in sample]
-    if len(diffs) < 2:
-        return replace(base, sample=len(diffs))
-    test = stats.wilcoxon_signed_rank(diffs)
-    ci = stats.bootstrap_median_ci(diffs)
+def latency_test(
+    base: Latency, sample: Sequence[tuple[float, float]], diff: tuple[float, float] | None
+) -> Latency:
+    """The paired t test of the mean per-request (shadow - production) latency and the t
+    interval it inverts, from the mean and variance over every pair (``diff``); the
+    hash ``sample`` is kept for the p99 ratio's interval."""
+    if diff is None or base.pairs < 2:
+        return replace(base, sample=len(sample))
+    paired = intervals.paired_t(diff[0], diff[1], base.pairs)
     return replace(
         base,
-        sample=len(diffs),
-        test=test,
-        median_diff=stats.median(diffs),
-        median_diff_ci=Interval(*ci),
+        sample=len(sample),
+        test=paired.test,
+        mean_diff=paired.mean,
+        mean_diff_ci=Interval(*paired.ci),
     )
 
 

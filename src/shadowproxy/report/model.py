@@ -90,11 +90,13 @@ class Latency:
     pairs: int
     """Requests both sides answered (the percentiles are over these)."""
     sample: int
-    """Pairs in the hash sample the test and the bootstrap used."""
+    """Pairs in the hash sample behind the p99 ratio's interval (all pairs when fewer)."""
     test: TestResult | None
-    median_diff: float | None
-    """Median over requests of (shadow - production) latency, ms."""
-    median_diff_ci: Interval | None
+    """Paired t test of the mean per-request difference, over every pair."""
+    mean_diff: float | None
+    """Mean over requests of (shadow - production) latency, ms."""
+    mean_diff_ci: Interval | None
+    """The t interval :attr:`test` inverts: it excludes 0 exactly when p < 0.05."""
     production_hist: tuple[Bin, ...] = ()
     shadow_hist: tuple[Bin, ...] = ()
 
@@ -127,6 +129,14 @@ class Labels:
     """Smallest difference detectable at 80% power on ``n`` labels."""
     more_labels_needed: int | None
     """Extra labels to detect a difference of the observed size, when not significant."""
+    duplicates: int = 0
+    """Rows folded because their request was already counted (client retries keep the
+    request id): each request counts once, with its first answered row."""
+    discordant: tuple[int, int] | None = None
+    """Classification: ``(b, c)``, requests only production got right and those only
+    the shadow got right (McNemar's cells)."""
+    error_sd: float | None = None
+    """Regression: the standard deviation of the per-request error differences."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +274,14 @@ class PairReport:
     verdict: str = ""
     chaos_excluded: int = 0
     """Rows with injected faults, left out of every figure above (see ``Report.chaos``)."""
+    nonfinite_latency: int = 0
+    """Rows with a NaN or infinite latency: left out of the latency figures, warned about."""
+    latency_diff: tuple[float, float] | None = None
+    """Mean and sample variance of the per-request latency difference (shadow minus
+    production, ms) over every pair; None below two pairs."""
+    errors: tuple[int, int, int] = (0, 0, 0)
+    """Copies sent, the shadow's failures among them (error, timeout, 5xx) and
+    production's 5xx answers on the same requests: the error-rate criterion's counts."""
 
 
 @dataclass
@@ -278,3 +296,6 @@ class Report:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     chaos: list[ChaosCheck] = field(default_factory=list)
     experiments: list[Experiment] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Problems with the input that every reader must see (printed first, a banner in
+    the HTML, ``warnings`` in summary.json)."""

@@ -68,14 +68,11 @@ class ReportOptions:
     top_classes: int = 8
     top_segments: int = 12
     sample_size: int = 20_000
-    """Per-request pairs fetched for the Wilcoxon tests and bootstraps."""
+    """Per-request latency pairs fetched (a hash sample) for the p99 ratio's interval."""
     outcome: str = "auto"
     """The experiments' outcome kind: ``auto``, ``binary``, ``continuous``, ``ordinal``."""
     mde: float = 0.05
     """The effect the experiments' power figures plan for, relative to the control."""
-    bootstrap_size: int = 2_000
-    """Paired errors the MAE bootstrap resamples (1,000 times, in pure Python: a larger
-    set would cost seconds per shadow for a barely narrower interval estimate)."""
 
 
 OUTCOME_KINDS = ("auto", "binary", "continuous", "ordinal")

@@ -143,6 +143,7 @@ def _header(report: Report) -> str:
             "(--skip-bad-files); their rows are missing from every number below."
             f"<ul>{items}</ul></div>"
         )
+    parts.extend(f'<div class="warn"><b>{escape(w)}</b></div>' for w in report.warnings)
     parts.append("</header>")
     return "".join(parts)
 
@@ -265,10 +266,10 @@ def _noise(pair: PairReport) -> str:
         return ""
     disagreement = 1.0 - pair.agreement_rate if pair.agreement_rate is not None else None
     rows = [
-        (escape(pair.shadow), pct(disagreement, 2), f"{pair.compared:,}"),
+        (escape(pair.shadow), pct(disagreement), f"{pair.compared:,}"),
         (
             escape(", ".join(floor.baselines)) + " (baseline)",
-            pct(floor.rate, 2),
+            pct(floor.rate),
             f"{floor.compared:,}",
         ),
     ]
@@ -295,14 +296,20 @@ def _latency(pair: PairReport) -> str:
         ],
     )
     test = "<p>Too few requests answered by both sides for a paired test.</p>"
-    if lat.test is not None:
-        ci = lat.median_diff_ci
+    if lat.test is not None and lat.mean_diff is not None:
+        ci = lat.mean_diff_ci
         ci_text = f" [{ci.lo:+.2f}, {ci.hi:+.2f}]" if ci is not None else ""
         test = (
-            f"<p>Per-request difference (shadow &minus; production), median "
-            f"{lat.median_diff or 0.0:+.2f} ms{ci_text} (bootstrap 95% CI); Wilcoxon signed-rank "
-            f"{p_text(lat.test.p_value)} on a hash sample of {lat.sample:,} of "
-            f"{lat.pairs:,} requests both answered.</p>"
+            f"<p>Per-request difference (shadow &minus; production), mean "
+            f"{lat.mean_diff:+.2f} ms{ci_text} (95% t interval); paired t test "
+            f"{p_text(lat.test.p_value)} on all {lat.pairs:,} requests both answered. "
+            "The interval is the one the test inverts: it excludes 0 exactly when "
+            "p &lt; 0.05.</p>"
+        )
+    if pair.nonfinite_latency:
+        test += (
+            f'<p class="warn">{pair.nonfinite_latency:,} row(s) with a NaN or infinite '
+            "latency are left out of these figures.</p>"
         )
     chart = svg.overlaid_histograms(
         f"Latency, {pair.shadow}",
@@ -417,8 +424,14 @@ def _labels(labels: Labels | None) -> str:
         if labels.more_labels_needed
         else ""
     )
+    folded = (
+        f" {labels.duplicates:,} duplicate rows of already counted requests were folded "
+        "(each request counts once, with its first answered row)."
+        if labels.duplicates
+        else ""
+    )
     text = (
-        f"<p>{labels.n:,} labeled requests ({escape(labels.task)}). "
+        f"<p>{labels.n:,} labeled requests ({escape(labels.task)}).{folded} "
         f"Shadow &minus; production: {diff}; "
         f"{escape(labels.test.name)} {p_text(labels.test.p_value)}. Minimum detectable "
         f"difference at 80% power: {mde}.{more}</p>"
@@ -594,14 +607,27 @@ def _methods(report: Report) -> str:
 could judge them) on which the comparator said "agree", with a 95% Wilson interval.</p>
 <p><b>Noise floor</b>: a <i>baseline</i> shadow runs the production model again; its
 disagreement is what non-determinism alone produces. A candidate's excess over it is
-tested with a one-sided two-proportion z test.</p>
-<p><b>Latency</b> percentiles are approximate (t-digest) over requests both sides answered;
-the paired test is a Wilcoxon signed-rank test (normal approximation, ties corrected) on a
-deterministic hash sample of per-request differences (its size is given per shadow), with a
-percentile-bootstrap interval for the median difference.</p>
+tested with a one-sided pooled two-proportion z test without continuity correction.</p>
+<p><b>Latency</b> percentiles are exact (linear interpolation between order statistics,
+type 7, numpy's default) over requests both sides answered with finite latencies; rows
+with a NaN or infinite latency are counted and left out. The per-request difference
+(shadow minus production) is tested with a paired t test over every such request, and
+its mean is quoted with the 95% t interval that test inverts: the two never disagree
+about zero.</p>
 <p><b>Segments</b> compare each segment's agreement with the rest of the pair's rows
-(one-sided two-proportion z test), Holm-corrected across the segments of a pair.</p>
-<p><b>Ground truth</b>: accuracy is compared with an exact McNemar test on the labeled
-requests both models answered; regression errors with a Wilcoxon signed-rank test on
-paired absolute errors and a bootstrap interval of the MAE difference. The minimum
-detectable difference assumes 80% power at &alpha; = 0.05.</p></div>"""
+(one-sided pooled two-proportion z test, no continuity correction), Holm-corrected
+across the segments of a pair.</p>
+<p><b>Ground truth</b>: each labelled request counts once (client retries keep their
+request id; the first answered row is kept and the rest are counted as folded).
+Accuracy is compared with an exact McNemar test (two-sided binomial test on the
+discordant requests) on the labelled requests both models answered; the interval of the
+accuracy difference is built from the exact Clopper-Pearson interval of the share of
+discordant requests the shadow gets right, so it excludes 0 exactly when McNemar's p is
+below 0.05. Regression errors are compared with a paired t test on the per-request
+difference of absolute errors, whose mean is the MAE difference, with its t interval,
+over every labelled request. The minimum detectable difference assumes 80% power at
+&alpha; = 0.05.</p>
+<p><b>Experiments</b>: ordinal outcomes use the Mann-Whitney U test with the normal
+approximation, tie correction and a continuity correction of 1/2; binary outcomes the
+pooled two-proportion z test without continuity correction; the sample-ratio check is
+Pearson's chi-square goodness of fit.</p></div>"""

@@ -38,6 +38,7 @@ def summary(report: Report) -> dict[str, Any]:
             "pairs": [_pair(p) for p in report.pairs],
             "chaos": [_chaos(c) for c in report.chaos],
             "experiments": [_experiment(e) for e in report.experiments],
+            "warnings": list(report.warnings),
         }
     )
     return data
@@ -69,6 +70,7 @@ def _pair(pair: PairReport) -> dict[str, Any]:
         "segments": [_segment(s) for s in pair.segments],
         "verdict": pair.verdict,
         "chaos_excluded": pair.chaos_excluded,
+        "nonfinite_latency_rows": pair.nonfinite_latency,
     }
 
 
@@ -157,16 +159,15 @@ def _test(test: TestResult | None) -> dict[str, Any] | None:
 
 
 def _latency_test(latency: Latency) -> dict[str, Any]:
-    test = _test(latency.test) or {
-        "name": "Wilcoxon signed-rank",
-        "statistic": None,
-        "p_value": None,
-    }
+    """The paired t test over every pair and the mean difference with the t interval it
+    inverts (``mean_diff_ms``, ``mean_diff_ci95``): they never disagree about zero."""
+    test = _test(latency.test) or {"name": "paired t", "statistic": None, "p_value": None}
     return test | {
+        "df": getattr(latency.test, "df", None),
         "pairs": latency.pairs,
         "sample": latency.sample,
-        "median_diff_ms": latency.median_diff,
-        "median_diff_ci95": _interval(latency.median_diff_ci),
+        "mean_diff_ms": latency.mean_diff,
+        "mean_diff_ci95": _interval(latency.mean_diff_ci),
     }
 
 
@@ -196,6 +197,7 @@ def _labels(labels: Labels | None) -> dict[str, Any] | None:
         "difference_ci95": _interval(labels.difference_ci),
         "mde": labels.mde,
         "more_labels_needed": labels.more_labels_needed,
+        "duplicate_rows_folded": labels.duplicates,
     }
 
 

@@ -31,6 +31,8 @@ def print_summary(report: Report, out: TextIO | None = None) -> None:
     # A pipe gets a wide, colourless table so that no column is folded.
     console = Console(file=stream, width=None if stream.isatty() else 160, highlight=False)
     console.print(f"shadowproxy report: {report.root}", soft_wrap=True, markup=False)
+    for warning in report.warnings:
+        console.print(f"WARNING: {warning}", style="bold red", soft_wrap=True, markup=False)
     if report.pairs:  # a recording of experiments without shadows has none
         console.print(summary_table(report))
     for pair in report.pairs:
