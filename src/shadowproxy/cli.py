@@ -128,6 +128,17 @@ def _parser() -> argparse.ArgumentParser:
         default="0.05",
         help="experiments: the relative effect to plan sample sizes for (default 0.05 = 5%%)",
     )
+    report.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the proxy's main YAML file: each route's promotion: criteria (default: the "
+        "documented defaults)",
+    )
+    report.add_argument(
+        "--gate",
+        action="store_true",
+        help="exit 0 on PROMOTE, 3 on HOLD, 4 on REJECT (the worst candidate decides)",
+    )
     report.set_defaults(func=cmd_report)
     return parser
 
@@ -165,11 +176,21 @@ def cmd_report(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             outcome=args.outcome,
             mde=report.parse_mde(args.mde),
+            promotions=_promotions(args.config),
+            gate=args.gate,
         )
         return report.run_report(options)
     except report.ReportInputError as exc:
         print(f"shadowproxy report: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _promotions(path: str | None) -> tuple[tuple[str, Any], ...]:
+    """Each route's ``promotion:`` block; a bad config raises ``ConfigError`` (exit 2,
+    naming the file and the field)."""
+    if path is None:
+        return ()
+    return tuple((route.name, route.promotion) for route in load_config(path).routes)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

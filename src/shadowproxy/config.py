@@ -35,6 +35,7 @@ from shadowproxy import jsonpath
 from shadowproxy.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
+from shadowproxy.experiments.promotion import Promotion
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
 from shadowproxy.validation import NAME_PATTERN, FrozenModel, check_url, is_header_name
 
@@ -177,6 +178,9 @@ class RouteConfig(FrozenModel):
     upstreams answer a share of the clients for real (``shadowproxy.experiments``)."""
     canary: CanarySpec | None = None
     ab: ABSpec | None = None
+    promotion: Promotion = Promotion()
+    """The pre-registered criteria ``shadowproxy report`` decides on (see
+    ``experiments.promotion``); the documented defaults when absent."""
 
     @model_validator(mode="after")
     def _mode_block(self) -> RouteConfig:

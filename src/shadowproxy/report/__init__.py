@@ -58,9 +58,10 @@ MAX_RETRIES = 20
 
 
 def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
-    """Build the report, write the requested files and print the summary table.
-    Raises :class:`ReportInputError` on bad input (the CLI exits 2 with its message)."""
-    from shadowproxy.report import render, summary, table
+    """Build the report, write the requested files and print the summary table; the exit
+    status is 0, or with ``gate`` the worst candidate's decision (0 PROMOTE, 3 HOLD,
+    4 REJECT). Raises :class:`ReportInputError` on bad input (the CLI exits 2)."""
+    from shadowproxy.report import decision, render, summary, table
 
     report = build_report(options, now=now or datetime.now(UTC))
     if options.out:
@@ -68,7 +69,12 @@ def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
     if options.json_out:
         _write(options.json_out, summary.dumps(report))
     table.print_summary(report)
-    return 0
+    if not options.gate:
+        return 0
+    status = decision.worst(p.decision.status for p in report.pairs if p.decision)
+    if status is None:
+        raise ReportInputError("--gate: no candidate shadow in the recording to decide on")
+    return decision.EXIT_CODES[status]
 
 
 def build_report(options: ReportOptions, *, now: datetime, progress: bool | None = None) -> Report:

@@ -17,6 +17,7 @@ from typing import Any
 
 from shadowproxy.report import (
     chaos,
+    decision,
     experiments,
     groundtruth,
     intervals,
@@ -90,6 +91,7 @@ def analyze(
     add_noise_floors(list(pairs.values()))
     for pair in pairs.values():
         pair.verdict = verdict.verdict(pair)
+    decision.decide_all(pairs.values(), dict(options.promotions))
     warnings = input_warnings(pairs.values())
     return Report(
         generated_at=now,
@@ -249,11 +251,34 @@ def add_latency(pairs: dict[Key, PairReport], runner: Runner, options: ReportOpt
             )
     for key, pair in pairs.items():
         prod_hist, shadow_hist = histograms.get(key, ((), ()))
+        sample = samples.get(key, [])
         pair.latency = replace(
-            latency_test(pair.latency, samples.get(key, []), pair.latency_diff),
+            latency_test(pair.latency, sample, pair.latency_diff),
             production_hist=prod_hist,
             shadow_hist=shadow_hist,
+            p99_log_se=p99_log_se(sample, pair.latency.pairs),
         )
+
+
+MIN_P99_SAMPLE = 100
+"""Below this many sampled pairs the p99's order-statistic interval is too coarse to
+give its spread: the latency criterion stays open."""
+
+
+def p99_log_se(sample: Sequence[tuple[float, float]], pairs: int) -> float | None:
+    """Standard error of log(shadow p99 / production p99): each side's from the width of
+    its distribution-free 95% interval in the sample (on the log scale, divided by
+    2 x 1.96), scaled by sqrt(sample / pairs) to the full count, the two added in
+    quadrature (sides treated as independent: conservative when they move together)."""
+    if len(sample) < MIN_P99_SAMPLE or pairs <= 0:
+        return None
+    total = 0.0
+    for side in (sorted(p for p, _ in sample), sorted(s for _, s in sample)):
+        lo, hi = intervals.quantile_ci(side, 0.99)
+        if lo <= 0.0:
+            return None
+        total += ((math.log(hi) - math.log(lo)) / (2.0 * stats.z_for(0.95))) ** 2
+    return math.sqrt(total * len(sample) / pairs)
 
 
 def latency_test(

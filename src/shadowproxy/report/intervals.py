@@ -16,11 +16,11 @@ silently folded into a result.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shadowproxy.report.distributions import norm_sf, t_isf, t_sf, z_for
-from shadowproxy.report.stats import DfTestResult, binom_cdf
+from shadowproxy.report.distributions import norm_ppf, norm_sf, t_isf, t_sf, z_for
+from shadowproxy.report.stats import DfTestResult, _binom_upper_tail, binom_cdf
 
 BISECTIONS = 64
 """Steps of every bisection here: 2^-64 of the unit interval is below float precision."""
@@ -39,21 +39,47 @@ def clopper_pearson(x: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     if n == 0:
         return (0.0, 1.0)
     tail = (1.0 - confidence) / 2.0
-    lo = 0.0 if x == 0 else _solve(lambda p: 1.0 - binom_cdf(x - 1, n, p) - tail, rising=True)
-    hi = 1.0 if x == n else _solve(lambda p: binom_cdf(x, n, p) - tail, rising=False)
+    lo = 0.0 if x == 0 else _beta_ppf(x, n - x + 1, tail)
+    hi = 1.0 if x == n else _beta_ppf(x + 1, n - x, 1.0 - tail)
     return (lo, hi)
 
 
-def _solve(f: Callable[[float], float], *, rising: bool) -> float:
-    """The root in [0, 1] of a monotone ``f``."""
+def _at_least(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) >= k), summed directly above the mode (``1 - cdf`` would lose
+    every digit when the tail is tiny: the lower bound of 1 success in 100,000)."""
+    if k > n * p:
+        return _binom_upper_tail(k, n, p)
+    return 1.0 - binom_cdf(k - 1, n, p)
+
+
+def _beta_ppf(a: int, b: int, target: float) -> float:
+    """The ``target`` quantile of Beta(a, b) for integers a, b >= 1, whose CDF is the
+    binomial tail ``I_p(a, b) = P(Binomial(a + b - 1, p) >= a)``: Newton steps on that
+    CDF (its derivative is the beta density), kept inside a shrinking bracket, with
+    bisection whenever a step would leave it. A handful of steps instead of 64
+    bisections: the decision inverts these bounds many times."""
+    n = a + b - 1
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
     low, high = 0.0, 1.0
+    mean = a / (a + b)
+    p = mean + norm_ppf(target) * math.sqrt(mean * (1.0 - mean) / (a + b + 1))
+    if not 0.0 < p < 1.0:
+        p = mean
     for _ in range(BISECTIONS):
-        middle = (low + high) / 2.0
-        if (f(middle) < 0.0) == rising:
-            low = middle
+        error = _at_least(a, n, p) - target
+        if error > 0.0:
+            high = p
         else:
-            high = middle
-    return (low + high) / 2.0
+            low = p
+        density = math.exp(log_norm + (a - 1) * math.log(p) + (b - 1) * math.log1p(-p))
+        step = error / density if density > 0.0 else math.inf
+        candidate = p - step
+        if not low < candidate < high:
+            candidate = (low + high) / 2.0
+        if abs(candidate - p) <= 1e-12 * p or high - low < 1e-16:
+            return candidate
+        p = candidate
+    return p
 
 
 def paired_accuracy_ci(b: int, c: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

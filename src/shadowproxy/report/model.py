@@ -99,6 +99,42 @@ class Latency:
     """The t interval :attr:`test` inverts: it excludes 0 exactly when p < 0.05."""
     production_hist: tuple[Bin, ...] = ()
     shadow_hist: tuple[Bin, ...] = ()
+    p99_log_se: float | None = None
+    """Standard error of log(shadow p99 / production p99), from each side's
+    order-statistic interval in the hash sample, scaled to all pairs."""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One promotion criterion, judged (see ``report.decision``)."""
+
+    name: str
+    """``accuracy`` (``mae`` on a regression route), ``disagreement``, ``latency_p99``
+    or ``error_rate``."""
+    estimate: float | None
+    interval: Interval | None
+    """The one-sided 95% bounds (together, the 90% two-sided interval)."""
+    p_value: float | None
+    """Non-inferiority: small when the worse-side bound is inside the margin."""
+    p_fail: float | None
+    """Inferiority beyond the margin, Holm-adjusted across the candidate's criteria."""
+    margin: float
+    result: str
+    """``pass``, ``fail`` or ``open``."""
+    test: str
+    unit: str
+    """What more of would settle an open criterion: ``labels`` or ``requests``."""
+    needed: int | None
+    """For an open criterion: about how many more ``unit`` would settle it."""
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str
+    """``PROMOTE``, ``HOLD`` or ``REJECT``."""
+    criteria: tuple[Criterion, ...]
+    sentence: str
 
 
 @dataclass(frozen=True)
@@ -274,6 +310,8 @@ class PairReport:
     verdict: str = ""
     chaos_excluded: int = 0
     """Rows with injected faults, left out of every figure above (see ``Report.chaos``)."""
+    decision: Decision | None = None
+    """Candidates only: PROMOTE, HOLD or REJECT on the route's promotion criteria."""
     nonfinite_latency: int = 0
     """Rows with a NaN or infinite latency: left out of the latency figures, warned about."""
     latency_diff: tuple[float, float] | None = None

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from shadowproxy import jsonpath
 from shadowproxy.errors import ShadowproxyError
+from shadowproxy.experiments.promotion import Promotion
 
 
 class ReportInputError(ShadowproxyError):
@@ -73,6 +74,11 @@ class ReportOptions:
     """The experiments' outcome kind: ``auto``, ``binary``, ``continuous``, ``ordinal``."""
     mde: float = 0.05
     """The effect the experiments' power figures plan for, relative to the control."""
+    promotions: tuple[tuple[str, Promotion], ...] = ()
+    """Each route's ``promotion:`` block from ``--config``; routes not listed (and every
+    route without ``--config``) are decided on the documented defaults."""
+    gate: bool = False
+    """``--gate``: exit 0 on PROMOTE, 3 on HOLD, 4 on REJECT (the worst candidate)."""
 
 
 OUTCOME_KINDS = ("auto", "binary", "continuous", "ordinal")

@@ -12,9 +12,11 @@ from html import escape
 
 from shadowproxy import __version__
 from shadowproxy.report import svg
+from shadowproxy.report.decision import open_text, value_text
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
     ChaosCheck,
+    Criterion,
     Example,
     Experiment,
     ExperimentArm,
@@ -47,6 +49,13 @@ th, td { border-bottom: 1px solid var(--line); padding: .2rem .6rem; text-align:
 th:first-child, td:first-child { text-align: left; }
 td.text { text-align: left; }
 .bad { color: var(--bad); font-weight: 600; }
+.card { border: 1px solid var(--line); border-left: 8px solid var(--muted); padding: .4rem .8rem;
+        margin: .5rem 0; }
+.card.PROMOTE { border-left-color: #2ca02c; } .card.HOLD { border-left-color: #f58518; }
+.card.REJECT { border-left-color: var(--bad); }
+.card h3 { margin: .1rem 0; } .card table { font-size: .85rem; }
+.status { font-weight: 700; } .PROMOTE .status { color: #1d7a1d; }
+.HOLD .status { color: #b35c00; } .REJECT .status { color: var(--bad); }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr));
           gap: .75rem; }
 figure { margin: 0; }
@@ -73,6 +82,7 @@ nav ul { columns: 2; }
 def render(report: Report) -> str:
     body = [
         _header(report),
+        _decisions(report),
         _overview(report),
         *(_pair_section(pair, report) for pair in report.pairs),
         _chaos(report),
@@ -146,6 +156,55 @@ def _header(report: Report) -> str:
     parts.extend(f'<div class="warn"><b>{escape(w)}</b></div>' for w in report.warnings)
     parts.append("</header>")
     return "".join(parts)
+
+
+def _decisions(report: Report) -> str:
+    """A card per candidate, first thing on the page: the status, one sentence, and each
+    criterion with its estimate, bounds, test and margin."""
+    cards = [_card(p) for p in report.pairs if p.decision is not None]
+    if not cards:
+        return ""
+    return '<section id="decisions"><h2>Decisions</h2>' + "".join(cards) + "</section>"
+
+
+def _card(pair: PairReport) -> str:
+    decision = pair.decision
+    assert decision is not None
+    rows = [
+        (
+            escape(c.name),
+            escape(value_text(c.name, c.estimate)),
+            escape(_bounds_text(c)),
+            escape(value_text(c.name, c.margin)),
+            escape(p_text(c.p_value) if c.p_value is not None else "no test: no data"),
+            f'<span class="{"bad" if c.result == "fail" else ""}">{escape(_result_text(c))}</span>',
+            f'<span class="text">{escape(c.test)}</span>',
+        )
+        for c in decision.criteria
+    ]
+    table = _table(
+        ("criterion", "estimate", "one-sided 95% bounds", "margin", "p (non-inferiority)",
+         "result", "test"),
+        rows,
+    )  # fmt: skip
+    return (
+        f'<div class="card {escape(decision.status)}"><h3><span class="status">'
+        f"{escape(decision.status)}</span> {escape(pair.shadow)} "
+        f'<span class="meta">on route {escape(pair.route)}</span></h3>'
+        f"<p>{escape(decision.sentence)}</p>{table}</div>"
+    )
+
+
+def _bounds_text(c: Criterion) -> str:
+    if c.interval is None:
+        return "undefined: no data"
+    return f"{value_text(c.name, c.interval.lo)} .. {value_text(c.name, c.interval.hi)}"
+
+
+def _result_text(c: Criterion) -> str:
+    if c.result != "open":
+        return c.result
+    return "open: " + open_text(c).split(" ", 1)[1]
 
 
 def _overview(report: Report) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 from shadowproxy.report.model import (
     ChaosCheck,
+    Criterion,
+    Decision,
     Experiment,
     ExperimentArm,
     Interval,
@@ -69,8 +71,34 @@ def _pair(pair: PairReport) -> dict[str, Any]:
         "labels": _labels(pair.labels),
         "segments": [_segment(s) for s in pair.segments],
         "verdict": pair.verdict,
+        "decision": _decision(pair.decision),
         "chaos_excluded": pair.chaos_excluded,
         "nonfinite_latency_rows": pair.nonfinite_latency,
+    }
+
+
+def _decision(decision: Decision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {
+        "status": decision.status,
+        "sentence": decision.sentence,
+        "criteria": [_criterion(c) for c in decision.criteria],
+    }
+
+
+def _criterion(c: Criterion) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "estimate": c.estimate,
+        "interval": _interval(c.interval),
+        "p_value": c.p_value,
+        "p_value_fail": c.p_fail,
+        "margin": c.margin,
+        "result": c.result,
+        "test": c.test,
+        "needed": c.needed,
+        "unit": c.unit,
     }
 
 

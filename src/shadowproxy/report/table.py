@@ -33,6 +33,8 @@ def print_summary(report: Report, out: TextIO | None = None) -> None:
     console.print(f"shadowproxy report: {report.root}", soft_wrap=True, markup=False)
     for warning in report.warnings:
         console.print(f"WARNING: {warning}", style="bold red", soft_wrap=True, markup=False)
+    for line in decision_lines(report):
+        console.print(line, soft_wrap=True, markup=False)
     if report.pairs:  # a recording of experiments without shadows has none
         console.print(summary_table(report))
     for pair in report.pairs:
@@ -43,6 +45,16 @@ def print_summary(report: Report, out: TextIO | None = None) -> None:
         print_experiment(console, trial)
     for path, reason in report.skipped_files:
         console.print(f"skipped unreadable file {path}: {reason}", soft_wrap=True, markup=False)
+
+
+def decision_lines(report: Report) -> list[str]:
+    """One line per candidate, candidates in report order: what a CD pipeline greps.
+    ``decision churn / candidate: HOLD: not enough evidence yet: accuracy needs ...``"""
+    return [
+        f"decision {p.route} / {p.shadow}: {p.decision.sentence}"
+        for p in report.pairs
+        if p.decision is not None
+    ]
 
 
 def summary_table(report: Report) -> Table:
