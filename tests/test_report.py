@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -520,8 +520,10 @@ def _append_row(root: Path, **fields: Any) -> None:
 def test_analysis_builders_handle_empty_inputs() -> None:
     assert analysis.segment_tests("$.a", []) == []
     assert analysis.latency_bins([]) == {}
-    assert analysis.class_order({("a", "b"): 2, ("(other)", "a"): 5}) == ("a", "b", "(other)")
-    assert analysis.choose_bucket(NOW, NOW) == 60
+    assert analysis.class_order({("b", "a"): 2, ("(other)", "b"): 5}) == ("a", "b", "(other)")
+    assert analysis.class_order({("10", "9"): 1, ("(none)", "2"): 5}) == ("2", "9", "10", "(none)")
+    assert analysis.choose_bucket(NOW, NOW) == 1
+    assert analysis.choose_bucket(NOW, NOW + timedelta(minutes=2)) == 5
 
 
 # --- verdict wording (pure) ----------------------------------------------------------

@@ -45,7 +45,7 @@ from shadowproxy.report.options import ReportInputError, ReportOptions, duckdb_p
 
 Key = tuple[str, str]
 
-BUCKETS_S = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+BUCKETS_S = (1, 5, 10, 30, 60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 MAX_BUCKETS = 72
 DIFF_BINS = 30
 CONTINUOUS_KINDS = ("numeric", "probabilities")
@@ -183,19 +183,15 @@ def _pair(row: dict[str, Any]) -> PairReport:
         last_ts=row["last_ts"],
         diff_range=(row["diff_min"], row["diff_p99"], row["diff_max"]),
         nonfinite_latency=int(row.get("nonfinite_latency") or 0),
-        latency_diff=_latency_diff(row.get("latency_d_mean"), row.get("latency_d_var")),
+        latency_diff=intervals.moments(
+            int(row["latency_pairs"]), row.get("latency_d_sum"), row.get("latency_d_sq")
+        ),
         errors=(
             int(row.get("sent") or 0),
             int(row.get("shadow_failed") or 0),
             int(row.get("prod_failed") or 0),
         ),
     )
-
-
-def _latency_diff(mean: float | None, variance: float | None) -> tuple[float, float] | None:
-    if mean is None or variance is None:
-        return None
-    return (float(mean), float(variance))
 
 
 def _rate(part: int | None, whole: int | None) -> float | None:
@@ -209,8 +205,9 @@ def _percentiles(values: Sequence[float] | None) -> Percentiles:
 
 
 def choose_bucket(first: datetime, last: datetime) -> int:
-    """Bucket width in seconds: the finest that keeps the chart under ``MAX_BUCKETS``
-    points, which is hourly for a recording of up to three days."""
+    """Bucket width in seconds that suits the run's length: the finest that keeps the
+    chart under ``MAX_BUCKETS`` points: 5 seconds for a two-minute demo, hourly for a
+    recording of up to three days."""
     span = max((last - first).total_seconds(), 0.0)
     for width in BUCKETS_S:
         if span / width < MAX_BUCKETS:
@@ -357,13 +354,21 @@ def add_confusions(pairs: dict[Key, PairReport], rows: Rows) -> None:
 
 
 def class_order(cells: dict[tuple[str, str], int]) -> tuple[str, ...]:
-    """Classes by total frequency (ties by name), ``(other)`` last."""
-    totals: dict[str, int] = defaultdict(int)
-    for (p, s), n in cells.items():
-        totals[p] += n
-        totals[s] += n
-    ordered = sorted((c for c in totals if c != "(other)"), key=lambda c: (-totals[c], c))
-    return (*ordered, "(other)") if "(other)" in totals else tuple(ordered)
+    """The classes in a stable order: by name (numbers by value), ``(none)`` and then
+    ``(other)`` last. Which classes are kept when there are more than the limit is the
+    query's choice (by volume); their order here does not depend on volume, so the
+    same classes always draw the same matrix."""
+    names = {c for pair in cells for c in pair}
+    special = [c for c in ("(none)", "(other)") if c in names]
+    return (*sorted(names - set(special), key=_class_key), *special)
+
+
+def _class_key(name: str) -> tuple[int, float, str]:
+    try:
+        value = float(name)
+    except ValueError:
+        return (1, 0.0, name)
+    return (0, value, name) if math.isfinite(value) else (1, 0.0, name)
 
 
 # --- examples ------------------------------------------------------------------------

@@ -89,8 +89,11 @@ def _accuracy(right: int, n: int) -> dict[str, float | list[float] | None]:
 def regression_result(row: dict[str, Any]) -> Labels:
     n = int(row["n_reg"])
     prod_mae, shadow_mae = row["prod_abs"] / n, row["shadow_abs"] / n
-    variance = float(row["d_var"]) if row["d_var"] is not None else 0.0
-    paired = intervals.paired_t(float(row["d_mean"]), variance, n)
+    mean, variance = intervals.moments(n, row["d_sum"], row["d_sq"]) or (
+        float(row["d_sum"] or 0.0) / max(n, 1),
+        0.0,
+    )
+    paired = intervals.paired_t(mean, variance, n)
     sd = math.sqrt(variance) if n > 1 else math.nan
     difference = paired.mean
     needed = None

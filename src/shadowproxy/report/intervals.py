@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
 
 from shadowproxy.report.distributions import norm_ppf, norm_sf, t_isf, t_sf, z_for
 from shadowproxy.report.stats import DfTestResult, _binom_upper_tail, binom_cdf
@@ -152,6 +153,22 @@ class PairedT:
     mean: float
     ci: tuple[float, float]
     se: float
+
+
+def moments(
+    n: int, total: Decimal | float | None, squares: Decimal | float | None
+) -> tuple[float, float] | None:
+    """Mean and sample variance from a count, a sum and a sum of squares, computed in
+    exact decimal arithmetic (the sums come from fixed-point ``DECIMAL`` columns), so
+    ``squares - total^2 / n`` loses nothing to cancellation. None below two values."""
+    if n < 2 or total is None or squares is None:
+        return None
+    with localcontext() as context:
+        context.prec = 80
+        s1, s2 = Decimal(total), Decimal(squares)
+        mean = s1 / n
+        variance = max((s2 - s1 * s1 / n) / (n - 1), Decimal(0))
+        return (float(mean), float(variance))
 
 
 def quantile_ci(

@@ -66,7 +66,9 @@ class ReportOptions:
     temp_directory: str | None = None
     """Where DuckDB spills; a fresh temporary directory when None."""
     examples_per_pair: int = 5
-    top_classes: int = 8
+    top_classes: int = 20
+    """Confusion matrices show every class up to this many; beyond it, the most frequent
+    ones and ``(other)``."""
     top_segments: int = 12
     sample_size: int = 20_000
     """Per-request latency pairs fetched (a hash sample) for the p99 ratio's interval."""

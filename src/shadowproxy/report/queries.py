@@ -33,6 +33,9 @@ LATENCY_PAIR = "shadow_outcome = 'ok' AND isfinite(prod_latency_ms) AND isfinite
 """Latencies are compared only on requests both sides answered, with finite latencies
 (``isfinite`` of NULL is NULL, so missing ones are out too)."""
 
+LATENCY_DIFF = "(shadow_latency_ms - prod_latency_ms)"
+"""One request's latency difference, shadow minus production (ms)."""
+
 SENT = "shadow_outcome IN ('ok', 'error', 'timeout')"
 """Rows whose copy reached the shadow (or was meant to and failed)."""
 
@@ -133,6 +136,14 @@ def _string_list(values: Sequence[str]) -> str:
 
 
 # --- sources -------------------------------------------------------------------------
+
+
+def exact(expression: str) -> str:
+    """A per-row value as a fixed-point decimal, so that its ``sum`` is exact: a sum of
+    doubles depends on the order DuckDB's threads add them in, and the same recording
+    must always give the same report, to the last digit. Non-finite values become NULL
+    (DuckDB casts before it filters, and a NaN has no decimal)."""
+    return f"CAST(CASE WHEN isfinite({expression}) THEN {expression} END AS DECIMAL(38, 12))"
 
 
 def parquet_source(paths: Sequence[str], *, hive: bool) -> str:
@@ -260,9 +271,9 @@ def pair_summary() -> Query:
         min(ts) AS first_ts, max(ts) AS last_ts,
         count(*) FILTER (WHERE {LATENCY_PAIR}) AS latency_pairs,
         count(*) FILTER (WHERE {NONFINITE_LATENCY}) AS nonfinite_latency,
-        avg(shadow_latency_ms - prod_latency_ms) FILTER (WHERE {LATENCY_PAIR}) AS latency_d_mean,
-        var_samp(shadow_latency_ms - prod_latency_ms)
-            FILTER (WHERE {LATENCY_PAIR}) AS latency_d_var,
+        sum({exact(LATENCY_DIFF)}) FILTER (WHERE {LATENCY_PAIR}) AS latency_d_sum,
+        sum({exact(f"{LATENCY_DIFF} * {LATENCY_DIFF}")})
+            FILTER (WHERE {LATENCY_PAIR}) AS latency_d_sq,
         count(*) FILTER (WHERE {SENT}) AS sent,
         count(*) FILTER (WHERE {SENT} AND (shadow_outcome <> 'ok' OR shadow_status >= 500))
             AS shadow_failed,
@@ -446,10 +457,10 @@ def labeled_pairs() -> Query:
 
     A request counts once: a client retry keeps its ``X-Request-Id``, so one request can
     have several rows per shadow; the first answered row (by ``ts``) is kept and the
-    others are counted as ``duplicates``. The paired error differences' mean and variance
-    (``d_mean``, ``d_var``) feed the paired t test of the MAE difference, over every
-    labelled request."""
-    sql = """
+    others are counted as ``duplicates``. The paired error differences' exact sum and sum
+    of squares (``d_sum``, ``d_sq``) feed the paired t test of the MAE difference, over
+    every labelled request."""
+    sql = f"""
     WITH joined AS (
         SELECT s.route, s.shadow, l.label,
                sp_class(l.label) AS lc, sp_class(s.prod_prediction) AS pc,
@@ -478,8 +489,8 @@ def labeled_pairs() -> Query:
            sum(pe * pe) FILTER (WHERE se IS NOT NULL) AS prod_sq,
            sum(se) FILTER (WHERE pe IS NOT NULL) AS shadow_abs,
            sum(se * se) FILTER (WHERE pe IS NOT NULL) AS shadow_sq,
-           avg(se - pe) AS d_mean,
-           var_samp(se - pe) AS d_var
+           sum({exact("se - pe")}) AS d_sum,
+           sum({exact("(se - pe) * (se - pe)")}) AS d_sq
     FROM scored GROUP BY route, shadow ORDER BY route, shadow"""
     return Query("ground truth", sql)
 

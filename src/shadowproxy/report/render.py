@@ -28,8 +28,9 @@ from shadowproxy.report.model import (
 )
 from shadowproxy.report.verdict import p_text
 
-NA = "-"
-"""Shown where there is no value (also in the terminal table, hence plain ASCII)."""
+NA = "n/a (no data)"
+"""Shown where a figure is undefined and nothing more specific is known; places that know
+why say so instead (plain ASCII: the terminal table uses it too)."""
 
 CSS = """
 :root { --ink: #222; --muted: #666; --line: #ddd; --accent: #4c78a8; --bad: #d62728; }
@@ -84,7 +85,7 @@ def render(report: Report) -> str:
         _header(report),
         _decisions(report),
         _overview(report),
-        *(_pair_section(pair, report) for pair in report.pairs),
+        *(_pair_section(pair, report) for pair in ordered(report.pairs)),
         _chaos(report),
         _experiments(report),
         _methods(report),
@@ -92,7 +93,7 @@ def render(report: Report) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>shadowproxy report — {escape(report.root)}</title>"
+        f"<title>{escape(title(report))} — {escape(report.root)}</title>"
         f"<style>{CSS}</style></head><body>" + "".join(body) + "</body></html>\n"
     )
 
@@ -111,7 +112,7 @@ def interval(ci: Interval | None, scale: float = 100.0, digits: int = 1) -> str:
 
 
 def ms(value: float | None) -> str:
-    return NA if value is None else f"{value:,.1f} ms"
+    return "n/a (no answered requests)" if value is None else f"{value:,.1f} ms"
 
 
 def _anchor(pair: PairReport) -> str:
@@ -136,7 +137,7 @@ def _header(report: Report) -> str:
     filters = ", ".join(f"{k}={v}" for k, v in report.filters.items() if v) or "none"
     generated = report.generated_at.isoformat(timespec="seconds")
     parts = [
-        "<header><h1>Shadow traffic report</h1>",
+        f"<header><h1>{escape(title(report))}</h1>",
         (
             f'<p class="meta">Recording <code>{escape(report.root)}</code> · filters: '
             f"{escape(filters)} · generated {escape(generated)} "
@@ -156,6 +157,23 @@ def _header(report: Report) -> str:
     parts.extend(f'<div class="warn"><b>{escape(w)}</b></div>' for w in report.warnings)
     parts.append("</header>")
     return "".join(parts)
+
+
+def title(report: Report) -> str:
+    """What the report holds: shadow pairs, experiments (A/B, canary), or both."""
+    kinds = []
+    if report.pairs:
+        kinds.append("Shadow traffic")
+    designs = sorted({e.design for e in report.experiments})
+    if designs:
+        names = {"ab": "A/B test", "canary": "canary"}
+        kinds.append(" and ".join(names.get(d, d) for d in designs))
+    return (" and ".join(kinds) or "Empty") + " report"
+
+
+def ordered(pairs: list[PairReport]) -> list[PairReport]:
+    """Candidates before baselines, each group in report order (by route, shadow)."""
+    return sorted(pairs, key=lambda p: p.role == "baseline")
 
 
 def _decisions(report: Report) -> str:
@@ -208,6 +226,8 @@ def _result_text(c: Criterion) -> str:
 
 
 def _overview(report: Report) -> str:
+    if not report.pairs:
+        return ""
     rows = [
         (
             f'<a href="#{_anchor(p)}">{escape(p.route)}</a>',
@@ -217,7 +237,7 @@ def _overview(report: Report) -> str:
             f"{pct(p.agreement_rate)} {interval(p.agreement_ci)}",
             f'<span class="text">{escape(p.verdict)}</span>',
         )
-        for p in report.pairs
+        for p in ordered(report.pairs)
     ]
     table = _table(("route", "shadow", "role", "rows", "agreement [95% CI]", "verdict"), rows)
     return f"<nav><h2>Verdicts</h2>{table}</nav>"
@@ -231,16 +251,30 @@ def _pair_section(pair: PairReport, report: Report) -> str:
             f"{escape(pair.route)}</span></h3>"
         ),
         f'<p class="verdict">{escape(pair.verdict)}</p>',
-        _volume(pair),
-        _agreement(pair, report),
-        _noise(pair),
-        _latency(pair),
-        _examples(pair),
-        _segments(pair),
-        _labels(pair.labels),
+        *numbered(
+            [
+                _volume(pair),
+                _agreement(pair, report),
+                _noise(pair),
+                _latency(pair),
+                _examples(pair),
+                _segments(pair),
+                _labels(pair.labels),
+            ]
+        ),
         "</section>",
     ]
     return "".join(parts)
+
+
+def numbered(sections: list[str]) -> list[str]:
+    """Number the sections present (each starts with its ``<h4>``) 1, 2, 3... so a pair
+    without a noise floor or segments has no gap in its numbering."""
+    present = [section for section in sections if section]
+    return [
+        section.replace("<h4>", f"<h4>{index}. ", 1)
+        for index, section in enumerate(present, start=1)
+    ]
 
 
 def _volume(pair: PairReport) -> str:
@@ -270,13 +304,13 @@ def _volume(pair: PairReport) -> str:
             'left out of every figure of this shadow (see <a href="#chaos">Chaos '
             "experiments</a>).</p>"
         )
-    return f"<h4>1. Volume and outcomes</h4>{outcomes}{http}{excluded}"
+    return f"<h4>Volume and outcomes</h4>{outcomes}{http}{excluded}"
 
 
 def _agreement(pair: PairReport, report: Report) -> str:
     text = (
         f"<p>Agreement {pct(pair.agreement_rate)} {interval(pair.agreement_ci)} over "
-        f"{pair.compared:,} compared pairs (comparator <code>{escape(pair.comparator or NA)}"
+        f"{pair.compared:,} compared pairs (comparator <code>{escape(pair.comparator or 'none')}"
         "</code>; rows without a comparable answer are left out).</p>"
     )
     reference = 1.0 - pair.noise_floor.rate if pair.noise_floor else None
@@ -305,10 +339,17 @@ def _agreement(pair: PairReport, report: Report) -> str:
                 svg.heatmap(
                     f"Confusion, {pair.shadow}", pair.confusion.classes, pair.confusion.cells
                 ),
-                "Rows: production's class, columns: the shadow's; shade = share of the row",
+                "Rows: production's class, columns: the shadow's; shade = share of the row "
+                "(empty cells unshaded)"
+                + (
+                    f"; (other): the classes beyond the {len(pair.confusion.classes) - 1} "
+                    "most frequent"
+                    if "(other)" in pair.confusion.classes
+                    else ""
+                ),
             )
         )
-    return f'<h4>2. Agreement</h4>{text}<div class="charts">{"".join(charts)}</div>'
+    return f'<h4>Agreement</h4>{text}<div class="charts">{"".join(charts)}</div>'
 
 
 def _duration(seconds: int) -> str:
@@ -342,7 +383,7 @@ def _noise(pair: PairReport) -> str:
             f"(one-sided two-proportion z = {test.statistic:.2f}, {p_text(test.p_value)}). "
             f"Smallest excess detectable with these rows at 80% power: {pct(floor.mde, 2)}.</p>"
         )
-    return "<h4>3. Noise floor</h4>" + _table(("", "disagreement", "compared"), rows) + sentence
+    return "<h4>Noise floor</h4>" + _table(("", "disagreement", "compared"), rows) + sentence
 
 
 def _latency(pair: PairReport) -> str:
@@ -379,18 +420,18 @@ def _latency(pair: PairReport) -> str:
         "ms (log scale)",
     )
     figure = _figure(chart, "Latency distributions on requests both sides answered")
-    return f'<h4>4. Latency</h4>{table}{test}<div class="charts">{figure}</div>'
+    return f'<h4>Latency</h4>{table}{test}<div class="charts">{figure}</div>'
 
 
 def _examples(pair: PairReport) -> str:
     if not pair.examples:
-        return "<h4>5. Examples</h4><p>No disagreeing requests.</p>"
+        return "<h4>Examples</h4><p>No disagreeing requests.</p>"
     items = "".join(_example(e) for e in pair.examples)
-    return f"<h4>5. Top disagreements</h4>{items}"
+    return f"<h4>Top disagreements</h4>{items}"
 
 
 def _example(example: Example) -> str:
-    diff = NA if example.diff_score is None else f"{example.diff_score:.4g}"
+    diff = "not scored" if example.diff_score is None else f"{example.diff_score:.4g}"
     when = example.ts.isoformat(timespec="seconds") if example.ts else ""
     summary = (
         f"<code>{escape(example.request_id)}</code> {escape(example.method or '')} "
@@ -423,7 +464,7 @@ def _cut(text: str | None, limit: int = 80) -> str:
 def _segments(pair: PairReport) -> str:
     if not pair.segments:
         return ""
-    parts = ["<h4>6. Segments</h4>"]
+    parts = ["<h4>Segments</h4>"]
     for path in dict.fromkeys(s.path for s in pair.segments):
         segments = [s for s in pair.segments if s.path == path]
         parts.append(_segment_block(path, segments, pair.agreement_rate))
@@ -436,7 +477,7 @@ def _segment_block(path: str, segments: list[Segment], overall: float | None) ->
             f'<span class="{"bad" if s.worse else ""}">{escape(s.value)}</span>',
             f"{s.rows:,}",
             f"{pct(s.rate)} {interval(s.ci)}",
-            p_text(s.p_adjusted) if s.p_adjusted is not None else NA,
+            p_text(s.p_adjusted) if s.p_adjusted is not None else "not tested (no other rows)",
             "worse" if s.worse else "",
         )
         for s in segments
@@ -468,7 +509,11 @@ def _labels(labels: Labels | None) -> str:
         ]
         table = _table(("", "accuracy [95% CI]"), rows)
         diff = f"{100 * labels.difference:+.2f} pts {interval(labels.difference_ci, digits=2)}"
-        mde = f"{100 * labels.mde:.2f} pts" if labels.mde is not None else NA
+        mde = (
+            f"{100 * labels.mde:.2f} pts"
+            if labels.mde is not None
+            else "undefined (no request has exactly one model right)"
+        )
     else:
         errors = [
             (name, f"{_num(side['mae']):.4g}", f"{_num(side['rmse']):.4g}")
@@ -476,7 +521,11 @@ def _labels(labels: Labels | None) -> str:
         ]
         table = _table(("", "MAE", "RMSE"), errors)
         diff = f"MAE {labels.difference:+.4g} {interval(labels.difference_ci, 1.0, 4)}"
-        mde = f"{labels.mde:.4g}" if labels.mde is not None else NA
+        mde = (
+            f"{labels.mde:.4g}"
+            if labels.mde is not None
+            else "undefined (the error differences do not vary)"
+        )
     more = (
         f" About {labels.more_labels_needed:,} more labels would detect a difference of the "
         "observed size."
@@ -495,7 +544,7 @@ def _labels(labels: Labels | None) -> str:
         f"{escape(labels.test.name)} {p_text(labels.test.p_value)}. Minimum detectable "
         f"difference at 80% power: {mde}.{more}</p>"
     )
-    return f"<h4>7. Ground truth</h4>{table}{text}"
+    return f"<h4>Ground truth</h4>{table}{text}"
 
 
 def _num(value: object) -> float:
@@ -521,7 +570,7 @@ def _chaos(report: Report) -> str:
             chaos_value(check, check.injected),
             chaos_value(check, check.clean),
             chaos_value(check, check.expected),
-            {True: "yes", False: '<span class="bad">no</span>', None: NA}[check.noticed],
+            {True: "yes", False: '<span class="bad">no</span>', None: "cannot tell"}[check.noticed],
         )
         for check in report.chaos
     ]
@@ -593,11 +642,11 @@ def arm_columns(trial: Experiment) -> tuple[str, ...]:
 
 def arm_row(trial: Experiment, arm: ExperimentArm) -> list[str]:
     scale, digits = (100.0, 2) if trial.kind == "binary" else (1.0, 3)
-    mean = NA if arm.mean is None else f"{arm.mean * scale:.{digits}f}"
+    mean = "no outcomes" if arm.mean is None else f"{arm.mean * scale:.{digits}f}"
     if arm.name == trial.control:
         versus = "control"
     elif arm.difference is None:
-        versus = NA
+        versus = "not compared (no outcomes)"
     else:
         versus = (
             f"{arm.difference * scale:+.{digits}f} {interval(arm.difference_ci, scale, digits)}"
@@ -611,7 +660,7 @@ def arm_row(trial: Experiment, arm: ExperimentArm) -> list[str]:
         f"{arm.with_outcome:,}",
         f"{mean}{unit} {interval(arm.ci, scale, digits)}".strip(),
         versus,
-        NA if arm.p_value is None else p_text(arm.p_value),
+        "not tested" if arm.p_value is None else p_text(arm.p_value),
     ]
 
 
@@ -637,7 +686,11 @@ def experiment_lines(trial: Experiment) -> list[str]:
         f"sample ratio ({trial.unit}s): {observed} vs configured {shares}{p}: {verdict}{note}"
     )
     power = trial.power
-    needed = NA if power.n_needed_per_arm is None else f"{power.n_needed_per_arm:,}"
+    needed = (
+        "an undefined number of"
+        if power.n_needed_per_arm is None
+        else f"{power.n_needed_per_arm:,}"
+    )
     per_arm = "outcomes" if trial.unit == "request" else "users with an outcome"
     lines.append(
         f"power: {needed} {per_arm} per arm detect a {power.mde_relative:.1%} relative effect "
@@ -686,6 +739,24 @@ below 0.05. Regression errors are compared with a paired t test on the per-reque
 difference of absolute errors, whose mean is the MAE difference, with its t interval,
 over every labelled request. The minimum detectable difference assumes 80% power at
 &alpha; = 0.05.</p>
+<p><b>Decision</b> (the cards at the top): each candidate is judged on its route's
+pre-registered <code>promotion:</code> criteria: accuracy (regression: MAE), disagreement
+(over the baseline's, else absolute), p99 latency ratio and error-rate increase. Each is
+a <i>non-inferiority</i> question: is the candidate at most a margin worse than
+production? A criterion <i>passes</i> when its one-sided 95% bound on the worse side is
+inside the margin; <i>fails</i> when the bound on the better side is beyond it (Holm-
+corrected across the criteria); is <i>open</i> otherwise, with about how many more labels
+or requests would settle it. A bare "not significant" is not evidence of no difference:
+only a bound inside the margin is. PROMOTE needs every criterion to pass, REJECT one to
+fail; anything else is HOLD. The chance of promoting a candidate that breaks a criterion,
+or of rejecting one that meets them all, is at most 5% each.</p>
+<p><b>Sample-ratio check</b> (A/B and canary routes): the units per arm are compared with the
+configured split by a chi-square goodness-of-fit test, flagged at p &lt; 0.001. A
+mismatch means assignment or logging is broken: read no other figure of that experiment
+until it is explained.</p>
+<p><b>Power</b>: the sample a test needs to detect a stated effect with 80% probability
+at &alpha; = 0.05 (two-sided), and the smallest effect the current sample detects. A test
+short of its power that finds nothing has shown nothing.</p>
 <p><b>Experiments</b>: ordinal outcomes use the Mann-Whitney U test with the normal
 approximation, tie correction and a continuity correction of 1/2; binary outcomes the
 pooled two-proportion z test without continuity correction; the sample-ratio check is

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -21,23 +22,24 @@ from shadowproxy.report.render import (
     experiment_title,
     fault_text,
     interval,
-    ms,
+    ordered,
     pct,
 )
+
+TABLE_WIDTH = 100
+"""The summary table fits this many columns (cells wrap inside it); the verdict and
+decision lines stay one line each, so a pipeline can grep them."""
 
 
 def print_summary(report: Report, out: TextIO | None = None) -> None:
     stream = out or sys.stdout
-    # A pipe gets a wide, colourless table so that no column is folded.
-    console = Console(file=stream, width=None if stream.isatty() else 160, highlight=False)
+    console = Console(file=stream, width=_width(stream), highlight=False)
     console.print(f"shadowproxy report: {report.root}", soft_wrap=True, markup=False)
     for warning in report.warnings:
         console.print(f"WARNING: {warning}", style="bold red", soft_wrap=True, markup=False)
-    for line in decision_lines(report):
-        console.print(line, soft_wrap=True, markup=False)
     if report.pairs:  # a recording of experiments without shadows has none
         console.print(summary_table(report))
-    for pair in report.pairs:
+    for pair in ordered(report.pairs):
         console.print(f"{pair.route} / {pair.verdict}", soft_wrap=True, markup=False)
     for check in report.chaos:
         console.print(chaos_line(check), soft_wrap=True, markup=False)
@@ -45,10 +47,19 @@ def print_summary(report: Report, out: TextIO | None = None) -> None:
         print_experiment(console, trial)
     for path, reason in report.skipped_files:
         console.print(f"skipped unreadable file {path}: {reason}", soft_wrap=True, markup=False)
+    for line in decision_lines(report):
+        console.print(line, soft_wrap=True, markup=False)
+
+
+def _width(stream: TextIO) -> int:
+    """At most ``TABLE_WIDTH``, less on a narrower terminal."""
+    if stream.isatty():
+        return min(TABLE_WIDTH, Console(file=stream).width)
+    return TABLE_WIDTH
 
 
 def decision_lines(report: Report) -> list[str]:
-    """One line per candidate, candidates in report order: what a CD pipeline greps.
+    """One line per candidate, printed last: what a CD pipeline greps.
     ``decision churn / candidate: HOLD: not enough evidence yet: accuracy needs ...``"""
     return [
         f"decision {p.route} / {p.shadow}: {p.decision.sentence}"
@@ -58,39 +69,44 @@ def decision_lines(report: Report) -> list[str]:
 
 
 def summary_table(report: Report) -> Table:
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for name, justify in (
-        ("route", "left"),
-        ("shadow", "left"),
-        ("role", "left"),
+        ("route / shadow", "left"),
         ("rows", "right"),
-        ("ok", "right"),
         ("agreement [95% CI]", "right"),
-        ("noise floor", "right"),
-        ("labels", "right"),
-        ("p50 prod→shadow", "right"),
-        ("p99 prod→shadow", "right"),
+        ("floor", "right"),
+        ("labels: Δ", "right"),
+        ("p99 ms", "right"),
+        ("decision", "left"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for pair in report.pairs:
+        # Only the names wrap: a number split over two lines misreads.
+        table.add_column(name, justify=justify, no_wrap=name != "route / shadow")  # type: ignore[arg-type]
+    for pair in ordered(report.pairs):
         table.add_row(*_row(pair))
     return table
 
 
 def _row(pair: PairReport) -> list[str]:
     lat = pair.latency
+    name = f"{pair.route} / {pair.shadow}"
+    p99 = "no answered requests"
+    if lat.production.p99 is not None and lat.shadow.p99 is not None:
+        p99 = f"{lat.production.p99:,.1f} → {lat.shadow.p99:,.1f}"
     return [
-        pair.route,
-        pair.shadow,
-        pair.role,
+        name,
         f"{pair.rows:,}",
-        pct(pair.outcomes["ok"] / pair.rows) if pair.rows else "-",
         f"{pct(pair.agreement_rate)} {interval(pair.agreement_ci)}",
-        pct(pair.noise_floor.rate) if pair.noise_floor else "-",
+        _floor(pair),
         _labels(pair),
-        f"{ms(lat.production.p50)} → {ms(lat.shadow.p50)}",
-        f"{ms(lat.production.p99)} → {ms(lat.shadow.p99)}",
+        p99,
+        pair.decision.status if pair.decision else "baseline",
     ]
+
+
+def _floor(pair: PairReport) -> str:
+    if pair.role == "baseline":
+        return "(itself)"
+    return pct(pair.noise_floor.rate) if pair.noise_floor else "none"
 
 
 def chaos_line(check: ChaosCheck) -> str:
@@ -124,9 +140,9 @@ def print_experiment(console: Console, trial: Experiment) -> None:
 def _labels(pair: PairReport) -> str:
     labels = pair.labels
     if labels is None:
-        return "-"
+        return "no labels"
     if labels.task == "classification":
-        return f"{labels.n:,}: acc {100 * labels.difference:+.1f} pts"
+        return f"{labels.n:,}: {100 * labels.difference:+.1f} pts"
     return f"{labels.n:,}: MAE {labels.difference:+.3g}"
 
 
