@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 from shadowproxy import __version__
 from shadowproxy.config import Config, load_config, with_overrides
 from shadowproxy.errors import ConfigError
+from shadowproxy.experiments.canary import state_path
+from shadowproxy.experiments.promotion import Promotion, for_canary
 
 EXIT_CONFIG = 2
 DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos")
@@ -159,6 +161,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    promotions, canary_states = _route_settings(args.config)
     try:
         options = report.ReportOptions(
             root=args.root,
@@ -176,7 +179,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             outcome=args.outcome,
             mde=report.parse_mde(args.mde),
-            promotions=_promotions(args.config),
+            promotions=promotions,
+            canary_states=canary_states,
             gate=args.gate,
         )
         return report.run_report(options)
@@ -185,12 +189,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
 
-def _promotions(path: str | None) -> tuple[tuple[str, Any], ...]:
-    """Each route's ``promotion:`` block; a bad config raises ``ConfigError`` (exit 2,
-    naming the file and the field)."""
+def _route_settings(
+    path: str | None,
+) -> tuple[tuple[tuple[str, Promotion], ...], tuple[tuple[str, str], ...]]:
+    """Each route's promotion criteria and each canary route's state file, from the
+    config (none without ``--config``). A canary route's criteria take their margins
+    from its guardrails where the two overlap. A bad config raises ``ConfigError``
+    (exit 2, naming the file and the field)."""
     if path is None:
-        return ()
-    return tuple((route.name, route.promotion) for route in load_config(path).routes)
+        return (), ()
+    config = load_config(path)
+    promotions, states = [], []
+    for route in config.routes:
+        promotion = route.promotion
+        if route.canary is not None:
+            promotion = for_canary(promotion, route.canary.guardrails)
+            states.append((route.name, state_path(config.main.state_dir, route.name)))
+        promotions.append((route.name, promotion))
+    return tuple(promotions), tuple(states)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ import orjson
 
 from shadowproxy.config import RouteConfig, ShadowConfig
 from shadowproxy.experiments.assign import assign_arm, in_canary
-from shadowproxy.experiments.canary import Canary, CanaryActionError, Decision
+from shadowproxy.experiments.canary import Canary, CanaryActionError, Decision, state_path
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec
 from shadowproxy.experiments.window import Side
 from shadowproxy.http1 import Pool
@@ -188,7 +188,7 @@ class CanaryController:
     ) -> None:
         self.route = route
         self.spec = spec
-        self.path = Path(state_dir) / f"canary-{route}.json"
+        self.path = Path(state_path(state_dir, route))
         self.canary = self._load(now)
         self.window = self.canary.new_window()
         self._metrics = metrics

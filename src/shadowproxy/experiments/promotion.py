@@ -23,10 +23,12 @@ than or equal to 1``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import Field
 
+from shadowproxy.experiments.spec import GuardrailSpec
 from shadowproxy.validation import FrozenModel
 
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
@@ -75,6 +77,23 @@ class Promotion(FrozenModel):
 
 
 DEFAULT = Promotion()
+
+
+def for_canary(promotion: Promotion, guardrails: Iterable[GuardrailSpec]) -> Promotion:
+    """A canary route's criteria: where a guardrail watches the same quantity (error-rate
+    increase, p99 ratio, disagreement rate), its limit is the criterion's margin, so the
+    report's decision and the live canary judge the candidate by the same numbers."""
+    update: dict[str, FrozenModel] = {}
+    for guardrail in guardrails:
+        if guardrail.metric == "error_rate" and guardrail.max_increase is not None:
+            update["error_rate"] = ErrorRateCriterion(max_increase=guardrail.max_increase)
+        elif guardrail.metric == "p99_latency_ms" and guardrail.max_increase_ratio is not None:
+            update["latency_p99"] = LatencyP99Criterion(max_ratio=guardrail.max_increase_ratio)
+        elif guardrail.metric == "disagreement" and guardrail.max is not None:
+            update["disagreement"] = promotion.disagreement.model_copy(
+                update={"max": guardrail.max}
+            )
+    return promotion.model_copy(update=update)
 
 
 def guardrail_limits(promotion: Promotion) -> dict[str, float]:

@@ -107,8 +107,22 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
             skipped[exc.path] = exc.reason
             continue
         report.skipped_files = sorted(skipped.items())
+        add_canaries(report, options)
         return report
     raise ReportInputError(f"gave up after skipping {len(skipped)} corrupt files")
+
+
+def add_canaries(report: Report, options: ReportOptions) -> None:
+    """The canary routes' recorded decisions (``--config``); a route whose state file is
+    not there yet is said so."""
+    from shadowproxy.report import canary
+
+    for route, path in options.canary_states:
+        found = canary.read(route, path)
+        if found is None:
+            report.warnings.append(f"canary {route}: no recorded decisions at {path}")
+        else:
+            report.canaries.append(found)
 
 
 def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:

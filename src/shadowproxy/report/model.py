@@ -280,6 +280,52 @@ class Experiment:
     """Users seen in more than one arm: left out of every figure."""
 
 
+@dataclass(frozen=True)
+class GuardrailFigure:
+    """One guardrail's figure at one canary decision, as the proxy recorded it."""
+
+    metric: str
+    verdict: str
+    """``pass``, ``fail`` or ``undecided``."""
+    value: float | None
+    """The error-rate increase, the p99 ratio or the disagreement rate."""
+    lower: float | None
+    upper: float | None
+    limit: float | None
+    observations: str
+    """What it was measured on, e.g. ``candidate 512 / production 4,877 requests``."""
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    """One recorded canary decision and the evidence it was taken on."""
+
+    at: datetime
+    action: str
+    by: str
+    from_percent: float
+    percent: float
+    status: str
+    reasons: tuple[str, ...]
+    candidate_requests: int | None
+    production_requests: int | None
+    guardrails: tuple[GuardrailFigure, ...]
+
+
+@dataclass(frozen=True)
+class CanaryHistory:
+    """A canary route's state file, read back: where it is and how it got there."""
+
+    route: str
+    candidate: str
+    status: str
+    percent: float
+    steps: tuple[CanaryStep, ...]
+    """The decisions that changed something, oldest first."""
+    last_evaluation: CanaryStep | None
+    source: str
+
+
 @dataclass
 class PairReport:
     route: str
@@ -334,6 +380,7 @@ class Report:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     chaos: list[ChaosCheck] = field(default_factory=list)
     experiments: list[Experiment] = field(default_factory=list)
+    canaries: list[CanaryHistory] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     """Problems with the input that every reader must see (printed first, a banner in
     the HTML, ``warnings`` in summary.json)."""

@@ -79,6 +79,9 @@ class ReportOptions:
     promotions: tuple[tuple[str, Promotion], ...] = ()
     """Each route's ``promotion:`` block from ``--config``; routes not listed (and every
     route without ``--config``) are decided on the documented defaults."""
+    canary_states: tuple[tuple[str, str], ...] = ()
+    """``(route, state file)`` of each canary route in ``--config``: the canary section
+    reads the decisions the proxy recorded there."""
     gate: bool = False
     """``--gate``: exit 0 on PROMOTE, 3 on HOLD, 4 on REJECT (the worst candidate)."""
 

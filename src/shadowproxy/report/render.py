@@ -15,11 +15,13 @@ from shadowproxy.report import svg
 from shadowproxy.report.decision import open_text, value_text
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
+    CanaryStep,
     ChaosCheck,
     Criterion,
     Example,
     Experiment,
     ExperimentArm,
+    GuardrailFigure,
     Interval,
     Labels,
     PairReport,
@@ -87,6 +89,7 @@ def render(report: Report) -> str:
         _overview(report),
         *(_pair_section(pair, report) for pair in ordered(report.pairs)),
         _chaos(report),
+        _canaries(report),
         _experiments(report),
         _methods(report),
     ]
@@ -164,7 +167,7 @@ def title(report: Report) -> str:
     kinds = []
     if report.pairs:
         kinds.append("Shadow traffic")
-    designs = sorted({e.design for e in report.experiments})
+    designs = sorted({e.design for e in report.experiments} | {"canary" for _ in report.canaries})
     if designs:
         names = {"ab": "A/B test", "canary": "canary"}
         kinds.append(" and ".join(names.get(d, d) for d in designs))
@@ -584,6 +587,77 @@ def _chaos(report: Report) -> str:
         "figure in this report. <i>Noticed</i>: the measure moved at least halfway from the "
         "rows without faults to the value the fault should produce.</p>"
         f"{_table(head, rows)}</section>"
+    )
+
+
+def _canaries(report: Report) -> str:
+    """Each canary route: its step timeline, each decision with the evidence it was taken
+    on, and the guardrail figures at each decision, as the proxy recorded them."""
+    if not report.canaries:
+        return ""
+    parts = [
+        (
+            '<section id="canaries"><h2>Canary</h2><p>The decisions each canary route took, '
+            "read from the state file the proxy keeps: when, who (<code>auto</code>: the "
+            "guardrails; else the operator), the share of traffic before and after, why, and "
+            "each guardrail's figure with its one-sided bounds against its limit.</p>"
+        )
+    ]
+    for history in report.canaries:
+        parts.append(
+            f"<h3>{escape(history.route)}: candidate {escape(history.candidate)}, "
+            f"{escape(history.status)} at {history.percent:g}%</h3>"
+            f'<p class="note">From <code>{escape(history.source)}</code>.</p>'
+        )
+        steps = [*history.steps]
+        if history.last_evaluation is not None:
+            steps.append(history.last_evaluation)
+        if not steps:
+            parts.append("<p>No decisions recorded yet.</p>")
+        parts.append(_table(CANARY_HEAD, [canary_row(s) for s in steps]))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+CANARY_HEAD = ("time (UTC)", "action", "by", "share", "status", "requests", "guardrails", "why")
+
+
+def canary_row(step: CanaryStep) -> list[str]:
+    move = f"{step.from_percent:g}% &rarr; {step.percent:g}%"
+    if step.from_percent == step.percent:
+        move = f"{step.percent:g}%"
+    requests = "not recorded"
+    if step.candidate_requests is not None:
+        requests = (
+            f"candidate {step.candidate_requests:,} / production {step.production_requests or 0:,}"
+        )
+    figures = "<br>".join(escape(guardrail_text(g)) for g in step.guardrails) or "none evaluated"
+    return [
+        escape(step.at.strftime("%Y-%m-%d %H:%M:%S")),
+        escape(step.action),
+        escape(step.by),
+        move,
+        escape(step.status),
+        requests,
+        f'<span class="text">{figures}</span>',
+        f'<span class="text">{escape("; ".join(step.reasons))}</span>',
+    ]
+
+
+def guardrail_text(g: GuardrailFigure) -> str:
+    """``p99_latency_ms x1.031 [0.982, 1.094] vs limit 1.2: pass (candidate 512 / ...)``"""
+
+    def value(v: float | None) -> str:
+        if v is None:
+            return "undefined"
+        if g.metric == "p99_latency_ms":
+            return f"x{v:.3f}"
+        return f"{100 * v:.2f}%"
+
+    bounds = f" [{value(g.lower)}, {value(g.upper)}]" if g.lower is not None else ""
+    return (
+        f"{g.metric} {value(g.value)}{bounds} vs limit {value(g.limit)}: {g.verdict} "
+        f"({g.observations})"
     )
 
 

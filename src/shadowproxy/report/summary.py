@@ -12,6 +12,8 @@ import math
 from typing import Any
 
 from shadowproxy.report.model import (
+    CanaryHistory,
+    CanaryStep,
     ChaosCheck,
     Criterion,
     Decision,
@@ -40,6 +42,7 @@ def summary(report: Report) -> dict[str, Any]:
             "pairs": [_pair(p) for p in report.pairs],
             "chaos": [_chaos(c) for c in report.chaos],
             "experiments": [_experiment(e) for e in report.experiments],
+            "canaries": [_canary(c) for c in report.canaries],
             "warnings": list(report.warnings),
         }
     )
@@ -99,6 +102,46 @@ def _criterion(c: Criterion) -> dict[str, Any]:
         "test": c.test,
         "needed": c.needed,
         "unit": c.unit,
+    }
+
+
+def _canary(history: CanaryHistory) -> dict[str, Any]:
+    steps = [*history.steps]
+    return {
+        "route": history.route,
+        "candidate": history.candidate,
+        "status": history.status,
+        "percent": history.percent,
+        "source": history.source,
+        "decisions": [_canary_step(s) for s in steps],
+        "last_evaluation": _canary_step(history.last_evaluation)
+        if history.last_evaluation
+        else None,
+    }
+
+
+def _canary_step(step: CanaryStep) -> dict[str, Any]:
+    return {
+        "at": step.at.isoformat(),
+        "action": step.action,
+        "by": step.by,
+        "from_percent": step.from_percent,
+        "percent": step.percent,
+        "status": step.status,
+        "reasons": list(step.reasons),
+        "candidate_requests": step.candidate_requests,
+        "production_requests": step.production_requests,
+        "guardrails": [
+            {
+                "metric": g.metric,
+                "verdict": g.verdict,
+                "value": g.value,
+                "lower": g.lower,
+                "upper": g.upper,
+                "limit": g.limit,
+            }
+            for g in step.guardrails
+        ],
     }
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shadowproxy.report.model import ChaosCheck, Experiment, PairReport, Report
+from shadowproxy.report.model import CanaryHistory, ChaosCheck, Experiment, PairReport, Report
 from shadowproxy.report.render import (
     arm_columns,
     arm_row,
@@ -21,6 +21,7 @@ from shadowproxy.report.render import (
     experiment_lines,
     experiment_title,
     fault_text,
+    guardrail_text,
     interval,
     ordered,
     pct,
@@ -45,6 +46,9 @@ def print_summary(report: Report, out: TextIO | None = None) -> None:
         console.print(chaos_line(check), soft_wrap=True, markup=False)
     for trial in report.experiments:
         print_experiment(console, trial)
+    for history in report.canaries:
+        for line in canary_lines(history):
+            console.print(line, soft_wrap=True, markup=False)
     for path, reason in report.skipped_files:
         console.print(f"skipped unreadable file {path}: {reason}", soft_wrap=True, markup=False)
     for line in decision_lines(report):
@@ -101,6 +105,20 @@ def _row(pair: PairReport) -> list[str]:
         p99,
         pair.decision.status if pair.decision else "baseline",
     ]
+
+
+def canary_lines(history: CanaryHistory) -> list[str]:
+    """``canary price: 2024-05-01 06:00:12 advance by auto 1% -> 5% (running): ...``"""
+    lines = [
+        f"canary {history.route}: {history.candidate} {history.status} at {history.percent:g}%"
+    ]
+    for step in history.steps:
+        lines.append(
+            f"canary {history.route}: {step.at:%Y-%m-%d %H:%M:%S} {step.action} by {step.by} "
+            f"{step.from_percent:g}% -> {step.percent:g}% ({step.status}): "
+            + "; ".join(guardrail_text(g) for g in step.guardrails)
+        )
+    return lines
 
 
 def _floor(pair: PairReport) -> str:
