@@ -382,15 +382,25 @@ def value_text(name: str, value: float | None) -> str:
     return f"{value:+.4g}"
 
 
-def criterion_text(c: Criterion) -> str:
-    """``accuracy -2.10 pts [-3.00, -1.20] vs margin -1.00 pts: fail``"""
+def criterion_text(c: Criterion, *, detail: bool = False) -> str:
+    """``accuracy -2.10 pts [-3.00, -1.20] vs margin -1.00 pts: fail``; with ``detail``
+    also the test and its p-value, and what an open criterion needs."""
     if c.estimate is None or c.interval is None:
-        return f"{c.name}: no data ({c.test})"
-    return (
+        return f"{c.name}: open, no data ({open_text(c)})" if detail else f"{c.name}: no data"
+    text = (
         f"{c.name} {value_text(c.name, c.estimate)} "
         f"[{value_text(c.name, c.interval.lo)}, {value_text(c.name, c.interval.hi)}] "
         f"vs margin {value_text(c.name, c.margin)}: {c.result}"
     )
+    if not detail:
+        return text
+    p = "n/a" if c.p_value is None else _p(c.p_value)
+    text += f" ({c.test}; non-inferiority {p})"
+    return text + (f"; {open_text(c)}" if c.result == "open" else "")
+
+
+def _p(p: float) -> str:
+    return "p<0.0001" if p < 0.0001 else f"p={p:.2g}" if p < 0.1 else f"p={p:.2f}"
 
 
 def worst(statuses: Iterable[str]) -> str | None:

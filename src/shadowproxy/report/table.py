@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shadowproxy.report.decision import criterion_text
 from shadowproxy.report.model import CanaryHistory, ChaosCheck, Experiment, PairReport, Report
 from shadowproxy.report.render import (
     arm_columns,
@@ -51,6 +52,11 @@ def print_summary(report: Report, out: TextIO | None = None) -> None:
             console.print(line, soft_wrap=True, markup=False)
     for path, reason in report.skipped_files:
         console.print(f"skipped unreadable file {path}: {reason}", soft_wrap=True, markup=False)
+    for pair in report.pairs:
+        for criterion in pair.decision.criteria if pair.decision else ():
+            text = criterion_text(criterion, detail=True)
+            console.print(f"criterion {pair.route} / {pair.shadow}: {text}", soft_wrap=True,
+                          markup=False)  # fmt: skip
     for line in decision_lines(report):
         console.print(line, soft_wrap=True, markup=False)
 
