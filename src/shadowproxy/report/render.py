@@ -12,12 +12,16 @@ from html import escape
 
 from shadowproxy import __version__
 from shadowproxy.report import svg
+from shadowproxy.report.decision import open_text, value_text
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
+    CanaryStep,
     ChaosCheck,
+    Criterion,
     Example,
     Experiment,
     ExperimentArm,
+    GuardrailFigure,
     Interval,
     Labels,
     PairReport,
@@ -26,8 +30,9 @@ from shadowproxy.report.model import (
 )
 from shadowproxy.report.verdict import p_text
 
-NA = "-"
-"""Shown where there is no value (also in the terminal table, hence plain ASCII)."""
+NA = "n/a (no data)"
+"""Shown where a figure is undefined and nothing more specific is known; places that know
+why say so instead (plain ASCII: the terminal table uses it too)."""
 
 CSS = """
 :root { --ink: #222; --muted: #666; --line: #ddd; --accent: #4c78a8; --bad: #d62728; }
@@ -47,6 +52,13 @@ th, td { border-bottom: 1px solid var(--line); padding: .2rem .6rem; text-align:
 th:first-child, td:first-child { text-align: left; }
 td.text { text-align: left; }
 .bad { color: var(--bad); font-weight: 600; }
+.card { border: 1px solid var(--line); border-left: 8px solid var(--muted); padding: .4rem .8rem;
+        margin: .5rem 0; }
+.card.PROMOTE { border-left-color: #2ca02c; } .card.HOLD { border-left-color: #f58518; }
+.card.REJECT { border-left-color: var(--bad); }
+.card h3 { margin: .1rem 0; } .card table { font-size: .85rem; }
+.status { font-weight: 700; } .PROMOTE .status { color: #1d7a1d; }
+.HOLD .status { color: #b35c00; } .REJECT .status { color: var(--bad); }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr));
           gap: .75rem; }
 figure { margin: 0; }
@@ -73,16 +85,18 @@ nav ul { columns: 2; }
 def render(report: Report) -> str:
     body = [
         _header(report),
+        _decisions(report),
         _overview(report),
-        *(_pair_section(pair, report) for pair in report.pairs),
+        *(_pair_section(pair, report) for pair in ordered(report.pairs)),
         _chaos(report),
+        _canaries(report),
         _experiments(report),
         _methods(report),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>shadowproxy report — {escape(report.root)}</title>"
+        f"<title>{escape(title(report))} — {escape(report.root)}</title>"
         f"<style>{CSS}</style></head><body>" + "".join(body) + "</body></html>\n"
     )
 
@@ -101,7 +115,7 @@ def interval(ci: Interval | None, scale: float = 100.0, digits: int = 1) -> str:
 
 
 def ms(value: float | None) -> str:
-    return NA if value is None else f"{value:,.1f} ms"
+    return "n/a (no answered requests)" if value is None else f"{value:,.1f} ms"
 
 
 def _anchor(pair: PairReport) -> str:
@@ -126,7 +140,7 @@ def _header(report: Report) -> str:
     filters = ", ".join(f"{k}={v}" for k, v in report.filters.items() if v) or "none"
     generated = report.generated_at.isoformat(timespec="seconds")
     parts = [
-        "<header><h1>Shadow traffic report</h1>",
+        f"<header><h1>{escape(title(report))}</h1>",
         (
             f'<p class="meta">Recording <code>{escape(report.root)}</code> · filters: '
             f"{escape(filters)} · generated {escape(generated)} "
@@ -143,11 +157,80 @@ def _header(report: Report) -> str:
             "(--skip-bad-files); their rows are missing from every number below."
             f"<ul>{items}</ul></div>"
         )
+    parts.extend(f'<div class="warn"><b>{escape(w)}</b></div>' for w in report.warnings)
     parts.append("</header>")
     return "".join(parts)
 
 
+def title(report: Report) -> str:
+    """What the report holds: shadow pairs, experiments (A/B, canary), or both."""
+    kinds = []
+    if report.pairs:
+        kinds.append("Shadow traffic")
+    designs = sorted({e.design for e in report.experiments} | {"canary" for _ in report.canaries})
+    if designs:
+        names = {"ab": "A/B test", "canary": "canary"}
+        kinds.append(" and ".join(names.get(d, d) for d in designs))
+    return (" and ".join(kinds) or "Empty") + " report"
+
+
+def ordered(pairs: list[PairReport]) -> list[PairReport]:
+    """Candidates before baselines, each group in report order (by route, shadow)."""
+    return sorted(pairs, key=lambda p: p.role == "baseline")
+
+
+def _decisions(report: Report) -> str:
+    """A card per candidate, first thing on the page: the status, one sentence, and each
+    criterion with its estimate, bounds, test and margin."""
+    cards = [_card(p) for p in report.pairs if p.decision is not None]
+    if not cards:
+        return ""
+    return '<section id="decisions"><h2>Decisions</h2>' + "".join(cards) + "</section>"
+
+
+def _card(pair: PairReport) -> str:
+    decision = pair.decision
+    assert decision is not None
+    rows = [
+        (
+            escape(c.name),
+            escape(value_text(c.name, c.estimate)),
+            escape(_bounds_text(c)),
+            escape(value_text(c.name, c.margin)),
+            escape(p_text(c.p_value) if c.p_value is not None else "no test: no data"),
+            f'<span class="{"bad" if c.result == "fail" else ""}">{escape(_result_text(c))}</span>',
+            f'<span class="text">{escape(c.test)}</span>',
+        )
+        for c in decision.criteria
+    ]
+    table = _table(
+        ("criterion", "estimate", "one-sided 95% bounds", "margin", "p (non-inferiority)",
+         "result", "test"),
+        rows,
+    )  # fmt: skip
+    return (
+        f'<div class="card {escape(decision.status)}"><h3><span class="status">'
+        f"{escape(decision.status)}</span> {escape(pair.shadow)} "
+        f'<span class="meta">on route {escape(pair.route)}</span></h3>'
+        f"<p>{escape(decision.sentence)}</p>{table}</div>"
+    )
+
+
+def _bounds_text(c: Criterion) -> str:
+    if c.interval is None:
+        return "undefined: no data"
+    return f"{value_text(c.name, c.interval.lo)} .. {value_text(c.name, c.interval.hi)}"
+
+
+def _result_text(c: Criterion) -> str:
+    if c.result != "open":
+        return c.result
+    return "open: " + open_text(c).split(" ", 1)[1]
+
+
 def _overview(report: Report) -> str:
+    if not report.pairs:
+        return ""
     rows = [
         (
             f'<a href="#{_anchor(p)}">{escape(p.route)}</a>',
@@ -157,7 +240,7 @@ def _overview(report: Report) -> str:
             f"{pct(p.agreement_rate)} {interval(p.agreement_ci)}",
             f'<span class="text">{escape(p.verdict)}</span>',
         )
-        for p in report.pairs
+        for p in ordered(report.pairs)
     ]
     table = _table(("route", "shadow", "role", "rows", "agreement [95% CI]", "verdict"), rows)
     return f"<nav><h2>Verdicts</h2>{table}</nav>"
@@ -171,16 +254,30 @@ def _pair_section(pair: PairReport, report: Report) -> str:
             f"{escape(pair.route)}</span></h3>"
         ),
         f'<p class="verdict">{escape(pair.verdict)}</p>',
-        _volume(pair),
-        _agreement(pair, report),
-        _noise(pair),
-        _latency(pair),
-        _examples(pair),
-        _segments(pair),
-        _labels(pair.labels),
+        *numbered(
+            [
+                _volume(pair),
+                _agreement(pair, report),
+                _noise(pair),
+                _latency(pair),
+                _examples(pair),
+                _segments(pair),
+                _labels(pair.labels),
+            ]
+        ),
         "</section>",
     ]
     return "".join(parts)
+
+
+def numbered(sections: list[str]) -> list[str]:
+    """Number the sections present (each starts with its ``<h4>``) 1, 2, 3... so a pair
+    without a noise floor or segments has no gap in its numbering."""
+    present = [section for section in sections if section]
+    return [
+        section.replace("<h4>", f"<h4>{index}. ", 1)
+        for index, section in enumerate(present, start=1)
+    ]
 
 
 def _volume(pair: PairReport) -> str:
@@ -210,13 +307,13 @@ def _volume(pair: PairReport) -> str:
             'left out of every figure of this shadow (see <a href="#chaos">Chaos '
             "experiments</a>).</p>"
         )
-    return f"<h4>1. Volume and outcomes</h4>{outcomes}{http}{excluded}"
+    return f"<h4>Volume and outcomes</h4>{outcomes}{http}{excluded}"
 
 
 def _agreement(pair: PairReport, report: Report) -> str:
     text = (
         f"<p>Agreement {pct(pair.agreement_rate)} {interval(pair.agreement_ci)} over "
-        f"{pair.compared:,} compared pairs (comparator <code>{escape(pair.comparator or NA)}"
+        f"{pair.compared:,} compared pairs (comparator <code>{escape(pair.comparator or 'none')}"
         "</code>; rows without a comparable answer are left out).</p>"
     )
     reference = 1.0 - pair.noise_floor.rate if pair.noise_floor else None
@@ -245,10 +342,17 @@ def _agreement(pair: PairReport, report: Report) -> str:
                 svg.heatmap(
                     f"Confusion, {pair.shadow}", pair.confusion.classes, pair.confusion.cells
                 ),
-                "Rows: production's class, columns: the shadow's; shade = share of the row",
+                "Rows: production's class, columns: the shadow's; shade = share of the row "
+                "(empty cells unshaded)"
+                + (
+                    f"; (other): the classes beyond the {len(pair.confusion.classes) - 1} "
+                    "most frequent"
+                    if "(other)" in pair.confusion.classes
+                    else ""
+                ),
             )
         )
-    return f'<h4>2. Agreement</h4>{text}<div class="charts">{"".join(charts)}</div>'
+    return f'<h4>Agreement</h4>{text}<div class="charts">{"".join(charts)}</div>'
 
 
 def _duration(seconds: int) -> str:
@@ -265,10 +369,10 @@ def _noise(pair: PairReport) -> str:
         return ""
     disagreement = 1.0 - pair.agreement_rate if pair.agreement_rate is not None else None
     rows = [
-        (escape(pair.shadow), pct(disagreement, 2), f"{pair.compared:,}"),
+        (escape(pair.shadow), pct(disagreement), f"{pair.compared:,}"),
         (
             escape(", ".join(floor.baselines)) + " (baseline)",
-            pct(floor.rate, 2),
+            pct(floor.rate),
             f"{floor.compared:,}",
         ),
     ]
@@ -282,7 +386,7 @@ def _noise(pair: PairReport) -> str:
             f"(one-sided two-proportion z = {test.statistic:.2f}, {p_text(test.p_value)}). "
             f"Smallest excess detectable with these rows at 80% power: {pct(floor.mde, 2)}.</p>"
         )
-    return "<h4>3. Noise floor</h4>" + _table(("", "disagreement", "compared"), rows) + sentence
+    return "<h4>Noise floor</h4>" + _table(("", "disagreement", "compared"), rows) + sentence
 
 
 def _latency(pair: PairReport) -> str:
@@ -295,14 +399,20 @@ def _latency(pair: PairReport) -> str:
         ],
     )
     test = "<p>Too few requests answered by both sides for a paired test.</p>"
-    if lat.test is not None:
-        ci = lat.median_diff_ci
+    if lat.test is not None and lat.mean_diff is not None:
+        ci = lat.mean_diff_ci
         ci_text = f" [{ci.lo:+.2f}, {ci.hi:+.2f}]" if ci is not None else ""
         test = (
-            f"<p>Per-request difference (shadow &minus; production), median "
-            f"{lat.median_diff or 0.0:+.2f} ms{ci_text} (bootstrap 95% CI); Wilcoxon signed-rank "
-            f"{p_text(lat.test.p_value)} on a hash sample of {lat.sample:,} of "
-            f"{lat.pairs:,} requests both answered.</p>"
+            f"<p>Per-request difference (shadow &minus; production), mean "
+            f"{lat.mean_diff:+.2f} ms{ci_text} (95% t interval); paired t test "
+            f"{p_text(lat.test.p_value)} on all {lat.pairs:,} requests both answered. "
+            "The interval is the one the test inverts: it excludes 0 exactly when "
+            "p &lt; 0.05.</p>"
+        )
+    if pair.nonfinite_latency:
+        test += (
+            f'<p class="warn">{pair.nonfinite_latency:,} row(s) with a NaN or infinite '
+            "latency are left out of these figures.</p>"
         )
     chart = svg.overlaid_histograms(
         f"Latency, {pair.shadow}",
@@ -313,18 +423,18 @@ def _latency(pair: PairReport) -> str:
         "ms (log scale)",
     )
     figure = _figure(chart, "Latency distributions on requests both sides answered")
-    return f'<h4>4. Latency</h4>{table}{test}<div class="charts">{figure}</div>'
+    return f'<h4>Latency</h4>{table}{test}<div class="charts">{figure}</div>'
 
 
 def _examples(pair: PairReport) -> str:
     if not pair.examples:
-        return "<h4>5. Examples</h4><p>No disagreeing requests.</p>"
+        return "<h4>Examples</h4><p>No disagreeing requests.</p>"
     items = "".join(_example(e) for e in pair.examples)
-    return f"<h4>5. Top disagreements</h4>{items}"
+    return f"<h4>Top disagreements</h4>{items}"
 
 
 def _example(example: Example) -> str:
-    diff = NA if example.diff_score is None else f"{example.diff_score:.4g}"
+    diff = "not scored" if example.diff_score is None else f"{example.diff_score:.4g}"
     when = example.ts.isoformat(timespec="seconds") if example.ts else ""
     summary = (
         f"<code>{escape(example.request_id)}</code> {escape(example.method or '')} "
@@ -357,7 +467,7 @@ def _cut(text: str | None, limit: int = 80) -> str:
 def _segments(pair: PairReport) -> str:
     if not pair.segments:
         return ""
-    parts = ["<h4>6. Segments</h4>"]
+    parts = ["<h4>Segments</h4>"]
     for path in dict.fromkeys(s.path for s in pair.segments):
         segments = [s for s in pair.segments if s.path == path]
         parts.append(_segment_block(path, segments, pair.agreement_rate))
@@ -370,7 +480,7 @@ def _segment_block(path: str, segments: list[Segment], overall: float | None) ->
             f'<span class="{"bad" if s.worse else ""}">{escape(s.value)}</span>',
             f"{s.rows:,}",
             f"{pct(s.rate)} {interval(s.ci)}",
-            p_text(s.p_adjusted) if s.p_adjusted is not None else NA,
+            p_text(s.p_adjusted) if s.p_adjusted is not None else "not tested (no other rows)",
             "worse" if s.worse else "",
         )
         for s in segments
@@ -402,7 +512,11 @@ def _labels(labels: Labels | None) -> str:
         ]
         table = _table(("", "accuracy [95% CI]"), rows)
         diff = f"{100 * labels.difference:+.2f} pts {interval(labels.difference_ci, digits=2)}"
-        mde = f"{100 * labels.mde:.2f} pts" if labels.mde is not None else NA
+        mde = (
+            f"{100 * labels.mde:.2f} pts"
+            if labels.mde is not None
+            else "undefined (no request has exactly one model right)"
+        )
     else:
         errors = [
             (name, f"{_num(side['mae']):.4g}", f"{_num(side['rmse']):.4g}")
@@ -410,20 +524,30 @@ def _labels(labels: Labels | None) -> str:
         ]
         table = _table(("", "MAE", "RMSE"), errors)
         diff = f"MAE {labels.difference:+.4g} {interval(labels.difference_ci, 1.0, 4)}"
-        mde = f"{labels.mde:.4g}" if labels.mde is not None else NA
+        mde = (
+            f"{labels.mde:.4g}"
+            if labels.mde is not None
+            else "undefined (the error differences do not vary)"
+        )
     more = (
         f" About {labels.more_labels_needed:,} more labels would detect a difference of the "
         "observed size."
         if labels.more_labels_needed
         else ""
     )
+    folded = (
+        f" {labels.duplicates:,} duplicate rows of already counted requests were folded "
+        "(each request counts once, with its first answered row)."
+        if labels.duplicates
+        else ""
+    )
     text = (
-        f"<p>{labels.n:,} labeled requests ({escape(labels.task)}). "
+        f"<p>{labels.n:,} labeled requests ({escape(labels.task)}).{folded} "
         f"Shadow &minus; production: {diff}; "
         f"{escape(labels.test.name)} {p_text(labels.test.p_value)}. Minimum detectable "
         f"difference at 80% power: {mde}.{more}</p>"
     )
-    return f"<h4>7. Ground truth</h4>{table}{text}"
+    return f"<h4>Ground truth</h4>{table}{text}"
 
 
 def _num(value: object) -> float:
@@ -449,7 +573,7 @@ def _chaos(report: Report) -> str:
             chaos_value(check, check.injected),
             chaos_value(check, check.clean),
             chaos_value(check, check.expected),
-            {True: "yes", False: '<span class="bad">no</span>', None: NA}[check.noticed],
+            {True: "yes", False: '<span class="bad">no</span>', None: "cannot tell"}[check.noticed],
         )
         for check in report.chaos
     ]
@@ -463,6 +587,77 @@ def _chaos(report: Report) -> str:
         "figure in this report. <i>Noticed</i>: the measure moved at least halfway from the "
         "rows without faults to the value the fault should produce.</p>"
         f"{_table(head, rows)}</section>"
+    )
+
+
+def _canaries(report: Report) -> str:
+    """Each canary route: its step timeline, each decision with the evidence it was taken
+    on, and the guardrail figures at each decision, as the proxy recorded them."""
+    if not report.canaries:
+        return ""
+    parts = [
+        (
+            '<section id="canaries"><h2>Canary</h2><p>The decisions each canary route took, '
+            "read from the state file the proxy keeps: when, who (<code>auto</code>: the "
+            "guardrails; else the operator), the share of traffic before and after, why, and "
+            "each guardrail's figure with its one-sided bounds against its limit.</p>"
+        )
+    ]
+    for history in report.canaries:
+        parts.append(
+            f"<h3>{escape(history.route)}: candidate {escape(history.candidate)}, "
+            f"{escape(history.status)} at {history.percent:g}%</h3>"
+            f'<p class="note">From <code>{escape(history.source)}</code>.</p>'
+        )
+        steps = [*history.steps]
+        if history.last_evaluation is not None:
+            steps.append(history.last_evaluation)
+        if not steps:
+            parts.append("<p>No decisions recorded yet.</p>")
+        parts.append(_table(CANARY_HEAD, [canary_row(s) for s in steps]))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+CANARY_HEAD = ("time (UTC)", "action", "by", "share", "status", "requests", "guardrails", "why")
+
+
+def canary_row(step: CanaryStep) -> list[str]:
+    move = f"{step.from_percent:g}% &rarr; {step.percent:g}%"
+    if step.from_percent == step.percent:
+        move = f"{step.percent:g}%"
+    requests = "not recorded"
+    if step.candidate_requests is not None:
+        requests = (
+            f"candidate {step.candidate_requests:,} / production {step.production_requests or 0:,}"
+        )
+    figures = "<br>".join(escape(guardrail_text(g)) for g in step.guardrails) or "none evaluated"
+    return [
+        escape(step.at.strftime("%Y-%m-%d %H:%M:%S")),
+        escape(step.action),
+        escape(step.by),
+        move,
+        escape(step.status),
+        requests,
+        f'<span class="text">{figures}</span>',
+        f'<span class="text">{escape("; ".join(step.reasons))}</span>',
+    ]
+
+
+def guardrail_text(g: GuardrailFigure) -> str:
+    """``p99_latency_ms x1.031 [0.982, 1.094] vs limit 1.2: pass (candidate 512 / ...)``"""
+
+    def value(v: float | None) -> str:
+        if v is None:
+            return "undefined"
+        if g.metric == "p99_latency_ms":
+            return f"x{v:.3f}"
+        return f"{100 * v:.2f}%"
+
+    bounds = f" [{value(g.lower)}, {value(g.upper)}]" if g.lower is not None else ""
+    return (
+        f"{g.metric} {value(g.value)}{bounds} vs limit {value(g.limit)}: {g.verdict} "
+        f"({g.observations})"
     )
 
 
@@ -521,11 +716,11 @@ def arm_columns(trial: Experiment) -> tuple[str, ...]:
 
 def arm_row(trial: Experiment, arm: ExperimentArm) -> list[str]:
     scale, digits = (100.0, 2) if trial.kind == "binary" else (1.0, 3)
-    mean = NA if arm.mean is None else f"{arm.mean * scale:.{digits}f}"
+    mean = "no outcomes" if arm.mean is None else f"{arm.mean * scale:.{digits}f}"
     if arm.name == trial.control:
         versus = "control"
     elif arm.difference is None:
-        versus = NA
+        versus = "not compared (no outcomes)"
     else:
         versus = (
             f"{arm.difference * scale:+.{digits}f} {interval(arm.difference_ci, scale, digits)}"
@@ -539,7 +734,7 @@ def arm_row(trial: Experiment, arm: ExperimentArm) -> list[str]:
         f"{arm.with_outcome:,}",
         f"{mean}{unit} {interval(arm.ci, scale, digits)}".strip(),
         versus,
-        NA if arm.p_value is None else p_text(arm.p_value),
+        "not tested" if arm.p_value is None else p_text(arm.p_value),
     ]
 
 
@@ -565,7 +760,11 @@ def experiment_lines(trial: Experiment) -> list[str]:
         f"sample ratio ({trial.unit}s): {observed} vs configured {shares}{p}: {verdict}{note}"
     )
     power = trial.power
-    needed = NA if power.n_needed_per_arm is None else f"{power.n_needed_per_arm:,}"
+    needed = (
+        "an undefined number of"
+        if power.n_needed_per_arm is None
+        else f"{power.n_needed_per_arm:,}"
+    )
     per_arm = "outcomes" if trial.unit == "request" else "users with an outcome"
     lines.append(
         f"power: {needed} {per_arm} per arm detect a {power.mde_relative:.1%} relative effect "
@@ -594,14 +793,45 @@ def _methods(report: Report) -> str:
 could judge them) on which the comparator said "agree", with a 95% Wilson interval.</p>
 <p><b>Noise floor</b>: a <i>baseline</i> shadow runs the production model again; its
 disagreement is what non-determinism alone produces. A candidate's excess over it is
-tested with a one-sided two-proportion z test.</p>
-<p><b>Latency</b> percentiles are approximate (t-digest) over requests both sides answered;
-the paired test is a Wilcoxon signed-rank test (normal approximation, ties corrected) on a
-deterministic hash sample of per-request differences (its size is given per shadow), with a
-percentile-bootstrap interval for the median difference.</p>
+tested with a one-sided pooled two-proportion z test without continuity correction.</p>
+<p><b>Latency</b> percentiles are exact (linear interpolation between order statistics,
+type 7, numpy's default) over requests both sides answered with finite latencies; rows
+with a NaN or infinite latency are counted and left out. The per-request difference
+(shadow minus production) is tested with a paired t test over every such request, and
+its mean is quoted with the 95% t interval that test inverts: the two never disagree
+about zero.</p>
 <p><b>Segments</b> compare each segment's agreement with the rest of the pair's rows
-(one-sided two-proportion z test), Holm-corrected across the segments of a pair.</p>
-<p><b>Ground truth</b>: accuracy is compared with an exact McNemar test on the labeled
-requests both models answered; regression errors with a Wilcoxon signed-rank test on
-paired absolute errors and a bootstrap interval of the MAE difference. The minimum
-detectable difference assumes 80% power at &alpha; = 0.05.</p></div>"""
+(one-sided pooled two-proportion z test, no continuity correction), Holm-corrected
+across the segments of a pair.</p>
+<p><b>Ground truth</b>: each labelled request counts once (client retries keep their
+request id; the first answered row is kept and the rest are counted as folded).
+Accuracy is compared with an exact McNemar test (two-sided binomial test on the
+discordant requests) on the labelled requests both models answered; the interval of the
+accuracy difference is built from the exact Clopper-Pearson interval of the share of
+discordant requests the shadow gets right, so it excludes 0 exactly when McNemar's p is
+below 0.05. Regression errors are compared with a paired t test on the per-request
+difference of absolute errors, whose mean is the MAE difference, with its t interval,
+over every labelled request. The minimum detectable difference assumes 80% power at
+&alpha; = 0.05.</p>
+<p><b>Decision</b> (the cards at the top): each candidate is judged on its route's
+pre-registered <code>promotion:</code> criteria: accuracy (regression: MAE), disagreement
+(over the baseline's, else absolute), p99 latency ratio and error-rate increase. Each is
+a <i>non-inferiority</i> question: is the candidate at most a margin worse than
+production? A criterion <i>passes</i> when its one-sided 95% bound on the worse side is
+inside the margin; <i>fails</i> when the bound on the better side is beyond it (Holm-
+corrected across the criteria); is <i>open</i> otherwise, with about how many more labels
+or requests would settle it. A bare "not significant" is not evidence of no difference:
+only a bound inside the margin is. PROMOTE needs every criterion to pass, REJECT one to
+fail; anything else is HOLD. The chance of promoting a candidate that breaks a criterion,
+or of rejecting one that meets them all, is at most 5% each.</p>
+<p><b>Sample-ratio check</b> (A/B and canary routes): the units per arm are compared with the
+configured split by a chi-square goodness-of-fit test, flagged at p &lt; 0.001. A
+mismatch means assignment or logging is broken: read no other figure of that experiment
+until it is explained.</p>
+<p><b>Power</b>: the sample a test needs to detect a stated effect with 80% probability
+at &alpha; = 0.05 (two-sided), and the smallest effect the current sample detects. A test
+short of its power that finds nothing has shown nothing.</p>
+<p><b>Experiments</b>: ordinal outcomes use the Mann-Whitney U test with the normal
+approximation, tie correction and a continuity correction of 1/2; binary outcomes the
+pooled two-proportion z test without continuity correction; the sample-ratio check is
+Pearson's chi-square goodness of fit.</p></div>"""

@@ -254,6 +254,7 @@ def wilcoxon_signed_rank(differences: Sequence[float]) -> TestResult:
     the exact distribution matters only below ~50 pairs, where the report says
     "too few" anyway.
     """
+    _require_finite(differences, "wilcoxon_signed_rank")
     nonzero = [d for d in differences if d != 0.0]
     n = len(nonzero)
     if n == 0:
@@ -501,6 +502,7 @@ def bootstrap_median_ci(values: Sequence[float], confidence: float = 0.95) -> tu
     where a pure-Python resampling loop takes seconds.
     """
     data = list(values)
+    _require_finite(data, "bootstrap_median_ci")
     if len(data) % 2 == 0:
         data = data[:-1]
     n = len(data)
@@ -553,11 +555,21 @@ def mean(values: Sequence[float]) -> float:
 
 
 def median(values: Sequence[float]) -> float:
+    _require_finite(values, "median")
     ordered = sorted(values)
     middle = len(ordered) // 2
     if len(ordered) % 2:
         return ordered[middle]
     return (ordered[middle - 1] + ordered[middle]) / 2.0
+
+
+def _require_finite(values: Iterable[float], name: str) -> None:
+    """Refuse NaN and infinities: sorting and ranking treat NaN as neither larger nor
+    smaller than anything, so a single one silently corrupts a median or a rank test.
+    The report filters them out (and counts them) before calling these functions."""
+    bad = sum(1 for v in values if not math.isfinite(v))
+    if bad:
+        raise ValueError(f"{name} needs finite values; got {bad} NaN or infinite value(s)")
 
 
 # --- multiple comparisons ------------------------------------------------------------
