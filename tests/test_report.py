@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats as sp
 
+from shadowproxy import stats
 from shadowproxy.compare import jsonpath
 from shadowproxy.report import (
     Filters,
@@ -29,7 +30,6 @@ from shadowproxy.report import (
     verdict,
 )
 from shadowproxy.report.model import Interval, Latency, PairReport, Percentiles, Report
-from shadowproxy.stats import inference as stats
 from tests import synthetic
 from tests.synthetic import DatasetSpec, RouteSpec, ShadowSpec
 

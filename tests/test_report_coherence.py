@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sp
 
+from shadowproxy import stats
 from shadowproxy.recording.schema import PAIRS_SCHEMA
 from shadowproxy.report import ReportOptions, build_report, intervals, render, summary
 from shadowproxy.report.model import PairReport, Report
-from shadowproxy.stats import inference as stats
 from tests.synthetic import DatasetSpec, RouteSpec, ShadowSpec, generate
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)

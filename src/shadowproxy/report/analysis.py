@@ -2,7 +2,7 @@
 
 :func:`analyze` is the only function here that runs queries; it hands their rows
 (lists of dicts) to pure builders, one per report section, which call
-:mod:`~shadowproxy.stats.inference`. The builders are tested with hand-made rows.
+:mod:`~shadowproxy.stats`. The builders are tested with hand-made rows.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from shadowproxy import stats
 from shadowproxy.report import (
     chaos,
     decision,
@@ -41,7 +42,6 @@ from shadowproxy.report.model import (
     TimePoint,
 )
 from shadowproxy.report.options import ReportInputError, ReportOptions, duckdb_path
-from shadowproxy.stats import inference as stats
 
 Key = tuple[str, str]
 

@@ -34,8 +34,8 @@ from shadowproxy.experiments.guardrails import one_sided_wilson, rate_difference
 from shadowproxy.experiments.promotion import ALPHA, DEFAULT, Promotion
 from shadowproxy.report import intervals
 from shadowproxy.report.model import Criterion, Decision, Interval, PairReport
+from shadowproxy.stats import holm
 from shadowproxy.stats.distributions import norm_ppf
-from shadowproxy.stats.inference import holm
 
 Bounds = Callable[[float], tuple[float, float]]
 """One-sided (lower, upper) bounds, each at the given level in [0.5, 1)."""

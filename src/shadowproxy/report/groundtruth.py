@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from shadowproxy import stats
 from shadowproxy.report import intervals, queries
 from shadowproxy.report.load import Runner
 from shadowproxy.report.model import Interval, Labels, PairReport
 from shadowproxy.report.options import ReportOptions
-from shadowproxy.stats import inference as stats
 
 Key = tuple[str, str]
 

@@ -8,7 +8,7 @@ disagree about zero (or about a margin):
   and excludes 0 exactly when the exact McNemar test rejects at the same level;
 - :func:`paired_t` is the one-sample t test on paired differences and its t interval.
 
-Like :mod:`~shadowproxy.stats.inference`, nothing here needs scipy or numpy at run time
+Like :mod:`~shadowproxy.stats`, nothing here needs scipy or numpy at run time
 (the tests check every figure against scipy). Non-finite input is refused, never
 silently folded into a result.
 """
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 
+from shadowproxy.stats import DfTestResult, binom_cdf, binom_upper_tail
 from shadowproxy.stats.distributions import norm_ppf, norm_sf, t_isf, t_sf, z_for
-from shadowproxy.stats.inference import DfTestResult, _binom_upper_tail, binom_cdf
 
 BISECTIONS = 64
 """Steps of every bisection here: 2^-64 of the unit interval is below float precision."""
@@ -49,7 +49,7 @@ def _at_least(k: int, n: int, p: float) -> float:
     """P(Binomial(n, p) >= k), summed directly above the mode (``1 - cdf`` would lose
     every digit when the tail is tiny: the lower bound of 1 success in 100,000)."""
     if k > n * p:
-        return _binom_upper_tail(k, n, p)
+        return binom_upper_tail(k, n, p)
     return 1.0 - binom_cdf(k - 1, n, p)
 
 
@@ -85,7 +85,7 @@ def _beta_ppf(a: int, b: int, target: float) -> float:
 
 def paired_accuracy_ci(b: int, c: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Interval for the paired accuracy difference ``(c - b) / n`` (shadow minus
-    production), consistent with :func:`~shadowproxy.stats.inference.mcnemar_exact`.
+    production), consistent with :func:`~shadowproxy.stats.mcnemar_exact`.
 
     The difference is ``q f`` with ``q = (b + c) / n`` the discordant share and
     ``f = 2 pi - 1``, where ``pi = c / (b + c)`` is the share of discordant requests the

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shadowproxy.stats.inference import TestResult
+from shadowproxy.stats import TestResult
 
 OUTCOME_NAMES = ("ok", "error", "timeout", "dropped", "skipped")
 

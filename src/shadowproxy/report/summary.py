@@ -28,7 +28,7 @@ from shadowproxy.report.model import (
     Report,
     Segment,
 )
-from shadowproxy.stats.inference import TestResult
+from shadowproxy.stats import TestResult
 
 
 def summary(report: Report) -> dict[str, Any]:
