@@ -14,8 +14,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from shadowproxy.report.decision import criterion_text
+from shadowproxy.report.formatting import interval, pct
 from shadowproxy.report.model import CanaryHistory, ChaosCheck, Experiment, PairReport, Report
-from shadowproxy.report.render import (
+from shadowproxy.report.render import ordered
+from shadowproxy.report.run_sections import (
     arm_columns,
     arm_row,
     chaos_value,
@@ -23,9 +25,6 @@ from shadowproxy.report.render import (
     experiment_title,
     fault_text,
     guardrail_text,
-    interval,
-    ordered,
-    pct,
 )
 
 TABLE_WIDTH = 100
