@@ -226,17 +226,18 @@ def summary(config: Config) -> str:
     main = config.main
     lines = [
         f"config {config.source}: OK",
-        f"  listen {main.listen}, admin {main.admin_listen}",
+        f"  listen {main.listen}, admin {main.admin_listen}"
+        + (f", gRPC {main.grpc_listen}" if main.grpc_listen else ""),
         f"  default upstream: {main.default_upstream or 'none (unmatched requests get 404)'}",
         f"  recording to {main.recording.dir}",
         f"  {len(config.routes)} route(s):",
     ]
     for route, source in zip(config.routes, config.route_sources, strict=True):
         methods = ",".join(route.match.methods) if route.match.methods else "all methods"
-        lines.append(
-            f"    {route.name}: {route.match.path_prefix} ({methods}) -> "
-            f"{route.production.url}  [{source}]"
-        )
+        matched = f"{route.match.path_prefix} ({methods})"
+        if route.match.grpc is not None:
+            matched = f"gRPC {route.match.grpc}"
+        lines.append(f"    {route.name}: {matched} -> {route.production.url}  [{source}]")
         for shadow in route.shadows:
             lines.append(
                 f"      shadow {shadow.name} ({shadow.role}): {shadow.url} "

@@ -24,6 +24,9 @@ RELOAD_RESULTS = ("success", "failure")
 
 
 REJECT_REASONS = ("bad_request", "header_too_large", "header_timeout", "upgrade")
+GRPC_REJECT_REASONS = ("grpc_max_concurrent_calls",)
+"""Refusals of the gRPC listener before routing (those gRPC's core makes of bytes that
+are not HTTP/2 never reach Python and are not counted)."""
 
 
 class Metrics:
@@ -39,8 +42,9 @@ class Metrics:
         rr = recorder_registry if recorder_registry is not None else r
         self.requests = Counter(
             "shadowproxy_requests",
-            "Client requests answered, by route and HTTP status sent to the client.",
-            ["route", "code"],
+            "Client requests answered, by route and HTTP status sent to the client (gRPC "
+            "calls: its HTTP equivalent, and grpc_status the code name; empty for HTTP).",
+            ["route", "code", "grpc_status"],
             registry=r,
         )
         self.request_duration = Histogram(
@@ -97,7 +101,7 @@ class Metrics:
         self.rejected_requests = Counter(
             "shadowproxy_rejected_requests",
             "Client requests refused before routing, by reason "
-            "(bad_request|header_too_large|header_timeout|upgrade).",
+            "(bad_request|header_too_large|header_timeout|upgrade|grpc_max_concurrent_calls).",
             ["reason"],
             registry=r,
         )

@@ -33,6 +33,9 @@ class RequestInfo:
     body: bytes
     body_complete: bool
     """False when the body exceeded the route's ``max_body_bytes`` and was streamed."""
+    protocol: str = "http"
+    """``http``, or ``grpc``: then ``path`` is ``/package.Service/Method`` and bodies are
+    the message bytes."""
 
 
 @dataclass(slots=True)
@@ -46,6 +49,9 @@ class ProductionResult:
     content_type: str | None
     chaos: str | None = None
     """The faults injected into this answer (``experiments.chaos`` marker); None normally."""
+    grpc_status: str | None = None
+    """gRPC calls: the status code's name (``OK``, ``UNAVAILABLE``); ``status`` holds
+    its HTTP equivalent."""
 
 
 @dataclass(slots=True)
@@ -61,6 +67,8 @@ class ShadowResult:
     chaos: str | None = None
     """The faults injected into this copy (``delay_ms=500,corrupt_prediction``); None normally.
     ``corrupt_prediction`` is applied by the recorder, before comparison."""
+    grpc_status: str | None = None
+    """gRPC calls: the status code's name; ``status`` holds its HTTP equivalent."""
 
 
 @dataclass(slots=True)

@@ -25,9 +25,10 @@ import orjson
 from shadowproxy.compare.comparators import judge, resolve
 from shadowproxy.compare.decode import decode
 from shadowproxy.compare.extract import Extractor
+from shadowproxy.compare.inference_grpc import decode_response, decodes, raw_bytes
 from shadowproxy.compare.spec import MAX_DEPTH, CompareConfig
 from shadowproxy.compare.verdict import Incomparable, Verdict, clip, identical
-from shadowproxy.records import Comparison, Pair
+from shadowproxy.records import Comparison, Pair, ProductionResult, ShadowResult
 
 if TYPE_CHECKING:  # config imports this package for CompareConfig: no import cycle
     from shadowproxy.config import RouteConfig
@@ -57,14 +58,19 @@ class Plan:
 
     def __call__(self, pair: Pair) -> Comparison:
         outcome = _outcome_reason(pair)
-        prod_status = _status_reason("production", pair.production.status, pair.production.error)
-        shadow_status = _status_reason("shadow", pair.result.status, pair.result.error)
+        production, result = pair.production, pair.result
+        prod_status = _status_reason(
+            "production", production.status, production.error, production.grpc_status
+        )
+        shadow_status = _status_reason("shadow", result.status, result.error, result.grpc_status)
         prod = _Side(reason=prod_status) if prod_status else self._read("production", pair)
         skip_shadow = outcome or shadow_status
         shadow = _Side(reason=skip_shadow) if skip_shadow else self._read("shadow", pair)
         kind: str = self.config.kind
         name: str = kind
-        if prod.reason is None:
+        if _undecoded(pair):
+            kind = name = "exact"  # message bytes with no known type: equal or not
+        elif prod.reason is None:
             kind, name = resolve(self.config.kind, prod.value)
         reason = outcome or prod_status or shadow_status or prod.reason or shadow.reason
         verdict = Verdict(None, None, clip(reason)) if reason else self._judge(kind, prod, shadow)
@@ -88,6 +94,9 @@ class Plan:
     def _read(self, side: str, pair: Pair) -> _Side:
         result = pair.production if side == "production" else pair.result
         try:
+            if pair.request.protocol == "grpc":
+                value = _grpc_prediction(side, pair.request.path, result, self.extract)
+                return _Side(value, _serialise(side, value))
             answer = decode(side, result.body, result.content_type, result.body_truncated)
             value = self.extract(side, answer)
             return _Side(value, _serialise(side, value))
@@ -102,9 +111,29 @@ def _outcome_reason(pair: Pair) -> str | None:
     return f"shadow {result.outcome}{_because(result.error)}"
 
 
-def _status_reason(side: str, status: int | None, error: str | None) -> str | None:
+def _undecoded(pair: Pair) -> bool:
+    return pair.request.protocol == "grpc" and not decodes(pair.request.path)
+
+
+def _grpc_prediction(
+    side: str, path: str, result: ProductionResult | ShadowResult, extract: Extractor
+) -> Any:
+    """A gRPC answer's prediction: Open Inference messages decoded to their REST form
+    (so the route's extraction applies), any other message as its bytes."""
+    if result.body_truncated:
+        raise Incomparable(f"{side} message truncated")
+    if not decodes(path):
+        return raw_bytes(result.body)
+    return extract(side, decode_response(side, path, result.body))
+
+
+def _status_reason(
+    side: str, status: int | None, error: str | None, grpc_status: str | None = None
+) -> str | None:
     if status is None:
         return f"{side} gave no answer{_because(error)}"
+    if grpc_status is not None and grpc_status != "OK":
+        return f"{side} gRPC status {grpc_status}{_because(error)}"
     if not 200 <= status < 300:
         return f"{side} status {status}"
     return None

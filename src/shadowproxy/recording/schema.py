@@ -80,6 +80,11 @@ PAIR_COLUMNS: tuple[Column, ...] = (
     Column("batch_agree", pa.int32(), "predictions of the batch that agree"),
     Column("chaos", pa.string(), "faults injected into the shadow copy; null when none"),
     Column("prod_chaos", pa.string(), "faults injected into production's call; null when none"),
+    Column(
+        "protocol", pa.string(), "http | grpc (gRPC: method POST, path /package.Service/Method)"
+    ),
+    Column("prod_grpc_status", pa.string(), "gRPC calls: production's status code name (OK, ...)"),
+    Column("shadow_grpc_status", pa.string(), "gRPC calls: the shadow's status code name"),
 )
 PAIRS_SCHEMA = _schema(PAIR_COLUMNS)
 
@@ -202,6 +207,9 @@ def pair_row(
         "batch_agree": c.batch_agree if c else None,
         "chaos": result.chaos,
         "prod_chaos": prod.chaos,
+        "protocol": request.protocol,
+        "prod_grpc_status": prod.grpc_status,
+        "shadow_grpc_status": result.grpc_status,
     }
 
 

@@ -51,6 +51,7 @@ def pack(pair: Pair) -> PackedPair:
         production.body_truncated, production.content_type, production.chaos,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
         result.body_truncated, result.content_type, result.chaos,
+        request.protocol, production.grpc_status, result.grpc_status,
     )  # fmt: skip
 
 
@@ -60,16 +61,23 @@ def unpack(packed: PackedPair) -> Pair:
         shadow, role,
         prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
         outcome, status, latency, error, shadow_body, truncated, content_type, chaos,
+        protocol, prod_grpc, shadow_grpc,
     ) = packed  # fmt: skip
     return Pair(
-        RequestInfo(request_id, ts, route, method, path, query, [], body, body_complete),
+        RequestInfo(
+            request_id, ts, route, method, path, query, [], body, body_complete, protocol
+        ),
         shadow,
         role,
         ProductionResult(
-            prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos
+            prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type,
+            prod_chaos, prod_grpc,
         ),
-        ShadowResult(outcome, status, latency, error, shadow_body, truncated, content_type, chaos),
-    )
+        ShadowResult(
+            outcome, status, latency, error, shadow_body, truncated, content_type, chaos,
+            shadow_grpc,
+        ),
+    )  # fmt: skip
 
 
 def pack_exposure(e: Exposure) -> PackedExposure:
