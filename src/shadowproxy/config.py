@@ -13,6 +13,7 @@ No code below this module reads YAML, environment variables or defaults.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import typing
@@ -644,16 +645,31 @@ def _check_route_set(routes: list[RouteConfig], sources: list[str], fields: list
 def _check_grpc_listener(
     main: MainConfig, routes: list[RouteConfig], sources: list[str], fields: list[str]
 ) -> None:
-    """A gRPC route is served only on ``grpc_listen``: one without it would never match."""
-    if main.grpc_listen is not None:
-        return
+    """A gRPC route is served only on ``grpc_listen`` (one without it would never
+    match), and needs the ``grpc`` extra installed."""
     for route, source, field in zip(routes, sources, fields, strict=True):
-        if route.is_grpc:
+        if not route.is_grpc:
+            continue
+        if main.grpc_listen is None:
             raise ConfigError(
                 source,
                 _join(field, "match.grpc"),
                 "a gRPC route needs grpc_listen (host:port) in the main config",
             )
+        missing = [name for name in ("grpc", "google.protobuf") if not _importable(name)]
+        if missing:
+            raise ConfigError(
+                source,
+                _join(field, "match.grpc"),
+                f"gRPC routes need {' and '.join(missing)}: pip install 'shadowproxy[grpc]'",
+            )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def with_overrides(config: Config, **fields: str | None) -> Config:

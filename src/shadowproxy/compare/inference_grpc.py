@@ -252,6 +252,10 @@ def decodes(path: str) -> bool:
     return service == SERVICE and method in _RESPONSES
 
 
+def is_infer(path: str) -> bool:
+    return path == f"/{SERVICE}/ModelInfer"
+
+
 def decode_response(side: str, path: str, body: bytes) -> Any:
     """The answer of method ``path`` as the REST form of the protocol (JSON-ready)."""
     method = path.rpartition("/")[2]

@@ -25,7 +25,6 @@ import orjson
 from shadowproxy.compare.comparators import judge, resolve
 from shadowproxy.compare.decode import decode
 from shadowproxy.compare.extract import Extractor
-from shadowproxy.compare.inference_grpc import decode_response, decodes, raw_bytes
 from shadowproxy.compare.spec import MAX_DEPTH, CompareConfig
 from shadowproxy.compare.verdict import Incomparable, Verdict, clip, identical
 from shadowproxy.records import Comparison, Pair, ProductionResult, ShadowResult
@@ -68,8 +67,8 @@ class Plan:
         shadow = _Side(reason=skip_shadow) if skip_shadow else self._read("shadow", pair)
         kind: str = self.config.kind
         name: str = kind
-        if _undecoded(pair):
-            kind = name = "exact"  # message bytes with no known type: equal or not
+        if _whole_message(pair):
+            kind = name = "exact"  # no prediction in it: the message is equal or not
         elif prod.reason is None:
             kind, name = resolve(self.config.kind, prod.value)
         reason = outcome or prod_status or shadow_status or prod.reason or shadow.reason
@@ -111,20 +110,31 @@ def _outcome_reason(pair: Pair) -> str | None:
     return f"shadow {result.outcome}{_because(result.error)}"
 
 
-def _undecoded(pair: Pair) -> bool:
-    return pair.request.protocol == "grpc" and not decodes(pair.request.path)
+def _whole_message(pair: Pair) -> bool:
+    """gRPC answers other than ``ModelInfer`` (metadata, liveness, other services)
+    carry no prediction: they compare whole, exactly."""
+    if pair.request.protocol != "grpc":
+        return False
+    # Imported here: protobuf is needed only once gRPC routes are served.
+    from shadowproxy.compare.inference_grpc import is_infer
+
+    return not is_infer(pair.request.path)
 
 
 def _grpc_prediction(
     side: str, path: str, result: ProductionResult | ShadowResult, extract: Extractor
 ) -> Any:
-    """A gRPC answer's prediction: Open Inference messages decoded to their REST form
-    (so the route's extraction applies), any other message as its bytes."""
+    """A gRPC answer's prediction: ``ModelInfer`` decoded to its REST form (so the
+    route's extraction applies), the service's other answers decoded whole, any other
+    message as its bytes."""
+    from shadowproxy.compare.inference_grpc import decode_response, decodes, is_infer, raw_bytes
+
     if result.body_truncated:
         raise Incomparable(f"{side} message truncated")
     if not decodes(path):
         return raw_bytes(result.body)
-    return extract(side, decode_response(side, path, result.body))
+    answer = decode_response(side, path, result.body)
+    return extract(side, answer) if is_infer(path) else answer
 
 
 def _status_reason(
