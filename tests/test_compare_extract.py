@@ -171,6 +171,8 @@ def test_open_inference_problems_are_reasons(answer: Any, output: str | None, me
     [
         ([3], [1, 2, 3], [1, 2, 3]),
         ([1, 3], [1, 2, 3], [[1, 2, 3]]),
+        ([2, 1], [0, 2], [0, 2]),  # a batch of class ids, not of one-element score vectors
+        ([1, 1, 1], [7], [7]),
         ([2, 2], [[1, 2], [3, 4]], [[1, 2], [3, 4]]),  # already nested: left alone
         ("2x2", [1, 2, 3, 4], [1, 2, 3, 4]),  # not a shape: left alone
         ([2, -1], [1, 2], [1, 2]),

@@ -10,7 +10,8 @@ text per choice). A path that finds nothing makes the pair incomparable.
 ``{name, shape, datatype, data}`` tensors with ``data`` flattened in row-major order.
 The preset picks the output named by ``compare.output`` (default: the first) and, when
 its ``shape`` has two or more dimensions, cuts ``data`` into ``shape[0]`` rows (each row
-the remaining dimensions, flattened), so a batch compares row by row as in KServe v1.
+the remaining dimensions, flattened; a row of one value is that value), so a batch
+compares row by row as in KServe v1.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ def _reshape(side: str, label: str, data: Any, shape: Any) -> Any:
     rows, width = shape[0], math.prod(shape[1:])
     if rows > MAX_ELEMENTS:
         raise Incomparable(f"{side} {label} has {rows} rows, over the limit of {MAX_ELEMENTS}")
+    if width == 1:
+        # [N, 1] (scikit-learn's predict through MLServer): N values, not N one-element
+        # vectors, which the label comparator and the report would read as scores.
+        return data
     return [data[row * width : (row + 1) * width] for row in range(rows)]
 
 
