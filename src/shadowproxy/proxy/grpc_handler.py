@@ -276,6 +276,10 @@ class GrpcProxyHandler:
         except grpc.aio.AioRpcError as exc:
             code, details, trailing = exc.code(), exc.details(), exc.trailing_metadata()
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if pump.too_large is not None and task is not None and not task.cancelling():
+                # The pump cancelled production's call: the client sent too much.
+                await self._too_large(route, pump.too_large, context)
             call.cancel()
             outcome.code, outcome.error = "CANCELLED", "client cancelled or deadline passed"
             route.metrics.count(route.name, CLIENT_CLOSED, "CANCELLED")
@@ -332,8 +336,8 @@ class _ClientPump:
                 first = message
             await self._call.write(message)
         await self._call.done_writing()
-        skip = None if count == 1 else STREAMING
+        single = count == 1 and first is not None
         self.exchange = self._handler._start_copies(
             self._route, self._method, self._request_id, self._arrived, self._metadata,
-            first or b"", skip,
+            first if single else b"", None if single else STREAMING,
         )  # fmt: skip

@@ -56,14 +56,15 @@ class GrpcListener:
         return self.handler.snapshot.runners()
 
     def check_reloadable(self, config: Config) -> None:
-        """The listener's message limit is set at start: a route may not raise past it."""
-        limit = self.server.max_message_bytes
+        """The listener's hard limit is set at start: a route may not raise past it."""
+        limit = self.server.max_message_bytes // 2
         for route, source in zip(config.routes, config.route_sources, strict=True):
             if route.is_grpc and route.grpc_max_message_bytes > limit:
                 raise ConfigError(
                     source,
                     "grpc_max_message_bytes",
-                    f"above the gRPC listener's {limit} set at start; restart to apply",
+                    f"above {limit}, the largest the gRPC listener took at start; "
+                    "restart to apply",
                 )
 
     def swap(self, config: Config) -> None:

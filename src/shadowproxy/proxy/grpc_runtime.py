@@ -154,8 +154,11 @@ def grpc_routes(config: Config) -> list[RouteConfig]:
 
 
 def max_message_bytes(config: Config) -> int:
-    """The listener's message limit: the largest a route allows (each checks its own)."""
-    return max((route.grpc_max_message_bytes for route in grpc_routes(config)), default=4 << 20)
+    """The listener's hard limit: twice the largest a route allows. Each route checks
+    its own limit and counts what it refuses; a message past the hard limit is refused
+    by gRPC's core before any Python code sees it (and so is not counted)."""
+    largest = max((route.grpc_max_message_bytes for route in grpc_routes(config)), default=0)
+    return 2 * max(largest, 4 << 20)
 
 
 def build_grpc(

@@ -1,0 +1,301 @@
+"""The gRPC path under faults, with real grpc.aio peers on loopback: deadlines,
+statuses and metadata passed through, shadows that fail, size limits, routing, health,
+streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from shadowproxy.compare import Comparer
+from shadowproxy.compare.inference_grpc import message_class
+from tests.grpc_support import INFER, fake_upstream
+from tests.support import RunningProxy, black_hole, free_port, running_proxy, write_config
+
+OTHER = "/demo.Echo/Say"
+
+
+async def echo(request: bytes, context: Any) -> bytes:
+    return b"echo:" + request
+
+
+def grpc_route(name: str, match: str, production: str, shadows: Any = (), **extra: Any) -> Any:
+    return {
+        "name": name,
+        "match": {"grpc": match},
+        "production": {"url": production, "timeout_s": extra.pop("timeout_s", 5)},
+        "shadows": list(shadows),
+        **extra,
+    }
+
+
+@contextlib.asynccontextmanager
+async def proxy_for(tmp_path: Path, routes: list[Any], **main: Any) -> AsyncIterator[RunningProxy]:
+    config = write_config(tmp_path, routes, grpc_listen="127.0.0.1:0", **main)
+    async with running_proxy(config) as proxy:
+        yield proxy
+
+
+@contextlib.asynccontextmanager
+async def client(proxy: RunningProxy) -> AsyncIterator[grpc.aio.Channel]:
+    host, port = proxy.server.grpc_address  # type: ignore[misc]
+    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+        yield channel
+
+
+async def test_client_deadline_cancels_production(tmp_path: Path) -> None:
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(5)
+        return b"late"
+
+    async with fake_upstream(slow) as prod:
+        async with proxy_for(tmp_path, [grpc_route("m", "demo.Echo", prod.url)]) as proxy:
+            async with client(proxy) as channel:
+                started = time.perf_counter()
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await channel.unary_unary(OTHER)(b"x", timeout=0.3)
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert time.perf_counter() - started < 2
+                for _ in range(150):
+                    if prod.cancelled:
+                        break
+                    await asyncio.sleep(0.02)
+                assert prod.cancelled == 1
+
+
+async def test_status_details_and_metadata_pass_through_exactly(tmp_path: Path) -> None:
+    async def refuse(request: bytes, context: Any) -> bytes:
+        await context.send_initial_metadata((("x-model", "v7"),))
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no model iris-9", (("x-why", "gone"),))
+        raise AssertionError
+
+    async def answer(request: bytes, context: Any) -> bytes:
+        await context.send_initial_metadata((("x-model", "v7"),))
+        context.set_trailing_metadata((("x-cost", "3"), ("x-blob-bin", b"\x00\xff")))
+        return b"ok:" + request
+
+    async with fake_upstream(refuse) as bad, fake_upstream(answer) as good:
+        async with fake_upstream(echo) as shadow:
+            routes = [
+                grpc_route("bad", "demo.Bad", bad.url),
+                grpc_route(
+                    "good", "demo.Good", good.url,
+                    [{"name": "s", "url": shadow.url, "headers": {"drop": ["authorization"]}}],
+                ),
+            ]  # fmt: skip
+            async with proxy_for(tmp_path, routes) as proxy:
+                async with client(proxy) as channel:
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await channel.unary_unary("/demo.Bad/Get")(b"x")
+                    error = caught.value
+                    assert (error.code(), error.details()) == (
+                        grpc.StatusCode.NOT_FOUND, "no model iris-9",
+                    )  # fmt: skip
+                    assert ("x-why", "gone") in tuple(error.trailing_metadata())
+                    assert ("x-model", "v7") in tuple(error.initial_metadata())
+
+                    metadata = (("x-request-id", "rid-1"), ("authorization", "secret"))
+                    call = channel.unary_unary("/demo.Good/Get")(b"in", metadata=metadata)
+                    assert await call == b"ok:in"
+                    initial = tuple(await call.initial_metadata())
+                    assert ("x-request-id", "rid-1") in initial and ("x-model", "v7") in initial
+                    trailing = tuple(await call.trailing_metadata())
+                    assert ("x-cost", "3") in trailing and ("x-blob-bin", b"\x00\xff") in trailing
+
+                    unnamed = channel.unary_unary("/demo.Good/Get")(b"in")
+                    await unnamed
+                    generated = dict(await unnamed.initial_metadata())["x-request-id"]
+                    assert len(generated) == 32
+                await proxy.sink.wait_for(2)
+            assert proxy.metric(
+                "shadowproxy_requests_total", route="bad", code="404", grpc_status="NOT_FOUND"
+            ) == 1  # fmt: skip
+    production_md = good.calls[0][2]
+    assert production_md["x-request-id"] == "rid-1"
+    assert production_md["authorization"] == "secret"
+    assert "x-shadow-request" not in production_md
+    copy_md = shadow.calls[0][2]
+    assert copy_md["x-shadow-request"] == "true" and copy_md["x-request-id"] == "rid-1"
+    assert "authorization" not in copy_md
+    pair = proxy.sink.pairs[0]
+    assert (pair.request.protocol, pair.request.method, pair.request.path) == (
+        "grpc", "POST", "/demo.Good/Get",
+    )  # fmt: skip
+    assert pair.request.body == b"in" and pair.production.body == b"ok:in"
+    assert pair.result.body == b"echo:in"
+    comparison = Comparer(proxy.server.config.routes)(pair)
+    assert (comparison.comparator, comparison.agree) == ("exact", False)
+
+
+async def test_failing_shadows_are_rows_and_never_touch_the_client(tmp_path: Path) -> None:
+    async def unavailable(request: bytes, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "model loading")
+        raise AssertionError
+
+    async def malformed(request: bytes, context: Any) -> bytes:
+        return b"\xff\xff\xff\xff"
+
+    answer = message_class("ModelInferResponse")(model_name="m")
+    tensor = answer.outputs.add(name="y", datatype="FP32", shape=[1])  # type: ignore[attr-defined]
+    tensor.contents.fp32_contents.append(0.5)
+    body = answer.SerializeToString()
+
+    async def infer(request: bytes, context: Any) -> bytes:
+        return body
+
+    async with fake_upstream(infer) as prod, fake_upstream(unavailable) as down_ish:
+        async with fake_upstream(malformed) as garbage:
+            shadows = [{"name": "unavailable", "url": down_ish.url},
+                       {"name": "garbage", "url": garbage.url}]  # fmt: skip
+            compare = {"prediction": "open-inference"}
+            routes = [grpc_route("m", "inference.GRPCInferenceService", prod.url, shadows,
+                                 compare=compare)]  # fmt: skip
+            async with proxy_for(tmp_path, routes) as proxy:
+                async with client(proxy) as channel:
+                    assert await channel.unary_unary(INFER)(b"") == body
+                pairs = {p.shadow: p for p in await proxy.sink.wait_for(2)}
+    comparer = Comparer(proxy.server.config.routes)
+    failed = pairs["unavailable"].result
+    assert (failed.outcome, failed.grpc_status, failed.status) == ("error", "UNAVAILABLE", 503)
+    assert comparer(pairs["unavailable"]).detail.startswith("shadow error (UNAVAILABLE: model")
+    bad = pairs["garbage"]
+    assert (bad.result.outcome, bad.result.grpc_status) == ("ok", "OK")
+    detail = comparer(bad).detail
+    assert detail is not None and detail.startswith("shadow message is not a ModelInferResponse")
+
+
+async def test_black_holed_and_down_shadows_add_no_latency(tmp_path: Path) -> None:
+    async def quick(request: bytes, context: Any) -> bytes:
+        return b"ok"
+
+    async def median_ms(channel: grpc.aio.Channel, method: str) -> float:
+        times = []
+        for _ in range(40):
+            started = time.perf_counter()
+            await channel.unary_unary(method)(b"x", timeout=5)
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.median(times)
+
+    async with fake_upstream(quick) as prod, black_hole() as hole:
+        shadows = [
+            {"name": "hole", "url": hole.replace("http", "grpc"), "timeout_s": 0.5},
+            {"name": "down", "url": f"grpc://127.0.0.1:{free_port()}", "timeout_s": 0.5},
+        ]
+        routes = [grpc_route("shadowed", "demo.A", prod.url, shadows),
+                  grpc_route("plain", "demo.B", prod.url)]  # fmt: skip
+        async with proxy_for(tmp_path, routes) as proxy:
+            async with client(proxy) as channel:
+                await median_ms(channel, "/demo.B/Warm")
+                plain = await median_ms(channel, "/demo.B/Get")
+                shadowed = await median_ms(channel, "/demo.A/Get")
+            pairs = await proxy.sink.wait_for(80)
+    assert shadowed < plain + 5, (shadowed, plain)
+    outcomes = {(p.shadow, p.result.outcome) for p in pairs}
+    assert ("hole", "timeout") in outcomes
+    assert ("down", "error") in outcomes
+
+
+async def test_a_message_over_the_limit_is_refused_before_any_upstream(tmp_path: Path) -> None:
+    async with fake_upstream(echo) as prod, fake_upstream(echo) as shadow:
+        routes = [grpc_route("m", "demo.Echo", prod.url, [{"name": "s", "url": shadow.url}],
+                             grpc_max_message_bytes=1000)]  # fmt: skip
+        async with proxy_for(tmp_path, routes) as proxy:
+            async with client(proxy) as channel:
+                for _ in range(20):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await channel.unary_unary(OTHER)(b"x" * 5000)
+                    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "over grpc_max_message_bytes (1000)" in (caught.value.details() or "")
+                assert await channel.unary_unary(OTHER)(b"x" * 990) == b"echo:" + b"x" * 990
+            refused = {"route": "m", "code": "429", "grpc_status": "RESOURCE_EXHAUSTED"}
+            assert proxy.metric("shadowproxy_requests_total", **refused) == 20
+    assert len(prod.calls) == 1 and len(shadow.calls) == 1
+
+
+async def test_method_route_beats_service_route_and_unmatched_is_unimplemented(
+    tmp_path: Path,
+) -> None:
+    async def one(request: bytes, context: Any) -> bytes:
+        return b"service"
+
+    async def two(request: bytes, context: Any) -> bytes:
+        return b"method"
+
+    async with fake_upstream(one) as service, fake_upstream(two) as method:
+        routes = [grpc_route("svc", "demo.Echo", service.url),
+                  grpc_route("one", "demo.Echo/Say", method.url)]  # fmt: skip
+        async with proxy_for(tmp_path, routes) as proxy:
+            async with client(proxy) as channel:
+                assert await channel.unary_unary("/demo.Echo/Say")(b"") == b"method"
+                assert await channel.unary_unary("/demo.Echo/Other")(b"") == b"service"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await channel.unary_unary("/nobody.Home/Call")(b"")
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert caught.value.details() == "no route matches method /nobody.Home/Call"
+            unmatched = {"route": "_unmatched", "code": "501", "grpc_status": "UNIMPLEMENTED"}
+            assert proxy.metric("shadowproxy_requests_total", **unmatched) == 1
+
+
+async def test_health_serves_then_says_not_serving_while_draining(tmp_path: Path) -> None:
+    check = "/grpc.health.v1.Health/Check"
+    async with fake_upstream(echo) as prod:
+        config = write_config(tmp_path, [grpc_route("m", "demo.Echo", prod.url)],
+                              grpc_listen="127.0.0.1:0")  # fmt: skip
+        async with running_proxy(config) as proxy:
+            async with client(proxy) as channel:
+                assert await channel.unary_unary(check)(b"") == b"\x08\x01"
+                assert await channel.unary_unary(check)(b"\x0a\x09demo.Echo") == b"\x08\x01"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await channel.unary_unary(check)(b"\x0a\x05other")
+                assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+                watch = channel.unary_stream("/grpc.health.v1.Health/Watch")(b"")
+                assert await watch.read() == b"\x08\x01"
+                stopping = asyncio.get_running_loop().create_task(proxy.server.stop())
+                assert await asyncio.wait_for(watch.read(), 5) == b"\x08\x02"
+                await stopping
+
+
+async def test_streams_pass_through_and_single_message_streams_are_shadowed(
+    tmp_path: Path,
+) -> None:
+    seen: list[bytes] = []
+
+    class Echoes(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            async def each(requests: Any, context: Any) -> Any:
+                async for message in requests:
+                    seen.append(message)
+                    yield b"re:" + message
+
+            return grpc.stream_stream_rpc_method_handler(each)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Echoes(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    url = f"grpc://127.0.0.1:{port}"
+    try:
+        routes = [grpc_route("s", "demo.Stream", url, [{"name": "copy", "url": url}])]
+        async with proxy_for(tmp_path, routes) as proxy:
+            async with client(proxy) as channel:
+                call = channel.stream_stream("/demo.Stream/Chat")(iter([b"a", b"b", b"c"]))
+                assert [message async for message in call] == [b"re:a", b"re:b", b"re:c"]
+                single = channel.stream_stream("/demo.Stream/Chat")(iter([b"one"]))
+                assert [message async for message in single] == [b"re:one"]
+            pairs = await proxy.sink.wait_for(2)
+    finally:
+        await server.stop(0)
+    by_body = {pair.request.body: pair for pair in pairs}
+    streamed = by_body[b""]
+    assert (streamed.result.outcome, streamed.result.error) == ("skipped", "streaming")
+    copied = by_body[b"one"]
+    assert copied.result.outcome == "ok" and copied.production.body == b"re:one"
+    assert seen.count(b"one") == 2  # production's call and the shadow's copy
