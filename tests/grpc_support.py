@@ -139,3 +139,33 @@ def _wait_ready(address: str, log: Path, within_s: float = 90.0) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"MLServer on {address} not ready:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.asynccontextmanager
+async def stream_upstream() -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
+    """A grpc.aio server answering every method as a stream: ``re:<message>`` for each
+    message. Yields its URL, the messages it got, and a one-item count of streams that
+    ended (whether the client half-closed or the call was cut)."""
+    seen: list[bytes] = []
+    ended = [0]
+
+    class Echoes(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            async def each(requests: Any, context: Any) -> Any:
+                try:
+                    async for message in requests:
+                        seen.append(message)
+                        yield b"re:" + message
+                finally:
+                    ended[0] += 1
+
+            return grpc.stream_stream_rpc_method_handler(each)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Echoes(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}", seen, ended
+    finally:
+        await server.stop(0)

@@ -17,7 +17,7 @@ import pytest
 
 from shadowproxy.compare import Comparer
 from shadowproxy.compare.inference_grpc import message_class
-from tests.grpc_support import INFER, fake_upstream
+from tests.grpc_support import INFER, fake_upstream, stream_upstream
 from tests.support import RunningProxy, black_hole, free_port, running_proxy, write_config
 
 OTHER = "/demo.Echo/Say"
@@ -266,23 +266,7 @@ async def test_health_serves_then_says_not_serving_while_draining(tmp_path: Path
 async def test_streams_pass_through_and_single_message_streams_are_shadowed(
     tmp_path: Path,
 ) -> None:
-    seen: list[bytes] = []
-
-    class Echoes(grpc.GenericRpcHandler):  # type: ignore[misc]
-        def service(self, details: Any) -> Any:
-            async def each(requests: Any, context: Any) -> Any:
-                async for message in requests:
-                    seen.append(message)
-                    yield b"re:" + message
-
-            return grpc.stream_stream_rpc_method_handler(each)
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((Echoes(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    url = f"grpc://127.0.0.1:{port}"
-    try:
+    async with stream_upstream() as (url, seen, _):
         routes = [grpc_route("s", "demo.Stream", url, [{"name": "copy", "url": url}])]
         async with proxy_for(tmp_path, routes) as proxy:
             async with client(proxy) as channel:
@@ -291,8 +275,6 @@ async def test_streams_pass_through_and_single_message_streams_are_shadowed(
                 single = channel.stream_stream("/demo.Stream/Chat")(iter([b"one"]))
                 assert [message async for message in single] == [b"re:one"]
             pairs = await proxy.sink.wait_for(2)
-    finally:
-        await server.stop(0)
     by_body = {pair.request.body: pair for pair in pairs}
     streamed = by_body[b""]
     assert (streamed.result.outcome, streamed.result.error) == ("skipped", "streaming")

@@ -176,6 +176,8 @@ class GrpcServer:
             if status != sent:
                 await context.write(health_response(status))
                 sent = status
+            if not self._serving:
+                return  # draining: the last word is said, and a watch must not hold it up
             await self._changed.wait()
 
 
