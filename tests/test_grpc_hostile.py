@@ -143,4 +143,5 @@ async def test_hostile_input_leaves_the_listener_serving_and_resources_flat(
                 await asyncio.sleep(0.1)
             extra = Counter(fd_targets()) - Counter(targets)
             assert open_fds() <= fds, str(extra)
-            assert rss_mib() < rss + 20, (rss_mib(), rss)
+            # Allocator pools move by a few MiB a burst (a leak would grow by the burst).
+            assert rss_mib() < rss + 32, (rss_mib(), rss)
