@@ -59,11 +59,11 @@ def shadow_metadata(
 
 def client_metadata(
     metadata: Iterable[tuple[str, str | bytes]] | None, request_id: str
-) -> Metadata:
-    """Production's initial metadata for the client, with the request id."""
-    out: Metadata = [(k, v) for k, v in metadata or () if forwarded(k) and k != REQUEST_ID]
-    out.append((REQUEST_ID, request_id))
-    return out
+) -> tuple[tuple[str, str | bytes], ...]:
+    """Production's initial metadata for the client, with the request id (a tuple:
+    what gRPC's server takes)."""
+    kept = [(k, v) for k, v in metadata or () if forwarded(k) and k != REQUEST_ID]
+    return (*kept, (REQUEST_ID, request_id))
 
 
 def trailing_metadata(
