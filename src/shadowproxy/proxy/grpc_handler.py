@@ -336,8 +336,8 @@ class _ClientPump:
                 first = message
             await self._call.write(message)
         await self._call.done_writing()
-        single = count == 1 and first is not None
+        single = first if count == 1 else None
         self.exchange = self._handler._start_copies(
             self._route, self._method, self._request_id, self._arrived, self._metadata,
-            first if single else b"", None if single else STREAMING,
+            single or b"", None if single is not None else STREAMING,
         )  # fmt: skip
