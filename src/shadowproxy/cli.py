@@ -190,6 +190,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if args.workers > 1 and config.main.grpc_listen is not None:
+        print(
+            "shadowproxy: grpc_listen is served by one process (its port is not shared "
+            "between workers): serve it with --workers 1",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if args.workers > 1:
         from shadowproxy.admin.supervisor import Supervisor
 
