@@ -25,6 +25,10 @@ production, in ``proxy``; corrupted answers, in the writer). ``experiments`` hol
 pure rules of canary and A/B routes (assignment, guardrails, the canary state machine)
 and ``experiment_runtime`` puts them on the request path. ``supervisor`` runs
 ``serve --workers N`` (``metrics_merge`` merges the workers' metrics).
+gRPC calls take the same path from their own listener: ``grpc`` (the wire level: the
+listener with generic handlers and health, outbound channels, metadata rules),
+``proxy.grpc_handler`` (match, size check, tee, production), the same tee, pairs and
+recording; ``compare.inference_grpc`` decodes Open Inference messages for comparison.
 """
 
 __version__ = "0.1.0"

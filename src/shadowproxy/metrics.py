@@ -69,7 +69,7 @@ class Metrics:
         )
         self.shadow_skipped = Counter(
             "shadowproxy_shadow_skipped",
-            "Sampled copies not sent, by reason (circuit_open|body_too_large|shutdown).",
+            "Sampled copies not sent, by reason (circuit_open|body_too_large|shutdown|streaming).",
             ["route", "shadow", "reason"],
             registry=r,
         )
