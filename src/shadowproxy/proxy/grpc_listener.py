@@ -63,8 +63,7 @@ class GrpcListener:
                 raise ConfigError(
                     source,
                     "grpc_max_message_bytes",
-                    f"above {limit}, the largest the gRPC listener took at start; "
-                    "restart to apply",
+                    f"above {limit}, the largest the gRPC listener took at start; restart to apply",
                 )
 
     def swap(self, config: Config) -> None:
