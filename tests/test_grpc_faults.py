@@ -281,3 +281,33 @@ async def test_streams_pass_through_and_single_message_streams_are_shadowed(
     copied = by_body[b"one"]
     assert copied.result.outcome == "ok" and copied.production.body == b"re:one"
     assert seen.count(b"one") == 2  # production's call and the shadow's copy
+
+
+async def test_reload_applies_to_grpc_routes_and_sample_keys_read_metadata(
+    tmp_path: Path,
+) -> None:
+    async with fake_upstream(echo) as prod, fake_upstream(echo) as shadow:
+        plain = grpc_route("m", "demo.Echo", prod.url)
+        config = write_config(tmp_path, [plain], grpc_listen="127.0.0.1:0")
+        async with running_proxy(config) as proxy:
+            async with client(proxy) as channel:
+                await channel.unary_unary(OTHER)(b"before")
+                sticky = {"name": "s", "url": shadow.url, "sample_rate": 0.5,
+                          "sample_key": "X-User-Id"}  # fmt: skip
+                write_config(tmp_path, [grpc_route("m", "demo.Echo", prod.url, [sticky])],
+                             grpc_listen="127.0.0.1:0")  # fmt: skip
+                assert (await proxy.server.reload()).ok
+                for user in range(40):
+                    for _ in range(2):  # the same user twice: in or out both times
+                        metadata = (("x-user-id", f"user-{user}"),)
+                        await channel.unary_unary(OTHER)(b"after", metadata=metadata)
+                too_big = grpc_route("m", "demo.Echo", prod.url, grpc_max_message_bytes=2**30)
+                write_config(tmp_path, [too_big], grpc_listen="127.0.0.1:0")
+                refused = await proxy.server.reload()
+            assert not refused.ok
+            assert "grpc_max_message_bytes: above 4194304" in (refused.error or "")
+            pairs = await proxy.sink.wait_for(len(shadow.calls))
+    users = [dict(call[2])["x-user-id"] for call in shadow.calls]
+    assert 0 < len(set(users)) < 40  # sampled by user...
+    assert all(users.count(user) == 2 for user in users)  # ...and sticky
+    assert {p.request.body for p in pairs} == {b"after"}

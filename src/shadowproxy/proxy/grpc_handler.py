@@ -48,6 +48,14 @@ STREAMING = "streaming"
 """The skip reason of a sampled shadow on a call that streams."""
 
 
+class _Keys(dict[str, str]):
+    """Metadata by key for ``sample_key``: keys are lower-case on the wire, while the
+    config names a header as users write it (``X-User-Id``)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
 class _Production:
     """Production's side of one call, filled in as it goes."""
 
@@ -132,7 +140,7 @@ class GrpcProxyHandler:
         info = RequestInfo(
             request_id, arrived, route.name, "POST", method, "", headers, request, True, "grpc"
         )
-        keys = {k: v for k, v in metadata if isinstance(v, str)}
+        keys = _Keys((k, v) for k, v in metadata if isinstance(v, str))
         return self._tee.start(route.shadows, info, headers, method, keys, skip_reason)
 
     async def _forward(
