@@ -11,7 +11,9 @@ recording on (the writer process compares and writes Parquet). Systems:
 - ``direct``: the client calls production;
 - ``proxy``: through shadowproxy, the shadow healthy;
 - ``proxy-blackhole``: through shadowproxy, the shadow accepts connections and never
-  answers (copies time out after 2 s).
+  answers (copies time out after 2 s);
+- ``passthrough``: the floor of any grpc.aio proxy, a generic handler forwarding the
+  bytes and nothing else (max load only).
 
 Loads: ``r500``, 500 calls/s open loop (latency p50/p99 as the client sees it), and
 ``max``, 64 calls in flight (calls/s). Each round runs every system in turn, in an
@@ -53,10 +55,12 @@ def messages() -> tuple[bytes, bytes]:
 
     from shadowproxy.compare.inference_grpc import message_class
 
-    request: Any = message_class("ModelInferRequest")(model_name="bench")
+    request: Any = message_class("ModelInferRequest")()
+    request.model_name = "bench"
     request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
     request.raw_input_contents.append(struct.pack("<4f", 5.1, 3.5, 1.4, 0.2))
-    response: Any = message_class("ModelInferResponse")(model_name="bench")
+    response: Any = message_class("ModelInferResponse")()
+    response.model_name = "bench"
     response.outputs.add(name="y", datatype="FP32", shape=[1, 3])
     response.raw_output_contents.append(struct.pack("<3f", 0.9, 0.05, 0.05))
     return request.SerializeToString(), response.SerializeToString()
@@ -82,6 +86,28 @@ async def upstream(port: int) -> None:
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+async def passthrough(port: int, production: int) -> None:
+    """The floor of any grpc.aio proxy: a generic handler that forwards the bytes to
+    production and returns its answer (no metadata, no copies, no recording)."""
+    import grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{production}") as channel:
+        call = channel.unary_unary(INFER)
+
+        async def forward(request: bytes, context: Any) -> bytes:
+            return await call(request)  # type: ignore[no-any-return]
+
+        class Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
+            def service(self, details: Any) -> Any:
+                return grpc.unary_unary_rpc_method_handler(forward)
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((Handler(),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
 
 
 async def black_hole(port: int) -> None:
@@ -195,6 +221,8 @@ def run_load(target: str, mode: str, duration_s: float) -> dict[str, float]:
 def measure(system: str, ports: dict[str, int], mode: str, duration_s: float) -> dict[str, float]:
     if system == "direct":
         return run_load(f"127.0.0.1:{ports['production']}", mode, duration_s)
+    if system == "passthrough":
+        return run_load(f"127.0.0.1:{ports['passthrough']}", mode, duration_s)
     shadow = ports["hole"] if system == "proxy-blackhole" else ports["shadow"]
     grpc_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,13 +243,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    ports = {name: free_port() for name in ("production", "shadow", "hole")}
+    ports = {name: free_port() for name in ("production", "shadow", "hole", "passthrough")}
     children = [
         spawn(__file__, "upstream", str(ports["production"])),
+        spawn(__file__, "passthrough", str(ports["passthrough"]), str(ports["production"])),
         spawn(__file__, "upstream", str(ports["shadow"])),
         spawn(__file__, "blackhole", str(ports["hole"])),
     ]
-    systems = ["direct", "proxy", "proxy-blackhole"]
+    systems = ["direct", "passthrough", "proxy", "proxy-blackhole"]
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         s: {"rate": [], "max": []} for s in systems
     }
@@ -232,7 +261,8 @@ def main() -> None:
             order = systems if round_ % 2 == 0 else systems[::-1]
             for mode in ("rate", "max"):
                 for system in order:
-                    if mode == "max" and system == "proxy-blackhole":
+                    rate_only, max_only = system == "proxy-blackhole", system == "passthrough"
+                    if (mode == "max" and rate_only) or (mode == "rate" and max_only):
                         continue
                     figures = measure(system, ports, mode, args.duration)
                     results[system][mode].append(figures)
@@ -266,6 +296,10 @@ def summarise(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
         "direct_max_calls_per_s": median("direct", "max", "calls_per_s"),
         "proxy_max_calls_per_s": median("proxy", "max", "calls_per_s"),
         "max_ratio": median("proxy", "max", "calls_per_s") / median("direct", "max", "calls_per_s"),
+        "passthrough_max_calls_per_s": median("passthrough", "max", "calls_per_s"),
+        "passthrough_max_ratio": (
+            median("passthrough", "max", "calls_per_s") / median("direct", "max", "calls_per_s")
+        ),
     }
 
 
@@ -275,6 +309,8 @@ if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "upstream":
         runner(upstream(int(sys.argv[2])))
+    elif command == "passthrough":
+        runner(passthrough(int(sys.argv[2]), int(sys.argv[3])))
     elif command == "blackhole":
         runner(black_hole(int(sys.argv[2])))
     elif command == "load":
