@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from shadowproxy.compare import Comparer
 from shadowproxy.compare.inference_grpc import message_class
+from shadowproxy.errors import ConfigError
 from tests.grpc_support import INFER, fake_upstream, stream_upstream
 from tests.support import RunningProxy, black_hole, free_port, running_proxy, write_config
 
@@ -311,3 +314,40 @@ async def test_reload_applies_to_grpc_routes_and_sample_keys_read_metadata(
     assert 0 < len(set(users)) < 40  # sampled by user...
     assert all(users.count(user) == 2 for user in users)  # ...and sticky
     assert {p.request.body for p in pairs} == {b"after"}
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate for localhost, its key beside it (key.pem)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return tmp_path / "cert.pem"
+
+
+async def test_the_listener_serves_tls_with_the_configured_certificate(
+    tmp_path: Path, certificate: Path
+) -> None:
+    async with fake_upstream(echo) as prod:
+        tls = {"cert_file": "cert.pem", "key_file": "key.pem"}
+        async with proxy_for(tmp_path, [grpc_route("m", "demo.Echo", prod.url)],
+                             grpc_tls=tls) as proxy:  # fmt: skip
+            _, port = proxy.server.grpc_address  # type: ignore[misc]
+            roots = grpc.ssl_channel_credentials(certificate.read_bytes())
+            async with grpc.aio.secure_channel(f"localhost:{port}", roots) as channel:
+                assert await channel.unary_unary(OTHER)(b"tls") == b"echo:tls"
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await plain.unary_unary(OTHER)(b"cleartext", timeout=2)
+    missing = write_config(tmp_path, [grpc_route("m", "demo.Echo", "grpc://127.0.0.1:1")],
+                           grpc_listen="127.0.0.1:0",
+                           grpc_tls={"cert_file": "nope.pem", "key_file": "key.pem"})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"grpc_tls.key_file|grpc_tls.cert_file: cannot read"):
+        async with running_proxy(missing):
+            pass
