@@ -317,8 +317,8 @@ async def test_reload_applies_to_grpc_routes_and_sample_keys_read_metadata(
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> Path:
-    """A self-signed certificate for localhost, its key beside it (key.pem)."""
+def certificate(tmp_path: Path) -> bytes:
+    """A self-signed certificate for localhost (cert.pem), its key beside it (key.pem)."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed")
@@ -328,18 +328,18 @@ def certificate(tmp_path: Path) -> Path:
          "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
         check=True, capture_output=True,
     )  # fmt: skip
-    return tmp_path / "cert.pem"
+    return (tmp_path / "cert.pem").read_bytes()
 
 
 async def test_the_listener_serves_tls_with_the_configured_certificate(
-    tmp_path: Path, certificate: Path
+    tmp_path: Path, certificate: bytes
 ) -> None:
     async with fake_upstream(echo) as prod:
         tls = {"cert_file": "cert.pem", "key_file": "key.pem"}
         async with proxy_for(tmp_path, [grpc_route("m", "demo.Echo", prod.url)],
                              grpc_tls=tls) as proxy:  # fmt: skip
             _, port = proxy.server.grpc_address  # type: ignore[misc]
-            roots = grpc.ssl_channel_credentials(certificate.read_bytes())
+            roots = grpc.ssl_channel_credentials(certificate)
             async with grpc.aio.secure_channel(f"localhost:{port}", roots) as channel:
                 assert await channel.unary_unary(OTHER)(b"tls") == b"echo:tls"
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
