@@ -164,15 +164,16 @@ class Server:
         app = admin_app(admin, lambda: self.config.main.admin_token)
         self._admin_runner = web.AppRunner(app, access_log=None)
         await self._admin_runner.setup()
-        host, _, port = main.listen.rpartition(":")
-        self.proxy_address = await self._proxy_server.listen(
-            host.strip("[]"), int(port), reuse_port=self.reuse_port
-        )
         if main.grpc_listen is not None:
             from shadowproxy.proxy.grpc_listener import GrpcListener
 
             self._grpc = GrpcListener(self.config, self.metrics, self.tee)
             admin.grpc_runners = self._grpc.runners
+        host, _, port = main.listen.rpartition(":")
+        self.proxy_address = await self._proxy_server.listen(
+            host.strip("[]"), int(port), reuse_port=self.reuse_port
+        )
+        if self._grpc is not None:
             self.grpc_address = await self._grpc.start()
         self.admin_address = await bind(self._admin_runner, main.admin_listen)
         self.ready = True

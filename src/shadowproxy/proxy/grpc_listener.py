@@ -24,6 +24,14 @@ class GrpcListener:
     def __init__(self, config: Config, metrics: Metrics, tee: Tee) -> None:
         main = config.main
         assert main.grpc_listen is not None
+        # Read now: a missing file is a config error before anything listens.
+        self._tls = None
+        if main.grpc_tls is not None:
+            base = Path(config.source).parent
+            self._tls = (
+                _read(base, main.grpc_tls.key_file, config.source, "grpc_tls.key_file"),
+                _read(base, main.grpc_tls.cert_file, config.source, "grpc_tls.cert_file"),
+            )
         self._config = config
         self._metrics = metrics
         self._channels = Channels()
@@ -40,17 +48,11 @@ class GrpcListener:
             on_reject=lambda reason: rejected.labels(reason).inc(),
         )
 
+
     async def start(self) -> tuple[str, int]:
-        main = self._config.main
-        assert main.grpc_listen is not None
-        tls = None
-        if main.grpc_tls is not None:
-            base = Path(self._config.source).parent
-            tls = (
-                _read(base, main.grpc_tls.key_file, self._config.source, "grpc_tls.key_file"),
-                _read(base, main.grpc_tls.cert_file, self._config.source, "grpc_tls.cert_file"),
-            )
-        return await self.server.listen(main.grpc_listen, tls)
+        listen = self._config.main.grpc_listen
+        assert listen is not None
+        return await self.server.listen(listen, self._tls)
 
     def runners(self) -> dict[str, list[ShadowRunner]]:
         return self.handler.snapshot.runners()
