@@ -114,8 +114,9 @@ class GrpcProxyHandler:
         outcome = _Production()
         exchange = self._start_copies(route, method, request_id, arrived, metadata, request)
         try:
-            return await self._forward(route, method, request, metadata, request_id, context,
-                                       outcome)  # fmt: skip
+            return await self._forward(
+                route, method, request, metadata, request_id, context, outcome
+            )
         finally:
             snapshot.in_flight -= 1
             result = outcome.result(started)
