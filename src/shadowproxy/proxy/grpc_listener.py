@@ -48,7 +48,6 @@ class GrpcListener:
             on_reject=lambda reason: rejected.labels(reason).inc(),
         )
 
-
     async def start(self) -> tuple[str, int]:
         listen = self._config.main.grpc_listen
         assert listen is not None
