@@ -270,3 +270,27 @@ def test_http_routes_never_load_protobuf() -> None:
         "loaded = {'grpc', 'google.protobuf'} & set(sys.modules); assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_grpc_pairs_cross_the_writer_pipe_whole() -> None:
+    from shadowproxy.recording.wire import pack, unpack
+
+    pair = _pair(INFER, b"prod", b"shadow", "NOT_FOUND")
+    back = unpack(pack(pair))
+    assert back.request.protocol == "grpc"
+    assert (back.production.grpc_status, back.result.grpc_status) == ("OK", "NOT_FOUND")
+    assert (back.request.path, back.production.body, back.result.body) == (
+        INFER, b"prod", b"shadow",
+    )  # fmt: skip
+
+
+def test_grpc_rows_carry_protocol_and_status_names() -> None:
+    from shadowproxy.recording.schema import PAIRS_SCHEMA, pair_row, to_record_batch
+
+    row = pair_row(_pair(INFER, b"p", b"s", "UNAVAILABLE"), None, bodies=True, max_body_bytes=10)
+    assert (row["protocol"], row["prod_grpc_status"], row["shadow_grpc_status"]) == (
+        "grpc", "OK", "UNAVAILABLE",
+    )  # fmt: skip
+    assert (row["method"], row["path"], row["shadow_status"]) == ("POST", INFER, 503)
+    assert to_record_batch([row]).schema == PAIRS_SCHEMA
+    assert PAIRS_SCHEMA.names[-3:] == ["protocol", "prod_grpc_status", "shadow_grpc_status"]

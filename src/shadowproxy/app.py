@@ -183,6 +183,8 @@ class Server:
             *self.admin_address,
             len(self.config.routes),
         )
+        if self.grpc_address is not None:
+            log.info("gRPC listening on %s:%d", *self.grpc_address)
 
     # --- reload -----------------------------------------------------------------
 
