@@ -351,3 +351,23 @@ async def test_the_listener_serves_tls_with_the_configured_certificate(
     with pytest.raises(ConfigError, match=r"grpc_tls.key_file|grpc_tls.cert_file: cannot read"):
         async with running_proxy(missing):
             pass
+
+
+async def test_chaos_on_production_answers_the_mapped_grpc_code(tmp_path: Path) -> None:
+    async with fake_upstream(echo) as prod:
+        chaos = [{"target": "production", "fraction": 0.05, "abort_status": 503,
+                  "allow_production": True}]  # fmt: skip
+        async with proxy_for(
+            tmp_path, [grpc_route("m", "inference.GRPCInferenceService", prod.url, chaos=chaos)]
+        ) as proxy:
+            handler = proxy.server._grpc.handler  # type: ignore[union-attr]
+            handler.snapshot.routes["m"].chaos.rng = lambda: 0.0  # every call is hit
+            async with client(proxy) as channel:
+                for method in (INFER, "/inference.GRPCInferenceService/ModelStreamInfer"):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await channel.unary_unary(method)(b"x")  # a stream of one, too
+                    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert caught.value.details() == "injected by chaos (abort_status=503)"
+            injected = {"route": "m", "target": "production", "fault": "abort"}
+            assert proxy.metric("shadowproxy_chaos_injected_total", **injected) == 2
+    assert prod.calls == []

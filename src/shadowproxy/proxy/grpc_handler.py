@@ -236,9 +236,11 @@ class GrpcProxyHandler:
         incoming = context.invocation_metadata() or ()
         request_id = request_id_of(incoming)
         metadata = upstream_metadata(incoming, request_id)
+        outcome = _Production()
+        if route.chaos is not None:
+            await self._inject(route, context, outcome, request_id)
         remaining = context.time_remaining()
         call = route.calls.channel.stream_stream(method)(metadata=metadata, timeout=remaining)
-        outcome = _Production()
         pump = _ClientPump(self, route, method, call, context, request_id, arrived, metadata)
         snapshot.in_flight += 1
         sender = self._pumps.spawn(pump.run(), name=f"grpc-stream:{route.name}")
