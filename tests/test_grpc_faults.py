@@ -371,3 +371,42 @@ async def test_chaos_on_production_answers_the_mapped_grpc_code(tmp_path: Path) 
             injected = {"route": "m", "target": "production", "fault": "abort"}
             assert proxy.metric("shadowproxy_chaos_injected_total", **injected) == 2
     assert prod.calls == []
+
+
+async def test_production_ending_a_stream_early_ends_it_for_the_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Refuses(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            async def first_only(requests: Any, context: Any) -> None:
+                await context.read()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "one is enough")
+
+            return grpc.stream_stream_rpc_method_handler(first_only)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Refuses(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        routes = [grpc_route("s", "demo.Stream", f"grpc://127.0.0.1:{port}")]
+        async with proxy_for(tmp_path, routes) as proxy:
+
+            async def messages() -> AsyncIterator[bytes]:
+                for _ in range(50):
+                    yield b"m"
+                    await asyncio.sleep(0.01)
+
+            async with client(proxy) as channel:
+                call = channel.stream_stream("/demo.Stream/Chat")(messages())
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    async for _ in call:
+                        pass
+            assert (caught.value.code(), caught.value.details()) == (
+                grpc.StatusCode.INVALID_ARGUMENT, "one is enough",
+            )  # fmt: skip
+            failed = {"route": "s", "code": "400", "grpc_status": "INVALID_ARGUMENT"}
+            assert proxy.metric("shadowproxy_requests_total", **failed) == 1
+    finally:
+        await server.stop(0)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

@@ -332,6 +332,14 @@ class _ClientPump:
         self.too_large: int | None = None
 
     async def run(self) -> None:
+        try:
+            await self._pump()
+        except (grpc.RpcError, grpc.aio.BaseError):
+            # Production ended the call first (its status reached the client through
+            # the relay, which ended the client's call): nothing left to pump.
+            self._call.cancel()
+
+    async def _pump(self) -> None:
         first: bytes | None = None
         count = 0
         while True:
