@@ -13,6 +13,7 @@ No code below this module reads YAML, environment variables or defaults.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import typing
@@ -37,9 +38,11 @@ from shadowproxy.experiments.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.experiments.promotion import Promotion
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
 from shadowproxy.validation import (
+    GRPC_SCHEMES,
     NAME_PATTERN,
     FrozenModel,
     check_unique,
+    check_upstream_url,
     check_url,
     did_you_mean,
     is_header_name,
@@ -78,7 +81,7 @@ class UpstreamConfig(FrozenModel):
     url: Url
     timeout_s: Seconds = 10.0
 
-    _url = field_validator("url")(check_url)
+    _url = field_validator("url")(check_upstream_url)
 
 
 def _check_methods(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -135,21 +138,48 @@ class ShadowConfig(FrozenModel):
     request whose method a shadow does not take is not sampled for it: no copy, no row."""
     headers: ShadowHeadersConfig = ShadowHeadersConfig()
 
-    _url = field_validator("url")(check_url)
+    _url = field_validator("url")(check_upstream_url)
     _rate = field_validator("sample_rate")(_check_rate)
     _methods = field_validator("methods")(_check_methods)
 
 
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_GRPC_NAME = re.compile(rf"{_IDENT}(\.{_IDENT})*(/{_IDENT})?")
+
+
 class MatchConfig(FrozenModel):
-    path_prefix: str
+    """HTTP: ``path_prefix`` (and ``methods``). gRPC: ``grpc``, a service
+    (``inference.GRPCInferenceService``: every method) or one method
+    (``inference.GRPCInferenceService/ModelInfer``), served on ``grpc_listen``."""
+
+    path_prefix: str | None = None
     methods: tuple[str, ...] | None = None
+    grpc: str | None = None
 
     @field_validator("path_prefix")
     @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not value.startswith("/"):
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
             raise ValueError(f"must start with '/', got {value!r}")
         return value
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc(cls, value: str | None) -> str | None:
+        if value is not None and not _GRPC_NAME.fullmatch(value):
+            raise ValueError(
+                "must be package.Service or package.Service/Method "
+                f"(e.g. inference.GRPCInferenceService/ModelInfer), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MatchConfig:
+        if (self.path_prefix is None) == (self.grpc is None):
+            raise ValueError("needs exactly one of path_prefix (HTTP) or grpc (gRPC)")
+        if self.grpc is not None and self.methods is not None:
+            raise FieldError(("methods",), "applies to HTTP routes only; grpc names the method")
+        return self
 
     _methods = field_validator("methods")(_check_methods)
 
@@ -190,6 +220,32 @@ class RouteConfig(FrozenModel):
     promotion: Promotion = Promotion()
     """The pre-registered criteria ``shadowproxy report`` decides on (see
     ``experiments.promotion``); the documented defaults when absent."""
+    grpc_max_message_bytes: Annotated[int, Field(ge=1)] = 4 * 1024 * 1024
+    """gRPC routes: the largest message taken from the client or an upstream (gRPC's own
+    default); a larger request is refused with ``RESOURCE_EXHAUSTED`` before any
+    upstream sees it."""
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.match.grpc is not None
+
+    @model_validator(mode="after")
+    def _protocol(self) -> RouteConfig:
+        """A gRPC route calls gRPC upstreams and an HTTP route HTTP ones: the proxy does
+        not translate between the two."""
+        grpc = self.is_grpc
+        urls: list[tuple[tuple[str | int, ...], str]] = [
+            (("production", "url"), self.production.url)
+        ]
+        urls += [(("shadows", i, "url"), shadow.url) for i, shadow in enumerate(self.shadows)]
+        for loc, url in urls:
+            if url.partition(":")[0] in GRPC_SCHEMES and not grpc:
+                raise FieldError(loc, f"a grpc:// upstream needs match.grpc, got {url!r}")
+            if url.partition(":")[0] not in GRPC_SCHEMES and grpc:
+                raise FieldError(loc, f"a gRPC route needs a grpc:// or grpcs:// URL, got {url!r}")
+        if grpc and self.mode != "shadow":
+            raise FieldError(("mode",), f"gRPC routes serve in mode shadow only, got {self.mode}")
+        return self
 
     @model_validator(mode="after")
     def _mode_block(self) -> RouteConfig:
@@ -253,6 +309,11 @@ class PoolConfig(FrozenModel):
     keepalive_timeout_s: Seconds = 30.0
 
 
+class GrpcTlsConfig(FrozenModel):
+    cert_file: str
+    key_file: str
+
+
 class MainConfig(FrozenModel):
     listen: str = "127.0.0.1:8080"
     admin_listen: str = "127.0.0.1:9090"
@@ -276,8 +337,22 @@ class MainConfig(FrozenModel):
     client_body_timeout_s: Seconds = 60.0
     """Longest wait for the next piece of a request body (a stalled upload gets 408)."""
     upstream_pool: PoolConfig = PoolConfig()
+    grpc_listen: str | None = None
+    """Where gRPC routes are served (HTTP/2); required as soon as one route matches gRPC."""
+    grpc_tls: GrpcTlsConfig | None = None
+    """Serve ``grpc_listen`` with TLS (cert and key files); cleartext HTTP/2 without it."""
+    grpc_max_concurrent_calls: Annotated[int, Field(ge=1)] = 1000
+    """Calls the gRPC listener serves at once, all connections together; more are
+    refused with ``RESOURCE_EXHAUSTED`` and counted."""
+    grpc_max_concurrent_streams: Annotated[int, Field(ge=1)] = 1000
+    """HTTP/2 streams one client connection may open at once (the client queues more)."""
 
     _listen = field_validator("listen", "admin_listen")(_check_listen)
+
+    @field_validator("grpc_listen")
+    @classmethod
+    def _grpc_listen(cls, value: str | None) -> str | None:
+        return None if value is None else _check_listen(value)
 
     @field_validator("default_upstream")
     @classmethod
@@ -328,6 +403,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             fields.append("")
 
     _check_route_set(routes, sources, fields)
+    _check_grpc_listener(main, routes, sources, fields)
     if not routes and main.default_upstream is None:
         raise ConfigError(source, None, "no routes and no default_upstream: nothing to proxy")
     return Config(source=source, main=main, routes=tuple(routes), route_sources=tuple(sources))
@@ -548,6 +624,17 @@ def _check_route_set(routes: list[RouteConfig], sources: list[str], fields: list
                 f"route name {route.name!r} is already used in {names[route.name]}",
             )
         names[route.name] = source
+        if route.match.grpc is not None:
+            grpc_key: tuple[str, str | None] = ("grpc:" + route.match.grpc, None)
+            if grpc_key in claims:
+                raise ConfigError(
+                    source,
+                    _join(field, "match.grpc"),
+                    f"{route.match.grpc!r} is already matched by {claims[grpc_key]}",
+                )
+            claims[grpc_key] = f"route {route.name!r} ({source})"
+            continue
+        assert route.match.path_prefix is not None
         methods: tuple[str | None, ...] = route.match.methods or (None,)
         for method in methods:
             key = (route.match.path_prefix, method)
@@ -560,6 +647,36 @@ def _check_route_set(routes: list[RouteConfig], sources: list[str], fields: list
                     f"matched by {claims[key]}",
                 )
             claims[key] = f"route {route.name!r} ({source})"
+
+
+def _check_grpc_listener(
+    main: MainConfig, routes: list[RouteConfig], sources: list[str], fields: list[str]
+) -> None:
+    """A gRPC route is served only on ``grpc_listen`` (one without it would never
+    match), and needs the ``grpc`` extra installed."""
+    for route, source, field in zip(routes, sources, fields, strict=True):
+        if not route.is_grpc:
+            continue
+        if main.grpc_listen is None:
+            raise ConfigError(
+                source,
+                _join(field, "match.grpc"),
+                "a gRPC route needs grpc_listen (host:port) in the main config",
+            )
+        missing = [name for name in ("grpc", "google.protobuf") if not _importable(name)]
+        if missing:
+            raise ConfigError(
+                source,
+                _join(field, "match.grpc"),
+                f"gRPC routes need {' and '.join(missing)}: pip install 'shadowproxy-ml[grpc]'",
+            )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def with_overrides(config: Config, **fields: str | None) -> Config:

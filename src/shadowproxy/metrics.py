@@ -24,6 +24,9 @@ RELOAD_RESULTS = ("success", "failure")
 
 
 REJECT_REASONS = ("bad_request", "header_too_large", "header_timeout", "upgrade")
+GRPC_REJECT_REASONS = ("grpc_max_concurrent_calls",)
+"""Refusals of the gRPC listener before routing (those gRPC's core makes of bytes that
+are not HTTP/2 never reach Python and are not counted)."""
 
 
 class RecorderMetrics:
@@ -100,8 +103,9 @@ class Metrics(RecorderMetrics):
         self.requests = Counter(
             "shadowproxy_requests",
             "Client requests answered, by route and HTTP status sent to the client "
-            "(499: the client left before its answer ended, mid-stream included).",
-            ["route", "code"],
+            "(499: the client left before its answer ended, mid-stream included; gRPC "
+            "calls: the HTTP equivalent, and grpc_status the code name; empty for HTTP).",
+            ["route", "code", "grpc_status"],
             registry=r,
         )
         self.request_duration = Histogram(
@@ -126,7 +130,7 @@ class Metrics(RecorderMetrics):
         )
         self.shadow_skipped = Counter(
             "shadowproxy_shadow_skipped",
-            "Sampled copies not sent, by reason (circuit_open|body_too_large|shutdown).",
+            "Sampled copies not sent, by reason (circuit_open|body_too_large|shutdown|streaming).",
             ["route", "shadow", "reason"],
             registry=r,
         )
@@ -158,7 +162,7 @@ class Metrics(RecorderMetrics):
         self.rejected_requests = Counter(
             "shadowproxy_rejected_requests",
             "Client requests refused before routing, by reason "
-            "(bad_request|header_too_large|header_timeout|upgrade).",
+            "(bad_request|header_too_large|header_timeout|upgrade|grpc_max_concurrent_calls).",
             ["reason"],
             registry=r,
         )
