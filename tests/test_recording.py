@@ -311,7 +311,8 @@ async def test_rotation_by_time(tmp_path: Path, metrics: Metrics) -> None:
 
 async def test_files_become_visible_only_when_complete(tmp_path: Path, metrics: Metrics) -> None:
     """A reader polling the directory never sees a .parquet file it cannot fully read."""
-    recorder = Recorder(settings(tmp_path, max_rows_per_file=40), [make_route()], metrics)
+    recording = settings(tmp_path, max_rows_per_file=40, max_buffer_bytes=256 * 1024 * 1024)
+    recorder = Recorder(recording, [make_route()], metrics)
     problems: list[str] = []
     seen: set[Path] = set()
     done = threading.Event()
@@ -786,8 +787,8 @@ async def test_exposures_rotate_like_pairs(tmp_path: Path, metrics: Metrics) -> 
     await recorder.start()
     for n in range(7):
         recorder.submit_exposure(make_exposure(n))
-    await wait_until(lambda: len(parquet_files(tmp_path)) == 2)
-    assert recorder.pending == 1
+    # A file is visible a moment before the writer counts its rows: wait for both.
+    await wait_until(lambda: len(parquet_files(tmp_path)) == 2 and recorder.pending == 1)
     await recorder.close()
     assert sorted(pq.read_metadata(p).num_rows for p in parquet_files(tmp_path)) == [1, 3, 3]
 

@@ -162,7 +162,8 @@ class Metrics:
         )
         self.records_dropped = Counter(
             "shadowproxy_records_dropped",
-            "Records lost on purpose, by reason (queue_full|write_failed|shutdown|writer_died).",
+            "Records lost on purpose, by reason "
+            "(queue_full|buffer_full|write_failed|shutdown|writer_died).",
             ["reason"],
             registry=rr,
         )
