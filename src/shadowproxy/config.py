@@ -370,16 +370,23 @@ ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 (pyarrow's S3 client does not read them itself)."""
 
 
+def endpoint_from(env: Mapping[str, str]) -> str | None:
+    """The S3 endpoint the environment names, checked; ``ConfigError`` naming the variable."""
+    name = next((name for name in ENDPOINT_VARIABLES if env.get(name)), None)
+    if name is None:
+        return None
+    try:
+        return check_endpoint_url(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"environment {name}", None, str(exc)) from None
+
+
 def _with_endpoint_from(env: Mapping[str, str], main: MainConfig) -> MainConfig:
     """``recording.endpoint_url`` from the environment when the file leaves it out."""
     recording = main.recording
-    name = next((name for name in ENDPOINT_VARIABLES if env.get(name)), None)
-    if recording.endpoint_url is not None or name is None:
+    endpoint = None if recording.endpoint_url is not None else endpoint_from(env)
+    if endpoint is None:
         return main
-    try:
-        endpoint = check_endpoint_url(env[name])
-    except ValueError as exc:
-        raise ConfigError(f"environment {name}", None, str(exc)) from None
     recording = recording.model_copy(update={"endpoint_url": endpoint})
     return main.model_copy(update={"recording": recording})
 

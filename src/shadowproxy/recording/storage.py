@@ -249,29 +249,35 @@ def _fsync_directory(folder: str) -> None:
 # --- reading back -----------------------------------------------------------------
 
 
-def read_dataset(root: str) -> pa.Table:
+def read_dataset(root: str, *, endpoint_url: str | None = None) -> pa.Table:
     """Every recorded pair under ``root`` with its ``route`` and ``date`` partitions.
 
     Temporary files (dot-prefixed) are ignored; a root with nothing recorded yet gives
     an empty table of the same schema.
     """
-    return _read(root, PAIRS, PAIRS_SCHEMA, PARTITION_COLUMNS)
+    return _read(root, PAIRS, PAIRS_SCHEMA, PARTITION_COLUMNS, endpoint_url)
 
 
-def read_feedback(root: str) -> pa.Table:
+def read_feedback(root: str, *, endpoint_url: str | None = None) -> pa.Table:
     """Every recorded ground-truth label under ``root`` with its ``date`` partition."""
-    return _read(root, FEEDBACK, FEEDBACK_SCHEMA, PARTITION_COLUMNS[1:])
+    return _read(root, FEEDBACK, FEEDBACK_SCHEMA, PARTITION_COLUMNS[1:], endpoint_url)
 
 
-def read_exposures(root: str) -> pa.Table:
+def read_exposures(root: str, *, endpoint_url: str | None = None) -> pa.Table:
     """Every recorded exposure under ``root`` with its ``route`` and ``date`` partitions."""
-    return _read(root, EXPOSURES, EXPOSURES_SCHEMA, PARTITION_COLUMNS)
+    return _read(root, EXPOSURES, EXPOSURES_SCHEMA, PARTITION_COLUMNS, endpoint_url)
 
 
-def _read(root: str, kind: str, schema: pa.Schema, partitions: tuple[Column, ...]) -> pa.Table:
+def _read(
+    root: str,
+    kind: str,
+    schema: pa.Schema,
+    partitions: tuple[Column, ...],
+    endpoint_url: str | None,
+) -> pa.Table:
     fields = [pa.field(c.name, c.type) for c in partitions]
     full = pa.schema([*schema, *fields])
-    filesystem, base = resolve_root(root)
+    filesystem, base = resolve_root(root, endpoint_url=endpoint_url)
     path = f"{base}/{kind}"
     if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
         return full.empty_table()
