@@ -39,7 +39,6 @@ import socket
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -111,6 +110,9 @@ def s3_filesystem(bucket: str, endpoint_url: str | None, region: str | None) -> 
     else:
         options.update(region=region or pafs.resolve_s3_region(bucket))
     return pafs.S3FileSystem(
+        # The writer thread uploads one finished file at a time: background uploads
+        # would only add threads and a copy of every file in flight.
+        background_writes=False,
         connect_timeout=S3_CONNECT_TIMEOUT_S,
         request_timeout=S3_REQUEST_TIMEOUT_S,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
@@ -275,6 +277,10 @@ def _read(
     partitions: tuple[Column, ...],
     endpoint_url: str | None,
 ) -> pa.Table:
+    # Only readers pay for the dataset module (and the compute kernels it loads): the
+    # writer process, which imports this module too, never scans.
+    import pyarrow.dataset as ds
+
     fields = [pa.field(c.name, c.type) for c in partitions]
     full = pa.schema([*schema, *fields])
     filesystem, base = resolve_root(root, endpoint_url=endpoint_url)

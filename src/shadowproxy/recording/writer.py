@@ -192,7 +192,9 @@ class PartFile:
     It holds at most one unencoded row group; sealing gives the finished file's bytes.
     """
 
-    def __init__(self, kind: str, directory: str, opened_at: float) -> None:
+    def __init__(
+        self, kind: str, directory: str, opened_at: float, group_bytes: int = ROW_GROUP_BYTES
+    ) -> None:
         self.kind = kind
         self.directory = directory
         self.opened_at = opened_at
@@ -205,6 +207,7 @@ class PartFile:
         self._pending_bytes = 0
         self._group: list[pa.RecordBatch] = []
         self._group_bytes = 0
+        self._max_group_bytes = group_bytes
 
     def add(self, row: dict[str, object]) -> None:
         self._pending.append(row)
@@ -214,7 +217,7 @@ class PartFile:
             return
         self._build()
         group_rows = sum(batch.num_rows for batch in self._group)
-        if group_rows >= ROW_GROUP_ROWS or self._group_bytes >= ROW_GROUP_BYTES:
+        if group_rows >= ROW_GROUP_ROWS or self._group_bytes >= self._max_group_bytes:
             self._encode_group()
 
     def seal(self) -> pa.Buffer:
@@ -292,6 +295,8 @@ class Writer:
         self._open: dict[str, PartFile] = {}
         self._sealed: deque[Sealed] = deque()
         self._sealed_bytes = 0
+        self._group_bytes = min(ROW_GROUP_BYTES, recording.max_buffer_bytes // 8)
+        """Rows wait unencoded up to this; encoded, zstd keeps a long-open file small."""
         self._spill: Spill | None = None
         self._retry_at = 0.0
         self._backoff_s = 0.0
@@ -354,7 +359,8 @@ class Writer:
     def _add(self, kind: str, directory: str, row: dict[str, object], now: float) -> None:
         part = self._open.get(directory)
         if part is None:
-            part = self._open[directory] = PartFile(kind, directory, now)
+            part = PartFile(kind, directory, now, self._group_bytes)
+            self._open[directory] = part
         try:
             part.add(row)
         except Exception:
@@ -483,6 +489,9 @@ class Writer:
                 return
             self._sealed.popleft()
             self._written(file)
+            # Hand the file's freed buffers back to the OS now, not when the allocator
+            # gets round to it: between files the writer should hold next to nothing.
+            pa.default_memory_pool().release_unused()
         self._recovered()
         self._account()
 
