@@ -196,3 +196,23 @@ def test_the_secret_key_is_in_no_error(s3: S3Server) -> None:
         storage.write("pairs", "x.parquet", b"data")
     assert time.monotonic() - started < 5  # fails fast: no retries inside the call
     assert SECRET not in str(failure.value)
+
+
+async def test_a_spilled_file_lost_from_disk_is_counted_and_blocks_nothing(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    spill = tmp_path / "spill"
+    settings = recording(s3, spill_dir=str(spill), max_rows_per_file=5)
+    s3.stop()
+    registry = CollectorRegistry()
+    recorder = Recorder(settings, [make_route()], Metrics(registry))
+    await recorder.start()
+    for n in range(10):
+        recorder.submit(make_pair(n))
+    await wait_until(lambda: len(list(spill.rglob("*.parquet"))) == 2)
+    first = sorted(spill.rglob("*.parquet"))[0]
+    first.unlink()
+    s3.start()
+    await recorder.close()
+    assert len(request_ids(s3)) == 5
+    assert dropped(registry, "write_failed") == 5

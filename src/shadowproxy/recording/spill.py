@@ -97,6 +97,10 @@ class Spill:
     def remove(self, spilled: Spilled) -> None:
         """The store has the file: forget it here, and an adopted directory once empty."""
         _unlink(spilled.path)
+        self.forget(spilled)
+
+    def forget(self, spilled: Spilled) -> None:
+        """The file is gone (uploaded or lost): stop counting it."""
         self.used -= spilled.size
         owner = _owner_of(self.root, spilled.path)
         if owner != self._own and owner in self._locks and not _has_files(owner):

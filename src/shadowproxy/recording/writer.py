@@ -481,6 +481,8 @@ class Writer:
             return
         while self._sealed:
             file = self._sealed[0]
+            if not self._readable(file):
+                continue
             try:
                 self._write(file)
             except Exception as exc:
@@ -495,13 +497,32 @@ class Writer:
         self._recovered()
         self._account()
 
+    def _readable(self, file: Sealed) -> bool:
+        """A spilled file that can no longer be read (deleted, disk gone) is lost,
+        counted, and must not block the files behind it; True for every other file."""
+        if file.spilled is None:
+            return True
+        assert self._spill is not None
+        try:
+            file.data = pa.py_buffer(self._spill.read(file.spilled))
+        except OSError as exc:
+            log.error("recorder: spilled file %s is lost: %s", file.spilled.path, exc)
+            self._sealed.popleft()
+            self._spill.forget(file.spilled)
+            if not file.adopted:
+                self.spilled_rows -= file.rows
+            # Already counted as finished when spilled: only the loss is new.
+            self._metrics.records_dropped.labels("write_failed").inc(file.rows)
+            return False
+        return True
+
     def _write(self, file: Sealed) -> None:
-        if file.data is not None:
+        assert file.data is not None
+        try:
             self._storage.write(file.directory, file.name, file.data)
-        else:
-            assert self._spill is not None and file.spilled is not None
-            data = pa.py_buffer(self._spill.read(file.spilled))
-            self._storage.write(file.directory, file.name, data)
+        finally:
+            if file.spilled is not None:
+                file.data = None  # read again at the next attempt, not held meanwhile
 
     def _written(self, file: Sealed) -> None:
         self._sealed_bytes -= file.memory_bytes
