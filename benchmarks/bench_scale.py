@@ -42,6 +42,7 @@ from shadowproxy.report import queries
 root = sys.argv[1]
 connection = duckdb.connect()
 connection.execute("SET memory_limit = '2GB'")
+connection.execute("SET enable_progress_bar = false")
 for macro in queries.MACROS:
     connection.execute(macro)
 source = queries.parquet_source([root + "/pairs/**/*.parquet"], hive=True)
