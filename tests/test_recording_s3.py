@@ -69,8 +69,8 @@ class AnswerLost(Storage):
         super().__init__(*args, **kwargs)
         self.calls = 0
 
-    def write(self, directory: str, name: str, data: Any) -> str:
-        path = super().write(directory, name, data)
+    def write(self, directory: str, data: Any, name: str | None = None) -> str:
+        path = super().write(directory, data, name)
         self.calls += 1
         if self.calls == 1:
             raise OSError("connection reset by peer after the upload")
@@ -193,7 +193,7 @@ def test_the_secret_key_is_in_no_error(s3: S3Server) -> None:
     storage = Storage(s3.root, endpoint_url=s3.url)
     started = time.monotonic()
     with pytest.raises(OSError) as failure:
-        storage.write("pairs", "x.parquet", b"data")
+        storage.write("pairs", b"data", "x.parquet")
     assert time.monotonic() - started < 5  # fails fast: no retries inside the call
     assert SECRET not in str(failure.value)
 

@@ -195,10 +195,11 @@ class Storage:
         """A file name no other writer uses, chosen once per file (retries reuse it)."""
         return f"{self.prefix}-{next(self._sequence):06d}.parquet"
 
-    def write(self, directory: str, name: str, data: pa.Buffer) -> str:
-        """Write a finished file as ``name`` in ``directory`` (relative); its path.
-        Writing the same name again replaces the file with the same bytes."""
+    def write(self, directory: str, data: pa.Buffer, name: str | None = None) -> str:
+        """Write a finished file as ``name`` (default a new one) in ``directory``
+        (relative); its path. Writing the same name again replaces the file."""
         self.resolve()
+        name = self.new_name() if name is None else name
         folder = f"{self._base}/{directory}"
         if isinstance(self._filesystem, pafs.LocalFileSystem):
             return _write_local(folder, name, data)

@@ -519,7 +519,7 @@ class Writer:
     def _write(self, file: Sealed) -> None:
         assert file.data is not None
         try:
-            self._storage.write(file.directory, file.name, file.data)
+            self._storage.write(file.directory, file.data, file.name)
         finally:
             if file.spilled is not None:
                 file.data = None  # read again at the next attempt, not held meanwhile
