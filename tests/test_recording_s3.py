@@ -216,3 +216,52 @@ async def test_a_spilled_file_lost_from_disk_is_counted_and_blocks_nothing(
     await recorder.close()
     assert len(request_ids(s3)) == 5
     assert dropped(registry, "write_failed") == 5
+
+
+def test_the_endpoint_comes_from_the_environment_unless_the_file_names_one(
+    tmp_path: Path,
+) -> None:
+    from shadowproxy.config import load_config
+    from tests.support import write_config
+
+    path = write_config(tmp_path, [], default_upstream="http://127.0.0.1:1")
+    env = {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ENDPOINT_URL_S3": "http://s3only:9000/"}
+    assert load_config(path, env).main.recording.endpoint_url == "http://s3only:9000"
+    assert load_config(path, {}).main.recording.endpoint_url is None
+    named = write_config(
+        tmp_path,
+        [],
+        default_upstream="http://127.0.0.1:1",
+        recording={"dir": "s3://b/p", "endpoint_url": "https://store:443"},
+    )
+    assert load_config(named, env).main.recording.endpoint_url == "https://store:443"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("minio:9000", "with its scheme"),
+        ("ftp://minio:9000", "with its scheme"),
+        ("http://key:secret@minio:9000", "must not carry credentials"),
+    ],
+)
+def test_a_bad_endpoint_is_refused_with_the_reason(value: str, says: str, tmp_path: Path) -> None:
+    from shadowproxy.config import load_config
+    from shadowproxy.errors import ConfigError
+    from tests.support import write_config
+
+    path = write_config(tmp_path, [], default_upstream="http://127.0.0.1:1")
+    with pytest.raises(ConfigError, match=says) as failure:
+        load_config(path, {"AWS_ENDPOINT_URL": value})
+    assert "AWS_ENDPOINT_URL" in str(failure.value)
+    assert "secret" not in str(failure.value)
+    in_file = write_config(
+        tmp_path,
+        [],
+        default_upstream="http://127.0.0.1:1",
+        recording={"dir": "s3://b/p", "endpoint_url": value},
+    )
+    with pytest.raises(ConfigError, match=says) as failure:
+        load_config(in_file, {})
+    assert "recording.endpoint_url" in str(failure.value)
+    assert "secret" not in str(failure.value)

@@ -271,7 +271,8 @@ def check_endpoint_url(value: str) -> str:
     """A full URL with its scheme and no credentials (a secret in a URL reaches logs)."""
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in ("http", "https") or not rest.strip("/"):
-        raise ValueError(f"must be a URL with its scheme, like http://minio:9000, got {value!r}")
+        # The value is not echoed: a mistyped endpoint may hold a key.
+        raise ValueError("must be a URL with its scheme, like http://minio:9000")
     if "@" in rest.split("/", 1)[0]:
         raise ValueError("must not carry credentials: use the AWS environment or profile")
     return value.rstrip("/")
