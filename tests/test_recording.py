@@ -345,7 +345,8 @@ async def test_rotation_by_time(tmp_path: Path, metrics: Metrics) -> None:
 
 async def test_files_become_visible_only_when_complete(tmp_path: Path, metrics: Metrics) -> None:
     """A reader polling the directory never sees a .parquet file it cannot fully read."""
-    recorder = Recorder(settings(tmp_path, max_rows_per_file=40), [make_route()], metrics)
+    recording = settings(tmp_path, max_rows_per_file=40, max_buffer_bytes=256 * 1024 * 1024)
+    recorder = Recorder(recording, [make_route()], metrics)
     problems: list[str] = []
     seen: set[Path] = set()
     done = threading.Event()

@@ -294,11 +294,51 @@ class RecordingConfig(FrozenModel):
     max_rows_per_file: Annotated[int, Field(ge=1)] = 100_000
     max_pending_records: Annotated[int, Field(ge=1)] = 100_000
     close_timeout_s: Seconds = 10.0
-    """At shutdown, how long failing writes are retried before the rest is dropped."""
+    """At shutdown, how long failing writes are retried before the rest is spilled
+    (``spill_dir``) or dropped."""
     writer: Literal["process", "thread"] = "process"
     """``process``: redaction, comparison and Parquet writing run in a child process,
     so they never compete with the event loop for the GIL. ``thread``: in this
     process (one interpreter, no child; costs production latency under load)."""
+    endpoint_url: str | None = None
+    """An S3-compatible endpoint for an ``s3://`` dir, as a full URL
+    (``http://minio:9000``); default ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``
+    from the environment, else AWS itself. Credentials are never set here: they come
+    from the standard AWS chain (environment, profile, instance or pod role)."""
+    region: str | None = None
+    """The bucket's region; default the AWS chain's (``AWS_REGION``, profile), else
+    looked up from the bucket."""
+    max_buffer_bytes: Annotated[int, Field(ge=1024 * 1024)] = 64 * 1024 * 1024
+    """Bytes of records the writer holds in memory (queued, in open files, sealed files
+    waiting for the store); records beyond it are dropped and counted."""
+    spill_dir: str | None = None
+    """A local directory for sealed files the store refuses, so an outage costs disk
+    rather than memory and survives a restart (uploaded by the next writer)."""
+    spill_max_bytes: ByteCount = 1024 * 1024 * 1024
+    """Bytes ``spill_dir`` may hold; past it, refused files stay in memory."""
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_endpoint_url(value)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9-]{2,40}", value):
+            raise ValueError(f"must be a region name like us-east-1, got {value!r}")
+        return value
+
+
+def check_endpoint_url(value: str) -> str:
+    """A full URL with its scheme and no credentials (a secret in a URL reaches logs)."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+        # The value is not echoed: a mistyped endpoint may hold a key.
+        raise ValueError("must be a URL with its scheme, like http://minio:9000")
+    if "@" in rest.split("/", 1)[0]:
+        raise ValueError("must not carry credentials: use the AWS environment or profile")
+    return value.rstrip("/")
 
 
 class PoolConfig(FrozenModel):
@@ -389,7 +429,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     source = str(path)
     raw = _read_yaml(main_path, source)
     raw = _expand(raw, env, source, "")
-    main = _validate(MainConfig, raw, source)
+    main = _with_endpoint_from(env, _validate(MainConfig, raw, source))
 
     routes: list[RouteConfig] = list(main.routes)
     sources: list[str] = [source] * len(routes)
@@ -407,6 +447,32 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     if not routes and main.default_upstream is None:
         raise ConfigError(source, None, "no routes and no default_upstream: nothing to proxy")
     return Config(source=source, main=main, routes=tuple(routes), route_sources=tuple(sources))
+
+
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+"""The AWS SDKs' own variables for an S3-compatible endpoint, most specific first
+(pyarrow's S3 client does not read them itself)."""
+
+
+def endpoint_from(env: Mapping[str, str]) -> str | None:
+    """The S3 endpoint the environment names, checked; ``ConfigError`` naming the variable."""
+    name = next((name for name in ENDPOINT_VARIABLES if env.get(name)), None)
+    if name is None:
+        return None
+    try:
+        return check_endpoint_url(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"environment {name}", None, str(exc)) from None
+
+
+def _with_endpoint_from(env: Mapping[str, str], main: MainConfig) -> MainConfig:
+    """``recording.endpoint_url`` from the environment when the file leaves it out."""
+    recording = main.recording
+    endpoint = None if recording.endpoint_url is not None else endpoint_from(env)
+    if endpoint is None:
+        return main
+    recording = recording.model_copy(update={"endpoint_url": endpoint})
+    return main.model_copy(update={"recording": recording})
 
 
 def _route_files(routes_dir: Path, source: str) -> list[Path]:

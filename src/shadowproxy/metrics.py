@@ -58,7 +58,8 @@ class RecorderMetrics:
         )
         self.records_dropped = Counter(
             "shadowproxy_records_dropped",
-            "Records lost on purpose, by reason (queue_full|write_failed|shutdown|writer_died).",
+            "Records lost on purpose, by reason "
+            "(queue_full|buffer_full|write_failed|shutdown|writer_died).",
             ["reason"],
             registry=registry,
         )

@@ -50,8 +50,10 @@ RESTART_PAUSE_S = 1.0
 READY_TIMEOUT_S = 30.0
 EXIT_GRACE_S = 15.0
 """Beyond ``close_timeout_s``, how long shutdown waits for the writer to finish."""
-DROP_REASONS = ("queue_full", "write_failed", "shutdown", "writer_died")
-DROPPED_HELP = "Records lost on purpose, by reason (queue_full|write_failed|shutdown|writer_died)."
+DROP_REASONS = ("queue_full", "buffer_full", "write_failed", "shutdown", "writer_died")
+DROPPED_HELP = (
+    "Records lost on purpose, by reason (queue_full|buffer_full|write_failed|shutdown|writer_died)."
+)
 
 
 class ChildMetrics(Collector):

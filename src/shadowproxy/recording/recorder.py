@@ -2,14 +2,17 @@
 
 Why drop instead of wait: production availability beats completeness of the log.
 ``submit`` runs on the event loop for every pair and only appends to a bounded
-buffer (a ``deque`` plus a count); when ``max_pending_records`` are already held the
-record is dropped and counted (``shadowproxy_records_dropped_total{reason}``), so a
-slow disk or an unreachable bucket can never slow a client request.
+buffer (a ``deque`` plus a count); when ``max_pending_records`` are already held, or
+the record would take the writer's memory past ``max_buffer_bytes``, the record is
+dropped and counted (``shadowproxy_records_dropped_total{reason}``), so a slow disk or
+an unreachable bucket can never slow a client request.
 
 Thread hand-off without a lock on the hot path: ``deque.append``/``popleft`` are
 atomic, ``submitted`` is written only by the event loop and ``Writer.finished`` only
 by the writer thread, so ``pending = submitted - finished`` is never corrupted (a
-stale read only makes the bound a little conservative).
+stale read only makes the bound a little conservative). Bytes are counted the same
+way: ``submitted_bytes`` by the event loop, ``taken_bytes`` and ``held_bytes`` by the
+writer thread.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from collections.abc import Callable, Sequence
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import RecorderMetrics
+from shadowproxy.recording.spill import Spill
 from shadowproxy.recording.storage import Storage
-from shadowproxy.recording.writer import Comparer, Feedback, Item, Routes, Writer
+from shadowproxy.recording.writer import Comparer, Feedback, Item, Routes, Writer, item_bytes
 from shadowproxy.records import Exposure, Pair, VerdictCounts
 
 log = logging.getLogger(__name__)
@@ -69,24 +73,34 @@ class Recorder:
         self._settings = recording
         self._metrics = metrics
         self._clock = clock
-        self._storage = Storage(recording.dir)
+        self._storage = Storage(
+            recording.dir, endpoint_url=recording.endpoint_url, region=recording.region
+        )
         self._writer = Writer(self._storage, recording, routes, metrics, comparer, clock)
         self._queue: deque[Item] = deque()
         self._submitted = 0
+        self._submitted_bytes = 0
+        self._taken_bytes = 0
         self._max_pending = recording.max_pending_records
+        self._max_bytes = recording.max_buffer_bytes
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
         self._dropped = {
             reason: metrics.records_dropped.labels(reason)
-            for reason in ("queue_full", "write_failed", "shutdown")
+            for reason in ("queue_full", "buffer_full", "write_failed", "shutdown")
         }
 
     @property
     def pending(self) -> int:
-        """Records accepted but not yet in a complete file."""
+        """Records accepted but not yet in a complete file (or spilled)."""
         return self._submitted - self._writer.finished
+
+    @property
+    def held_bytes(self) -> int:
+        """Estimated bytes of records in memory: queued, plus what the writer holds."""
+        return self._submitted_bytes - self._taken_bytes + self._writer.held_bytes
 
     # --- event loop side: O(1), no parsing, no I/O --------------------------------
 
@@ -101,12 +115,19 @@ class Recorder:
         if self._closing:
             self._dropped["shutdown"].inc()
             return
+        size = item_bytes(record)
+        full = None
         if self._submitted - self._writer.finished >= self._max_pending:
+            full = "queue_full"
+        elif self.held_bytes + size > self._max_bytes:
+            full = "buffer_full"
+        if full is not None:
             # While writes fail the buffer fills with unwritten rows: say so.
-            self._dropped["write_failed" if self._writer.error else "queue_full"].inc()
+            self._dropped["write_failed" if self._writer.error else full].inc()
             return
         self._queue.append(record)
         self._submitted += 1
+        self._submitted_bytes += size
         if len(self._queue) >= WAKE_BATCH and not self._wake.is_set():
             self._wake.set()
 
@@ -116,11 +137,16 @@ class Recorder:
         False when they do not fit (the caller answers 503 and the client retries), so
         refused feedback is not counted as dropped.
         """
+        feedback = Feedback(tuple(items))
+        size = item_bytes(feedback)
         if self._closing or self.pending + len(items) > self._max_pending:
             return False
+        if self.held_bytes + size > self._max_bytes:
+            return False
         if items:
-            self._queue.append(Feedback(tuple(items)))
+            self._queue.append(feedback)
             self._submitted += len(items)
+            self._submitted_bytes += size
             if not self._wake.is_set():
                 self._wake.set()
         return True
@@ -160,7 +186,26 @@ class Recorder:
             log.warning(
                 "recorder: %s is not reachable yet (%s); will retry", self._storage.root, exc
             )
+        if self._settings.spill_dir is not None:
+            await asyncio.to_thread(self._open_spill, self._settings.spill_dir)
         self._start_thread()
+
+    def _open_spill(self, directory: str) -> None:
+        spill = Spill(directory, self._settings.spill_max_bytes, self._storage.prefix)
+        try:
+            adopted = spill.open()
+        except OSError as exc:
+            raise ConfigError(
+                None, "recording.spill_dir", f"cannot use {directory}: {exc}"
+            ) from None
+        if adopted:
+            rows = sum(file.rows for file in adopted)
+            log.warning(
+                "recorder: %d spilled files (%d rows) of a writer that is gone will be uploaded",
+                len(adopted),
+                rows,
+            )
+        self._writer.use_spill(spill, adopted)
 
     async def close(self) -> None:
         """Write everything buffered and stop the writer (idempotent).
@@ -177,6 +222,7 @@ class Recorder:
         self._stopping.set()
         self._wake.set()
         await asyncio.to_thread(self._thread.join)
+        self._writer.close_spill()
         self._metrics.recorder_pending.set(self.pending)
 
     def _start_thread(self) -> None:
@@ -207,6 +253,7 @@ class Recorder:
         while self._queue and len(items) < TAKE_MAX:
             items.append(self._queue.popleft())
         self._writer.take(items)
+        self._taken_bytes += sum(item_bytes(item) for item in items if not isinstance(item, Routes))
         self._writer.rotate(everything=stopping)
         self._writer.write_due(retry_now=retry_now)
         if self._queue:
@@ -218,8 +265,14 @@ class Recorder:
             return True
         if self._clock() < deadline:
             return False
-        lost = self._writer.abandon("shutdown")
+        spilled, dropped = self._writer.give_up("shutdown")
+        where = f" ({spilled} spilled to {self._settings.spill_dir})" if spilled else ""
         log.error(
-            "recorder: shutdown gave up on %d unwritten records: %s", lost, self._writer.error
+            "recorder: shutdown: %d records not written to %s%s, %d of them dropped: %s",
+            spilled + dropped,
+            self._storage.root,
+            where,
+            dropped,
+            self._writer.error,
         )
         return True

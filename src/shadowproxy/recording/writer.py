@@ -16,10 +16,15 @@ first (``compare.corrupt``), so everything after it sees the corrupted answer.
 A part file is one future file: its rows are encoded to Parquet in memory a row
 group at a time as they arrive; it is sealed when it reaches ``max_rows_per_file``,
 when ``flush_interval_s`` has passed since its first row, under memory pressure or
-at shutdown, and its finished bytes are then written whole. A failed write keeps the
-rows and is retried with exponential backoff; meanwhile the recorder reports itself
-degraded. Rows leave memory only when their file is complete or when they are
-dropped, and either way they are counted.
+at shutdown, and its finished bytes are then written whole, under a name chosen at
+sealing, so a retry can never make a second copy. A failed write keeps the file and is
+retried with exponential backoff; meanwhile the recorder reports itself degraded and,
+with a spill directory, moves the waiting files to local disk (``spill``). Rows leave
+memory only when their file is complete, spilled or dropped, and are counted each way.
+
+``held_bytes`` is what the writer holds in memory (open files and sealed files not
+spilled); the recorder adds what is queued and refuses records beyond
+``max_buffer_bytes``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from shadowproxy.recording.schema import (
     to_record_batch,
     utc_date,
 )
+from shadowproxy.recording.spill import Spill, Spilled
 from shadowproxy.recording.storage import (
     EXPOSURES,
     FEEDBACK,
@@ -109,6 +115,42 @@ class Routes:
 
 Item = Pair | Exposure | Feedback | Routes
 
+ITEM_OVERHEAD_BYTES = 512
+"""What a record costs in memory beyond its bodies (objects, row dict, Arrow columns)."""
+
+
+def item_bytes(item: Item) -> int:
+    """A record's estimated memory, the unit of ``max_buffer_bytes``. Cheap (lengths
+    only), and the same on both sides of the hand-off, so the two counts cancel out."""
+    if isinstance(item, Pair):
+        return (
+            ITEM_OVERHEAD_BYTES
+            + len(item.request.body or b"")
+            + len(item.production.body or b"")
+            + len(item.result.body or b"")
+        )
+    if isinstance(item, Feedback):
+        return sum(ITEM_OVERHEAD_BYTES + len(label) for _, label, _ in item.items)
+    return ITEM_OVERHEAD_BYTES
+
+
+@dataclass(slots=True)
+class Sealed:
+    """A finished file waiting for the store: its bytes in memory, or spilled to disk.
+    ``adopted`` files came from another writer's spill and are not in this one's counts."""
+
+    kind: str
+    directory: str
+    name: str
+    rows: int
+    data: pa.Buffer | None
+    spilled: Spilled | None = None
+    adopted: bool = False
+
+    @property
+    def memory_bytes(self) -> int:
+        return 0 if self.data is None else int(self.data.size)
+
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
@@ -158,11 +200,12 @@ redact, so it keeps metadata only and the comparator sees no bodies (none is dec
 class PartFile:
     """One future file: rows -> Arrow batches -> row groups encoded in memory.
 
-    Until sealed it holds at most one unencoded row group; once sealed it holds the
-    finished file's bytes, kept until a write succeeds.
+    It holds at most one unencoded row group; sealing gives the finished file's bytes.
     """
 
-    def __init__(self, kind: str, directory: str, opened_at: float) -> None:
+    def __init__(
+        self, kind: str, directory: str, opened_at: float, group_bytes: int = ROW_GROUP_BYTES
+    ) -> None:
         self.kind = kind
         self.directory = directory
         self.opened_at = opened_at
@@ -170,12 +213,12 @@ class PartFile:
         self.rows = 0
         self.rejected = 0
         """Rows Arrow refused (see ``_build``), not yet counted as dropped."""
-        self.data: pa.Buffer | None = None
         self._encoder = Encoder(self.schema)
         self._pending: list[dict[str, object]] = []
         self._pending_bytes = 0
         self._group: list[pa.RecordBatch] = []
         self._group_bytes = 0
+        self._max_group_bytes = group_bytes
 
     def add(self, row: dict[str, object]) -> None:
         self._pending.append(row)
@@ -185,15 +228,19 @@ class PartFile:
             return
         self._build()
         group_rows = sum(batch.num_rows for batch in self._group)
-        if group_rows >= ROW_GROUP_ROWS or self._group_bytes >= ROW_GROUP_BYTES:
+        if group_rows >= ROW_GROUP_ROWS or self._group_bytes >= self._max_group_bytes:
             self._encode_group()
 
-    def seal(self) -> None:
+    def seal(self) -> pa.Buffer:
         """Encode what is left and finish the file's bytes."""
         if self._pending:
             self._build()
         self._encode_group()
-        self.data = self._encoder.finish()
+        return self._encoder.finish()
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._pending_bytes + self._group_bytes + self._encoder.size
 
     def take_rejected(self) -> int:
         rejected, self.rejected = self.rejected, 0
@@ -227,9 +274,9 @@ class PartFile:
 class Writer:
     """The writer thread's state. Only that thread calls its methods.
 
-    ``finished`` counts records that left memory (written or dropped); the recorder
-    reads it from the event loop to know how many are pending, which is safe because
-    only this thread ever writes it.
+    ``finished`` counts records that left memory (written, spilled or dropped) and
+    ``held_bytes`` what it holds; the recorder reads both from the event loop, which is
+    safe because only this thread ever writes them (a stale read errs by one cycle).
     """
 
     def __init__(
@@ -242,6 +289,10 @@ class Writer:
         clock: Callable[[], float],
     ) -> None:
         self.finished = 0
+        self.held_bytes = 0
+        self.spilled_rows = 0
+        """Rows of this writer's own files that wait on the spill disk. They have left
+        memory, so they count as finished: only the spill's size bounds them."""
         self.error: str | None = None
         self.verdicts: dict[tuple[str, str], tuple[int, int]] = {}
         """(agreed, disagreed) per (route, shadow) so far. Each update replaces a tuple,
@@ -253,7 +304,11 @@ class Writer:
         self._comparer = comparer
         self._clock = clock
         self._open: dict[str, PartFile] = {}
-        self._sealed: deque[PartFile] = deque()
+        self._sealed: deque[Sealed] = deque()
+        self._sealed_bytes = 0
+        self._group_bytes = min(ROW_GROUP_BYTES, recording.max_buffer_bytes // 8)
+        """Rows wait unencoded up to this; encoded, zstd keeps a long-open file small."""
+        self._spill: Spill | None = None
         self._retry_at = 0.0
         self._backoff_s = 0.0
         self._last_log: dict[str, float] = {}
@@ -316,7 +371,8 @@ class Writer:
     def _add(self, kind: str, directory: str, row: dict[str, object], now: float) -> None:
         part = self._open.get(directory)
         if part is None:
-            part = self._open[directory] = PartFile(kind, directory, now)
+            part = PartFile(kind, directory, now, self._group_bytes)
+            self._open[directory] = part
         try:
             part.add(row)
         except Exception:
@@ -394,50 +450,142 @@ class Writer:
 
     # --- files out -------------------------------------------------------------
 
+    def use_spill(self, spill: Spill, adopted: Sequence[Spilled]) -> None:
+        """Spill refused files to ``spill``; upload ``adopted`` (another writer's) first."""
+        self._spill = spill
+        for file in adopted:
+            kind = file.directory.split("/", 1)[0]
+            self._sealed.append(
+                Sealed(kind, file.directory, file.name, file.rows, None, file, adopted=True)
+            )
+
     def rotate(self, *, everything: bool = False) -> None:
         """Seal part files that are old enough, or all of them.
 
         Memory pressure seals everything too: rows held for files count against
-        ``max_pending_records``, and waiting for a timer while new records are being
-        refused would turn a bound into a loss.
+        ``max_pending_records`` and their bytes against ``max_buffer_bytes``, and
+        waiting for a timer while new records are being refused would turn a bound
+        into a loss (and only sealed files can be spilled).
         """
         now = self._clock()
         held = sum(part.rows for part in self._open.values())
-        everything = everything or held >= self._settings.max_pending_records // 2
+        open_bytes = sum(part.memory_bytes for part in self._open.values())
+        everything = (
+            everything
+            or held >= self._settings.max_pending_records // 2
+            or open_bytes >= self._settings.max_buffer_bytes // 2
+        )
         for directory, part in list(self._open.items()):
             if everything or now - part.opened_at >= self._settings.flush_interval_s:
                 self._seal(directory)
+        self._account()
 
     def _seal(self, directory: str) -> None:
         part = self._open[directory]
         try:
-            part.seal()
+            data = part.seal()
         except Exception:
             self._broken(directory, part)
             return
         self._drop("write_failed", part.take_rejected())
         del self._open[directory]
         if part.rows:
-            self._sealed.append(part)
+            name = self._storage.new_name()
+            self._sealed.append(Sealed(part.kind, directory, name, part.rows, data))
+            self._sealed_bytes += data.size
 
     def write_due(self, *, retry_now: bool = False) -> None:
-        """Write sealed files in order; on the first failure, back off and keep them."""
+        """Write sealed files in order; on the first failure, back off and keep them
+        (spilled when a spill directory has room)."""
         if retry_now:
             self._retry_at = 0.0
         if self._clock() < self._retry_at:
             return
         while self._sealed:
-            part = self._sealed[0]
-            assert part.data is not None  # sealed
+            file = self._sealed[0]
+            if not self._readable(file):
+                continue
             try:
-                self._storage.write(part.directory, part.data)
+                self._write(file)
             except Exception as exc:
                 self._failed(exc)
+                self.spill()
                 return
             self._sealed.popleft()
-            self.finished += part.rows
-            self._metrics.records_written.labels(part.kind).inc(part.rows)
+            self._written(file)
+            # Hand the file's freed buffers back to the OS now, not when the allocator
+            # gets round to it: between files the writer should hold next to nothing.
+            pa.default_memory_pool().release_unused()
         self._recovered()
+        self._account()
+
+    def _readable(self, file: Sealed) -> bool:
+        """A spilled file that can no longer be read (deleted, disk gone) is lost,
+        counted, and must not block the files behind it; True for every other file."""
+        if file.spilled is None:
+            return True
+        assert self._spill is not None
+        try:
+            file.data = pa.py_buffer(self._spill.read(file.spilled))
+        except OSError as exc:
+            log.error("recorder: spilled file %s is lost: %s", file.spilled.path, exc)
+            self._sealed.popleft()
+            self._spill.forget(file.spilled)
+            if not file.adopted:
+                self.spilled_rows -= file.rows
+            # Already counted as finished when spilled: only the loss is new.
+            self._metrics.records_dropped.labels("write_failed").inc(file.rows)
+            return False
+        return True
+
+    def _write(self, file: Sealed) -> None:
+        assert file.data is not None
+        try:
+            self._storage.write(file.directory, file.data, file.name)
+        finally:
+            if file.spilled is not None:
+                file.data = None  # read again at the next attempt, not held meanwhile
+
+    def _written(self, file: Sealed) -> None:
+        self._sealed_bytes -= file.memory_bytes
+        if file.spilled is not None:
+            assert self._spill is not None
+            self._spill.remove(file.spilled)
+            if not file.adopted:
+                self.spilled_rows -= file.rows
+        elif not file.adopted:
+            self.finished += file.rows
+        self._metrics.records_written.labels(file.kind).inc(file.rows)
+
+    def spill(self) -> int:
+        """Move sealed files from memory to the spill disk while it has room; rows moved."""
+        moved = 0
+        if self._spill is None:
+            return moved
+        for file in self._sealed:
+            if file.data is None:
+                continue
+            try:
+                spilled = self._spill.put(
+                    file.directory, file.name, memoryview(file.data), file.rows
+                )
+            except OSError as exc:
+                self._log_throttled(
+                    "spill", "recorder: cannot spill to %s: %s", self._spill.root, exc
+                )
+                break
+            if spilled is None:
+                break  # full: what is left stays in memory
+            self._sealed_bytes -= file.memory_bytes
+            file.data, file.spilled = None, spilled
+            self.spilled_rows += file.rows
+            self.finished += file.rows
+            moved += file.rows
+        self._account()
+        return moved
+
+    def _account(self) -> None:
+        self.held_bytes = self._sealed_bytes + sum(p.memory_bytes for p in self._open.values())
 
     def _failed(self, exc: Exception) -> None:
         self._backoff_s = min(RETRY_MAX_S, max(RETRY_INITIAL_S, self._backoff_s * 2))
@@ -456,16 +604,30 @@ class Writer:
 
     @property
     def idle(self) -> bool:
-        """Nothing held in memory."""
+        """Nothing left to write."""
         return not self._open and not self._sealed
 
-    def abandon(self, reason: str) -> int:
-        """Drop everything still held (shutdown gave up); returns how many rows."""
-        rows = sum(part.rows for part in (*self._open.values(), *self._sealed))
+    def give_up(self, reason: str) -> tuple[int, int]:
+        """Shutdown gave up on the store: spill what fits, drop the rest (counted under
+        ``reason``). Returns (rows spilled, rows dropped); spilled rows are uploaded by
+        the next writer that opens the same spill directory."""
+        for directory in list(self._open):
+            self._seal(directory)
+        self.spill()
+        spilled = self.spilled_rows
+        dropped = sum(p.rows for p in self._open.values())
+        dropped += sum(f.rows for f in self._sealed if f.spilled is None and not f.adopted)
         self._open.clear()
         self._sealed.clear()
-        self._drop(reason, rows)
-        return rows
+        self._sealed_bytes = 0
+        self.spilled_rows = 0
+        self._drop(reason, dropped)
+        self._account()
+        return spilled, dropped
+
+    def close_spill(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
 
     def _drop(self, reason: str, count: int) -> None:
         if count:

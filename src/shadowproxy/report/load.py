@@ -28,7 +28,10 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from shadowproxy.config import endpoint_from
+from shadowproxy.errors import ConfigError
 from shadowproxy.recording.schema import PAIRS_SCHEMA
+from shadowproxy.recording.storage import resolve_root
 from shadowproxy.report import queries
 from shadowproxy.report.options import CorruptFileError, ReportInputError, ReportOptions
 
@@ -75,12 +78,15 @@ def discover(root: str) -> Dataset:
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """The store of ``root``; ``s3://`` goes to the endpoint ``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL`` names (MinIO, any S3-compatible store), as the proxy does."""
     if "://" in root:
         try:
-            filesystem, path = pafs.FileSystem.from_uri(root)
+            return resolve_root(root, endpoint_url=endpoint_from(os.environ))
+        except ConfigError as exc:
+            raise ReportInputError(str(exc)) from None
         except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise ReportInputError(f"cannot open {root}: {exc}") from None
-        return filesystem, path.rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(root).rstrip("/")
 
 
