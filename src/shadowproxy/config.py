@@ -35,6 +35,7 @@ from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
+from shadowproxy.monitor.spec import MonitorConfig
 from shadowproxy.validation import (
     NAME_PATTERN,
     FrozenModel,
@@ -183,6 +184,8 @@ class RouteConfig(FrozenModel):
     upstreams answer a share of the clients for real (``shadowproxy.experiments``)."""
     canary: CanarySpec | None = None
     ab: ABSpec | None = None
+    monitor: MonitorConfig | None = None
+    """Watching inputs, predictions and invariants without labels (``shadowproxy.monitor``)."""
 
     @model_validator(mode="after")
     def _mode_block(self) -> RouteConfig:
