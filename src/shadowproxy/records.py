@@ -76,6 +76,18 @@ class Pair:
     role: str
     production: ProductionResult
     result: ShadowResult
+    watched: bool = False
+    """The request was sampled by the route's ``monitor.sample_rate`` and this is the
+    first of its pairs: the writer watches production's answer once, on this pair."""
+
+
+@dataclass(slots=True)
+class Observation:
+    """A request the route's monitor sampled and no shadow did: production's side only,
+    recorded in ``telemetry/`` so the distributions cover every watched answer."""
+
+    request: RequestInfo
+    production: ProductionResult
 
 
 @dataclass(slots=True)
@@ -126,6 +138,13 @@ class PairSink(Protocol):
     """Where finished pairs go. ``submit`` runs on the event loop: it must not block."""
 
     def submit(self, pair: Pair) -> None: ...
+
+
+@runtime_checkable
+class TelemetrySink(Protocol):
+    """Where observations go. ``submit_telemetry`` runs on the event loop: it must not block."""
+
+    def submit_telemetry(self, observation: Observation) -> None: ...
 
 
 class ExposureSink(Protocol):

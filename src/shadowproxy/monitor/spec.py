@@ -12,10 +12,10 @@ import itertools
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from shadowproxy.compare import jsonpath
-from shadowproxy.validation import NAME_PATTERN, FrozenModel, check_header_name, check_unique
+from shadowproxy.validation import NAME_PATTERN, FrozenModel, check_unique
 
 DEFAULT_MAX_CATEGORIES = 20
 DEFAULT_BUCKETS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 1000)
@@ -27,10 +27,17 @@ def _check_path(value: str) -> str:
     return value
 
 
+def _check_buckets(value: tuple[float, ...]) -> tuple[float, ...]:
+    if not value or any(b <= a for a, b in itertools.pairwise(value)):
+        raise ValueError(f"must be one or more strictly increasing numbers, got {list(value)}")
+    return value
+
+
 Path = Annotated[str, AfterValidator(_check_path)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Scalar = str | int | float | bool
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+Buckets = Annotated[tuple[Finite, ...], AfterValidator(_check_buckets)]
 
 
 class _Categories(FrozenModel):
@@ -57,6 +64,8 @@ class FeatureSpec(_Categories):
     name: Name
     path: Path
     kind: Literal["numeric", "categorical"]
+    buckets: Buckets = DEFAULT_BUCKETS
+    """Numeric features: the buckets of ``shadowproxy_feature_value``."""
 
     @model_validator(mode="after")
     def _categories_only_when_categorical(self) -> FeatureSpec:
@@ -71,14 +80,8 @@ class PredictionSpec(_Categories):
     kind: Literal["auto", "numeric", "label"] = "auto"
     """``auto``: numbers with a fraction are numeric, class ids, short strings and
     probability rows (their argmax) are labels."""
-    buckets: tuple[Finite, ...] = DEFAULT_BUCKETS
-
-    @field_validator("buckets")
-    @classmethod
-    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value or any(b <= a for a, b in itertools.pairwise(value)):
-            raise ValueError(f"must be one or more strictly increasing numbers, got {value}")
-        return value
+    buckets: Buckets = DEFAULT_BUCKETS
+    """Numeric predictions: the buckets of ``shadowproxy_prediction_value``."""
 
 
 class InvariantSpec(FrozenModel):
@@ -166,21 +169,10 @@ def _as_datetime(value: date | datetime) -> datetime:
 
 
 class VersionSpec(FrozenModel):
-    """Where production's model version is read, to find releases: ``path`` into the
-    answer (Open Inference answers carry ``model_version``) or a response ``header``."""
+    """Where production's model version is read, to find releases: a JSON ``path`` into
+    its answer (Open Inference answers carry ``model_version``, the default)."""
 
-    path: Path | None = "$.model_version"
-    header: str | None = None
-
-    _header = field_validator("header")(lambda v: v if v is None else check_header_name(v))
-
-    @model_validator(mode="after")
-    def _one(self) -> VersionSpec:
-        if self.header is not None and self.path == "$.model_version":
-            return self.model_copy(update={"path": None})
-        if (self.path is None) == (self.header is None):
-            raise ValueError("needs exactly one of path or header")
-        return self
+    path: Path = "$.model_version"
 
 
 class MonitorConfig(FrozenModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -144,8 +145,11 @@ class ProxyHandler:
         body: bytes,
         complete: bool,
     ) -> Exchange | None:
-        """Send the copies before production is called; they get its result later."""
-        if not answering.shadows:
+        """Send the copies before production is called; they get its result later.
+        A request the monitor samples gets an exchange even without copies: production's
+        answer then goes to the telemetry dataset."""
+        watched = answering.watch_rate > 0.0 and random.random() < answering.watch_rate
+        if not answering.shadows and not watched:
             return None
         path, _, query = request.target.partition("?")
         info = RequestInfo(
@@ -159,7 +163,9 @@ class ProxyHandler:
             body=body,
             body_complete=complete,
         )
-        return self._tee.start(answering.shadows, info, headers, request.target, request.headers)
+        return self._tee.start(
+            answering.shadows, info, headers, request.target, request.headers, watched=watched
+        )
 
     def _settle_experiment(
         self,

@@ -91,6 +91,8 @@ class RouteRuntime:
     check: ShadowRunner | None = None
     """Canary routes with a disagreement guardrail: the copy to production, among the
     candidate variant's ``shadows`` only (so only candidate-served requests send it)."""
+    watch_rate: float = 0.0
+    """``monitor.sample_rate``: the share of production's answers the writer watches."""
 
 
 class ProductionChaos:
@@ -142,6 +144,7 @@ def route_runtime(
         shadows=shadows,
         metrics=RouteMetrics(metrics, route.name),
         chaos=ProductionChaos(rules, metrics, route.name) if rules else None,
+        watch_rate=route.monitor.sample_rate if route.monitor is not None else 0.0,
     )
 
 

@@ -24,12 +24,14 @@ from shadowproxy.proxy.routing import is_sampled
 from shadowproxy.proxy.upstream import fetch_shadow
 from shadowproxy.records import (
     OUTCOMES,
+    Observation,
     Pair,
     PairSink,
     ProductionResult,
     RequestInfo,
     ShadowOutcome,
     ShadowResult,
+    TelemetrySink,
 )
 from shadowproxy.tasks import TaskSet
 
@@ -202,12 +204,17 @@ class ShadowRunner:
 
 
 class Exchange:
-    """One request's shadow slots; emits each pair when both sides are known."""
+    """One request's shadow slots; emits each pair when both sides are known.
 
-    __slots__ = ("_production", "_results", "_runners", "_sink", "request")
+    ``watched``: the route's monitor sampled the request. Its first pair carries the
+    mark (production is watched once per request); with no pair at all, production's
+    answer goes to the sink as an ``Observation``."""
 
-    def __init__(self, request: RequestInfo, sink: PairSink) -> None:
+    __slots__ = ("_production", "_results", "_runners", "_sink", "request", "watched")
+
+    def __init__(self, request: RequestInfo, sink: PairSink, watched: bool = False) -> None:
         self.request = request
+        self.watched = watched
         self._sink = sink
         self._runners: list[ShadowRunner] = []
         self._results: list[ShadowResult | None] = []
@@ -226,12 +233,17 @@ class Exchange:
 
     def finish(self, production: ProductionResult) -> None:
         self._production = production
+        if self.watched and not self._runners:
+            if isinstance(self._sink, TelemetrySink):
+                self._sink.submit_telemetry(Observation(self.request, production))
+            return
         for slot, result in enumerate(self._results):
             if result is not None:
                 self._emit(slot, production, result)
 
     def _emit(self, slot: int, production: ProductionResult, result: ShadowResult) -> None:
         config = self._runners[slot].config
+        watched, self.watched = self.watched, False
         self._sink.submit(
             Pair(
                 request=self.request,
@@ -239,6 +251,7 @@ class Exchange:
                 role=config.role,
                 production=production,
                 result=result,
+                watched=watched,
             )
         )
 
@@ -255,8 +268,10 @@ class Tee:
         headers: list[tuple[str, str]],
         raw_path: str,
         client_headers: Mapping[str, str],
+        *,
+        watched: bool = False,
     ) -> Exchange | None:
-        exchange: Exchange | None = None
+        exchange = Exchange(info, self.sink, watched=True) if watched else None
         for runner in runners:
             if runner.methods is not None and info.method not in runner.methods:
                 continue  # not a request this shadow takes: not sampled, no row

@@ -13,7 +13,14 @@ import pickle
 import struct
 from typing import Any, Final
 
-from shadowproxy.records import Exposure, Pair, ProductionResult, RequestInfo, ShadowResult
+from shadowproxy.records import (
+    Exposure,
+    Observation,
+    Pair,
+    ProductionResult,
+    RequestInfo,
+    ShadowResult,
+)
 
 HEADER: Final = struct.Struct("!IB")
 MAX_FRAME: Final = 1 << 30
@@ -25,6 +32,8 @@ PAIRS: Final = ord("P")
 """Parent -> child: a list of packed pairs."""
 EXPOSURES: Final = ord("E")
 """Parent -> child: a list of packed exposures."""
+TELEMETRY: Final = ord("T")
+"""Parent -> child: a list of packed observations (production-only, watched requests)."""
 FEEDBACK: Final = ord("F")
 """Parent -> child: a list of (request_id, label JSON text, received ts)."""
 ROUTES: Final = ord("R")
@@ -34,6 +43,7 @@ STATUS: Final = ord("S")
 
 PackedPair = tuple[Any, ...]
 PackedExposure = tuple[Any, ...]
+PackedObservation = tuple[Any, ...]
 
 
 def frame(kind: int, payload: object) -> bytes:
@@ -50,7 +60,7 @@ def pack(pair: Pair) -> PackedPair:
         production.status, production.latency_ms, production.error, production.body,
         production.body_truncated, production.content_type, production.chaos,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
-        result.body_truncated, result.content_type, result.chaos,
+        result.body_truncated, result.content_type, result.chaos, pair.watched,
     )  # fmt: skip
 
 
@@ -59,7 +69,7 @@ def unpack(packed: PackedPair) -> Pair:
         request_id, ts, route, method, path, query, body, body_complete,
         shadow, role,
         prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
-        outcome, status, latency, error, shadow_body, truncated, content_type, chaos,
+        outcome, status, latency, error, shadow_body, truncated, content_type, chaos, watched,
     ) = packed  # fmt: skip
     return Pair(
         request=RequestInfo(
@@ -76,6 +86,7 @@ def unpack(packed: PackedPair) -> Pair:
             outcome=outcome, status=status, latency_ms=latency, error=error, body=shadow_body,
             body_truncated=truncated, content_type=content_type, chaos=chaos,
         ),
+        watched=watched,
     )  # fmt: skip
 
 
@@ -88,3 +99,30 @@ def pack_exposure(e: Exposure) -> PackedExposure:
 
 def unpack_exposure(packed: PackedExposure) -> Exposure:
     return Exposure(*packed)
+
+
+def pack_observation(o: Observation) -> PackedObservation:
+    request, production = o.request, o.production
+    return (
+        request.request_id, request.ts, request.route, request.method, request.path,
+        request.query, request.body, request.body_complete,
+        production.status, production.latency_ms, production.error, production.body,
+        production.body_truncated, production.content_type, production.chaos,
+    )  # fmt: skip
+
+
+def unpack_observation(packed: PackedObservation) -> Observation:
+    (
+        request_id, ts, route, method, path, query, body, body_complete,
+        status, latency, error, prod_body, truncated, content_type, chaos,
+    ) = packed  # fmt: skip
+    return Observation(
+        request=RequestInfo(
+            request_id=request_id, ts=ts, route=route, method=method, path=path, query=query,
+            headers=[], body=body, body_complete=body_complete,
+        ),
+        production=ProductionResult(
+            status=status, latency_ms=latency, error=error, body=prod_body,
+            body_truncated=truncated, content_type=content_type, chaos=chaos,
+        ),
+    )  # fmt: skip
