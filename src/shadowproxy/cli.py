@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shadowproxy import DISTRIBUTION, __version__
 from shadowproxy.config import Config, load_config, with_overrides
@@ -128,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
         default="0.05",
         help="experiments: the relative effect to plan sample sizes for (default 0.05 = 5%%)",
     )
+    report.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the proxy's main config file: its routes' monitor: blocks add the Drift section",
+    )
     report.set_defaults(func=cmd_report)
     return parser
 
@@ -163,11 +168,21 @@ def cmd_report(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             outcome=args.outcome,
             mde=report.parse_mde(args.mde),
+            monitors=_monitors(args.config),
+            config=args.config,
         )
         return report.run_report(options)
     except report.ReportInputError as exc:
         print(f"shadowproxy report: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _monitors(path: str | None) -> dict[str, Any] | None:
+    """``--config``: each route's ``monitor:`` block by route name (None without it)."""
+    if path is None:
+        return None
+    config = load_config(path)
+    return {route.name: route.monitor for route in config.routes if route.monitor is not None}
 
 
 def missing_extra(command: str, extra: str, error: ImportError) -> str:

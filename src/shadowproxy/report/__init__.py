@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shadowproxy.report.model import Report
 from shadowproxy.report.options import (
@@ -68,6 +68,10 @@ def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
     if options.json_out:
         _write(options.json_out, summary.dumps(report))
     table.print_summary(report)
+    if report.drift is not None:
+        from shadowproxy.report import drift
+
+        print(drift.summary_lines(report.drift))
     return 0
 
 
@@ -95,6 +99,7 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
                 report = analysis.analyze(
                     runner, options, has_labels=has_labels, now=now, has_exposures=has_exposures
                 )
+                report.drift = _drift(connection, dataset, options)
         except CorruptFileError as exc:
             if not options.skip_bad_files:
                 raise
@@ -103,6 +108,20 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
         report.skipped_files = sorted(skipped.items())
         return report
     raise ReportInputError(f"gave up after skipping {len(skipped)} corrupt files")
+
+
+def _drift(connection: Any, dataset: Dataset, options: ReportOptions) -> Any:
+    """The Drift section, or why there is none."""
+    from shadowproxy.report import drift
+
+    if options.monitors is None:
+        return drift.DriftSection(
+            note="No --config given: the routes' monitor: blocks say what to watch, so "
+            "there is no Drift section. Run with --config FILE (the proxy's main file)."
+        )
+    if not options.monitors:
+        return drift.DriftSection(note=f"No route in {options.config} has a monitor: block.")
+    return drift.build(connection, dataset, options, options.monitors)
 
 
 def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:

@@ -58,7 +58,8 @@ def discover(root: str) -> Dataset:
         raise ReportInputError(f"{root} is not a directory (expected recording.dir)")
     pairs = _parquet_files(filesystem, f"{base}/pairs")
     exposures = _parquet_files(filesystem, f"{base}/exposures")
-    if not pairs and not exposures:
+    telemetry = _parquet_files(filesystem, f"{base}/telemetry")
+    if not pairs and not exposures and not telemetry:
         raise ReportInputError(
             f"no Parquet files under {root}/pairs (is {root} the recording.dir of a proxy "
             "that has recorded traffic?)"

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from shadowproxy.stats.inference import TestResult
+
+if TYPE_CHECKING:
+    from shadowproxy.report.drift import DriftSection
 
 OUTCOME_NAMES = ("ok", "error", "timeout", "dropped", "skipped")
 
@@ -278,3 +282,5 @@ class Report:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     chaos: list[ChaosCheck] = field(default_factory=list)
     experiments: list[Experiment] = field(default_factory=list)
+    drift: DriftSection | None = None
+    """The Drift section (``report.drift``); None when the report did not look."""

@@ -8,11 +8,13 @@ of the package only sees validated options.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from shadowproxy.compare import jsonpath
 from shadowproxy.errors import ShadowproxyError
+from shadowproxy.monitor.spec import MonitorConfig
 
 
 class ReportInputError(ShadowproxyError):
@@ -73,6 +75,10 @@ class ReportOptions:
     """The experiments' outcome kind: ``auto``, ``binary``, ``continuous``, ``ordinal``."""
     mde: float = 0.05
     """The effect the experiments' power figures plan for, relative to the control."""
+    monitors: Mapping[str, MonitorConfig] | None = None
+    """The routes' ``monitor:`` blocks from ``--config``; None: no Drift section."""
+    config: str | None = None
+    """The ``--config`` file they came from."""
     bootstrap_size: int = 2_000
     """Paired errors the MAE bootstrap resamples (1,000 times, in pure Python: a larger
     set would cost seconds per shadow for a barely narrower interval estimate)."""

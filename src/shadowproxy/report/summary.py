@@ -40,6 +40,10 @@ def summary(report: Report) -> dict[str, Any]:
             "experiments": [_experiment(e) for e in report.experiments],
         }
     )
+    if report.drift is not None:
+        from shadowproxy.report import drift
+
+        data["drift"] = clean(drift.as_json(report.drift)) if not report.drift.note else None
     return data
 
 
