@@ -14,7 +14,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.loop import run_loop
 
 EXIT_CONFIG = 2
-DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos")
+DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos", "drift")
 """``demo --scenario`` choices (``shadowproxy.demo.SCENARIOS`` describes each)."""
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         default="shadow",
         choices=DEMO_SCENARIOS,
         help="shadow (default), a canary that fails or succeeds, an A/B test, "
-        "the same with a skewed split, or chaos faults",
+        "the same with a skewed split, chaos faults, or drift without labels",
     )
     demo.add_argument(
         "--out",
