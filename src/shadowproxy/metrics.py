@@ -161,6 +161,13 @@ class RecorderMetrics:
             ["route", "feature", "category"],
             registry=registry,
         )
+        self.model_version_answers = Counter(
+            "shadowproxy_model_version_answers",
+            "Watched production answers by the model_version they carry (monitor.version); "
+            "at most 20 versions per route, then 'other'. A new series marks a release.",
+            ["route", "version"],
+            registry=registry,
+        )
         self.invariant_violations = Counter(
             "shadowproxy_invariant_violations",
             "Watched answers (role production|<shadow>) or requests (role request) that "

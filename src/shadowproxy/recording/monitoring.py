@@ -31,6 +31,8 @@ from shadowproxy.monitor.categories import CategoryBound
 from shadowproxy.monitor.spec import MonitorConfig
 from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
 
+MAX_VERSIONS = 20
+"""Model versions kept as label values per route (then ``other``)."""
 REQUEST_ROLE = "request"
 PRODUCTION_ROLE = "production"
 
@@ -64,6 +66,7 @@ class RouteWatch:
         prediction = config.prediction
         self._classes: dict[str, CategoryBound] = {}
         self._class_bound = (prediction.max_categories, prediction.categories)
+        self._versions = CategoryBound(MAX_VERSIONS)
         self._categories = {
             f.name: CategoryBound(f.max_categories, f.categories)
             for f in config.features
@@ -96,6 +99,9 @@ class RouteWatch:
         )  # fmt: skip
         if count:
             self._count_answer(PRODUCTION_ROLE, answer)
+            if answer.model_version is not None:
+                version = self._versions.label(answer.model_version)
+                self._metrics.model_version_answers.labels(self.route, version).inc()
         return answer
 
     def shadow(self, pair: Pair) -> Answer:
