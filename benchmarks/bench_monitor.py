@@ -2,10 +2,10 @@
 
 ::
 
-    python benchmarks/bench_monitor.py [--rounds 3] [--duration 8] [--rate 400]
+    python benchmarks/bench_monitor.py [--rounds 3] [--duration 8] [--rate 400] [--sample-rate 1.0]
 
-The same proxy config twice, with and without ``monitor:`` (every answer watched:
-``sample_rate: 1.0``, two features, two invariants), in two scenarios:
+The same proxy config twice, with and without ``monitor:`` (two features, two
+invariants; every answer watched unless ``--sample-rate`` says less), in two scenarios:
 
 * ``pairs``: one shadow takes every request, so the monitor adds only the ``watched``
   mark on the event loop and the parsing in the writer process;
@@ -50,7 +50,7 @@ SCENARIOS = ("pairs", "telemetry")
 
 
 def config(listen: int, admin: int, production: str, shadow: str, scenario: str, system: str,
-           recording: Path) -> dict[str, Any]:  # fmt: skip
+           recording: Path, sample_rate: float) -> dict[str, Any]:  # fmt: skip
     route: dict[str, Any] = {
         "name": "bench",
         "match": {"path_prefix": "/"},
@@ -61,7 +61,7 @@ def config(listen: int, admin: int, production: str, shadow: str, scenario: str,
         "compare": {"prediction": "kserve-v1"},
     }
     if system == "monitor-on":
-        route["monitor"] = MONITOR
+        route["monitor"] = {**MONITOR, "sample_rate": sample_rate}
     return {
         "listen": f"127.0.0.1:{listen}",
         "admin_listen": f"127.0.0.1:{admin}",
@@ -72,13 +72,15 @@ def config(listen: int, admin: int, production: str, shadow: str, scenario: str,
     }
 
 
-def start(children: Children, upstreams: Any, scenario: str, system: str) -> tuple[str, Any]:
+def start(
+    children: Children, upstreams: Any, scenario: str, system: str, sample_rate: float
+) -> tuple[str, Any]:
     name = f"{system}-{scenario}"
     listen, admin = free_port(), free_port()
     path = children.workdir / f"{name}.yaml"
     recording = children.workdir / f"recording-{name}"
     document = config(listen, admin, upstreams.production, upstreams.shadows["healthy"],
-                      scenario, system, recording)  # fmt: skip
+                      scenario, system, recording, sample_rate)  # fmt: skip
     path.write_text(json.dumps(document))
     argv = [sys.executable, "-m", "shadowproxy", "--log-level", "warning", "serve"]
     child = children.start(name, [*argv, "--config", str(path)])
@@ -91,6 +93,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=400.0, help="the fixed rate (req/s)")
+    parser.add_argument("--sample-rate", type=float, default=1.0, help="monitor.sample_rate")
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     loads = [Load("fixed", 32, args.rate), Load("max", 32)]
@@ -101,7 +104,10 @@ def main() -> int:
             upstreams = start_upstreams(children, stack, shutil.which("nginx"))
             for round_no in range(1, args.rounds + 1):
                 for scenario in SCENARIOS:
-                    running = {s: start(children, upstreams, scenario, s) for s in SYSTEMS}
+                    running = {
+                        s: start(children, upstreams, scenario, s, args.sample_rate)
+                        for s in SYSTEMS
+                    }
                     for load in loads:
                         for system in SYSTEMS:  # alternate: A B, then the next load
                             url, _ = running[system]
@@ -122,9 +128,16 @@ def main() -> int:
     for scenario in SCENARIOS:
         for load in loads:
             for metric in ("rps", "p50_ms", "p99_ms"):
-                off = statistics.median(r[metric] for r in results[scenario, load.name, "monitor-off"])
-                on = statistics.median(r[metric] for r in results[scenario, load.name, "monitor-on"])
-                print(f"| {scenario} | {load.label} | {metric} | {off:.2f} | {on:.2f} | {on / off:.3f} |")
+                off = statistics.median(
+                    r[metric] for r in results[scenario, load.name, "monitor-off"]
+                )
+                on = statistics.median(
+                    r[metric] for r in results[scenario, load.name, "monitor-on"]
+                )
+                print(
+                    f"| {scenario} | {load.label} | {metric} | {off:.2f} | {on:.2f} "
+                    f"| {on / off:.3f} |"
+                )
     return 0
 
 

@@ -69,9 +69,9 @@ def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
         _write(options.json_out, summary.dumps(report))
     table.print_summary(report)
     if report.drift is not None:
-        from shadowproxy.report import drift
+        from shadowproxy.report import drift_output
 
-        print(drift.summary_lines(report.drift))
+        print(drift_output.summary_lines(report.drift))
     return 0
 
 

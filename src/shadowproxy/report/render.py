@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from html import escape
 
 from shadowproxy import __version__
-from shadowproxy.report import drift, svg
+from shadowproxy.report import drift_output, svg
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
     ChaosCheck,
@@ -77,7 +77,7 @@ def render(report: Report) -> str:
         *(_pair_section(pair, report) for pair in report.pairs),
         _chaos(report),
         _experiments(report),
-        drift.render(report.drift) if report.drift is not None else "",
+        drift_output.render(report.drift) if report.drift is not None else "",
         _methods(report),
     ]
     return (

@@ -41,9 +41,9 @@ def summary(report: Report) -> dict[str, Any]:
         }
     )
     if report.drift is not None:
-        from shadowproxy.report import drift
+        from shadowproxy.report import drift_output
 
-        data["drift"] = clean(drift.as_json(report.drift)) if not report.drift.note else None
+        data["drift"] = clean(drift_output.as_json(report.drift)) if not report.drift.note else None
     return data
 
 
