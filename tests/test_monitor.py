@@ -106,6 +106,12 @@ def test_the_issue_example_loads_with_documented_defaults(tmp_path: Path) -> Non
             "more than max_categories",
         ),
         ({"feature": []}, "routes[0].monitor.feature", "did you mean 'features'"),
+        ({"version": {"header": "X Y"}}, "routes[0].monitor.version", "not a valid header"),
+        (
+            {"version": {"header": "X-V", "path": "$.v"}},
+            "routes[0].monitor.version",
+            "not both",
+        ),
     ],
 )
 def test_config_errors_name_the_field(

@@ -187,3 +187,30 @@ def test_telemetry_rows_match_their_documented_schema() -> None:
     )
     assert list(cells) == TELEMETRY_SCHEMA.names
     assert all(f.metadata[b"description"] for f in TELEMETRY_SCHEMA)
+
+
+async def test_the_model_version_can_come_from_a_response_header(tmp_path: Path) -> None:
+    async def versioned(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.json_response({"predictions": [1.0]}, headers={"X-Model-Version": "v7"})
+
+    monitor = {"sample_rate": 1.0, "version": {"header": "X-Model-Version"}}
+    async with upstream(versioned) as prod:
+        config = load_config(write_config(tmp_path, [route("price", prod.url, monitor=monitor)]))
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        recorder = Recorder(config.main.recording, config.routes, metrics, Comparer(config.routes))
+        server = Server(config, metrics, recorder)
+        await server.start()
+        try:
+            host, port = server.proxy_address  # type: ignore[misc]
+            async with aiohttp.ClientSession() as session:
+                url = f"http://{host}:{port}/v1/models/price"
+                async with session.post(url, json={"instances": [[1]]}) as r:
+                    assert r.status == 200
+        finally:
+            await server.stop()
+    rows = read_telemetry(str(tmp_path / "shadow-logs")).to_pylist()
+    assert [row["model_version"] for row in rows] == ["v7"]
+    labels = {"route": "price", "version": "v7"}
+    assert registry.get_sample_value("shadowproxy_model_version_answers_total", labels) == 1

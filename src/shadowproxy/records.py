@@ -52,6 +52,8 @@ class ProductionResult:
     content_type: str | None
     chaos: str | None = None
     """The faults injected into this answer (``experiments.chaos`` marker); None normally."""
+    model_version: str | None = None
+    """The response header ``monitor.version.header`` names, on monitored routes only."""
 
 
 @dataclass(slots=True)

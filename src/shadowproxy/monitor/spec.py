@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from shadowproxy.compare import jsonpath
-from shadowproxy.validation import NAME_PATTERN, FrozenModel, check_unique
+from shadowproxy.validation import NAME_PATTERN, FrozenModel, check_unique, is_header_name
 
 DEFAULT_MAX_CATEGORIES = 20
 DEFAULT_BUCKETS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 1000)
@@ -170,9 +170,23 @@ def _as_datetime(value: date | datetime) -> datetime:
 
 class VersionSpec(FrozenModel):
     """Where production's model version is read, to find releases: a JSON ``path`` into
-    its answer (Open Inference answers carry ``model_version``, the default)."""
+    its answer (Open Inference answers carry ``model_version``, the default) or a
+    response ``header`` (then the path is not read)."""
 
-    path: Path = "$.model_version"
+    path: Path | None = "$.model_version"
+    header: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> VersionSpec:
+        if self.header is not None:
+            if not is_header_name(self.header):
+                raise ValueError(f"header: {self.header!r} is not a valid header name")
+            if "path" in self.model_fields_set and self.path is not None:
+                raise ValueError("give a path or a header, not both")
+            return self.model_copy(update={"path": None})
+        if self.path is None:
+            raise ValueError("needs a path or a header")
+        return self
 
 
 class MonitorConfig(FrozenModel):

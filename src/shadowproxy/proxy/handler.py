@@ -222,6 +222,8 @@ class ProxyHandler:
             return
         outcome.status = upstream.status
         outcome.content_type = header(upstream.headers, "content-type")
+        if runtime.version_header is not None:
+            outcome.version = header(upstream.headers, runtime.version_header)
         reply_headers = client_response_headers(upstream.headers, request_id)
         if outcome.arm_header is not None:
             reply_headers.append(outcome.arm_header)
@@ -263,6 +265,7 @@ class _Production:
         "error",
         "size",
         "status",
+        "version",
     )
 
     def __init__(self, cap: int) -> None:
@@ -270,6 +273,7 @@ class _Production:
         self.status: int | None = None
         self.error: str | None = None
         self.content_type: str | None = None
+        self.version: str | None = None
         self.captured: list[bytes] = []
         self.size = 0
         self.chaos: str | None = None
@@ -292,6 +296,7 @@ class _Production:
             body_truncated=self.size > self.cap,
             content_type=self.content_type,
             chaos=self.chaos,
+            model_version=self.version,
         )
 
 

@@ -61,7 +61,8 @@ class RouteWatch:
         self._extract = extractor
         self._features = [observe.Feature.build(spec) for spec in config.features]
         self._rules = invariants.build(config.invariants)
-        self._version = parse(config.version.path)
+        path = config.version.path
+        self._version = parse(path) if path is not None else None
         self._metrics = metrics
         prediction = config.prediction
         self._classes: dict[str, CategoryBound] = {}
@@ -95,8 +96,10 @@ class RouteWatch:
     def production(self, production: ProductionResult, *, count: bool) -> Answer:
         answer = self._answer(
             "production", production.status, production.body, production.content_type,
-            production.body_truncated, version=True,
+            production.body_truncated, version=self._version is not None,
         )  # fmt: skip
+        if self._version is None and production.model_version is not None:
+            answer = Answer(answer.prediction, answer.violations, production.model_version)
         if count:
             self._count_answer(PRODUCTION_ROLE, answer)
             if answer.model_version is not None:
@@ -140,7 +143,7 @@ class RouteWatch:
         broken = (
             [] if prediction is None else invariants.prediction_violations(self._rules, prediction)
         )
-        found = observe.model_version(doc, self._version) if version else None
+        found = observe.model_version(doc, self._version) if version and self._version else None
         return Answer(prediction, broken, found)
 
     # --- counting -----------------------------------------------------------------

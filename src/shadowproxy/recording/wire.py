@@ -59,6 +59,7 @@ def pack(pair: Pair) -> PackedPair:
         pair.shadow, pair.role,
         production.status, production.latency_ms, production.error, production.body,
         production.body_truncated, production.content_type, production.chaos,
+        production.model_version,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
         result.body_truncated, result.content_type, result.chaos, pair.watched,
     )  # fmt: skip
@@ -69,6 +70,7 @@ def unpack(packed: PackedPair) -> Pair:
         request_id, ts, route, method, path, query, body, body_complete,
         shadow, role,
         prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
+        prod_version,
         outcome, status, latency, error, shadow_body, truncated, content_type, chaos, watched,
     ) = packed  # fmt: skip
     return Pair(
@@ -81,6 +83,7 @@ def unpack(packed: PackedPair) -> Pair:
         production=ProductionResult(
             status=prod_status, latency_ms=prod_latency, error=prod_error, body=prod_body,
             body_truncated=prod_truncated, content_type=prod_type, chaos=prod_chaos,
+            model_version=prod_version,
         ),
         result=ShadowResult(
             outcome=outcome, status=status, latency_ms=latency, error=error, body=shadow_body,
@@ -108,13 +111,14 @@ def pack_observation(o: Observation) -> PackedObservation:
         request.query, request.body, request.body_complete,
         production.status, production.latency_ms, production.error, production.body,
         production.body_truncated, production.content_type, production.chaos,
+        production.model_version,
     )  # fmt: skip
 
 
 def unpack_observation(packed: PackedObservation) -> Observation:
     (
         request_id, ts, route, method, path, query, body, body_complete,
-        status, latency, error, prod_body, truncated, content_type, chaos,
+        status, latency, error, prod_body, truncated, content_type, chaos, version,
     ) = packed  # fmt: skip
     return Observation(
         request=RequestInfo(
@@ -124,5 +128,6 @@ def unpack_observation(packed: PackedObservation) -> Observation:
         production=ProductionResult(
             status=status, latency_ms=latency, error=error, body=prod_body,
             body_truncated=truncated, content_type=content_type, chaos=chaos,
+            model_version=version,
         ),
     )  # fmt: skip
