@@ -79,8 +79,11 @@ class Pair:
     production: ProductionResult
     result: ShadowResult
     watched: bool = False
-    """The request was sampled by the route's ``monitor.sample_rate`` and this is the
-    first of its pairs: the writer watches production's answer once, on this pair."""
+    """The request was sampled by the route's ``monitor.sample_rate``: the writer checks
+    its invariants and counts the shadow's answer."""
+    primary: bool = False
+    """The first pair of a watched request: production and the request are counted on
+    it only, so once per request however many shadows there are."""
 
 
 @dataclass(slots=True)

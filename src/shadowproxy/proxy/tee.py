@@ -206,15 +206,18 @@ class ShadowRunner:
 class Exchange:
     """One request's shadow slots; emits each pair when both sides are known.
 
-    ``watched``: the route's monitor sampled the request. Its first pair carries the
-    mark (production is watched once per request); with no pair at all, production's
-    answer goes to the sink as an ``Observation``."""
+    ``watched``: the route's monitor sampled the request. Its pairs carry the mark, the
+    first one as ``primary`` (production is counted once per request); with no pair at
+    all, production's answer goes to the sink as an ``Observation``."""
 
-    __slots__ = ("_production", "_results", "_runners", "_sink", "request", "watched")
+    __slots__ = (
+        "_primary", "_production", "_results", "_runners", "_sink", "request", "watched"
+    )  # fmt: skip
 
     def __init__(self, request: RequestInfo, sink: PairSink, watched: bool = False) -> None:
         self.request = request
         self.watched = watched
+        self._primary = watched
         self._sink = sink
         self._runners: list[ShadowRunner] = []
         self._results: list[ShadowResult | None] = []
@@ -243,7 +246,7 @@ class Exchange:
 
     def _emit(self, slot: int, production: ProductionResult, result: ShadowResult) -> None:
         config = self._runners[slot].config
-        watched, self.watched = self.watched, False
+        primary, self._primary = self._primary, False
         self._sink.submit(
             Pair(
                 request=self.request,
@@ -251,7 +254,8 @@ class Exchange:
                 role=config.role,
                 production=production,
                 result=result,
-                watched=watched,
+                watched=self.watched,
+                primary=primary,
             )
         )
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 
 from shadowproxy.compare.decode import decode
 from shadowproxy.compare.extract import Extractor
@@ -68,6 +69,10 @@ class RouteWatch:
         self._classes: dict[str, CategoryBound] = {}
         self._class_bound = (prediction.max_categories, prediction.categories)
         self._versions = CategoryBound(MAX_VERSIONS)
+        self._kinds: dict[str, observe.PredictionKind] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
+        """Metric children by (metric, labels): ``labels()`` costs more than the count.
+        Bounded like the labels themselves."""
         self._categories = {
             f.name: CategoryBound(f.max_categories, f.categories)
             for f in config.features
@@ -87,7 +92,7 @@ class RouteWatch:
         doc = _parse(request.body) if request.body_complete else None
         broken = [] if doc is None else invariants.request_violations(self._rules, doc)
         if count:
-            self._metrics.monitored.labels(self.route, REQUEST_ROLE).inc()
+            self._inc(self._metrics.monitored, REQUEST_ROLE)
             if doc is not None:
                 self._count_features(doc)
             self._count_violations(REQUEST_ROLE, broken)
@@ -104,7 +109,7 @@ class RouteWatch:
             self._count_answer(PRODUCTION_ROLE, answer)
             if answer.model_version is not None:
                 version = self._versions.label(answer.model_version)
-                self._metrics.model_version_answers.labels(self.route, version).inc()
+                self._inc(self._metrics.model_version_answers, version)
         return answer
 
     def shadow(self, pair: Pair) -> Answer:
@@ -149,11 +154,17 @@ class RouteWatch:
     # --- counting -----------------------------------------------------------------
 
     def _count_answer(self, role: str, answer: Answer) -> None:
-        self._metrics.monitored.labels(self.route, role).inc()
+        self._inc(self._metrics.monitored, role)
         self._count_violations(role, answer.violations)
         if answer.prediction is None:
             return
-        kind = observe.resolve_kind(self.config.prediction.kind, answer.prediction)
+        kind = self._kinds.get(role)
+        if kind is None:
+            # Resolved once per role: a route's answers keep their shape, and ``auto``
+            # walks the whole prediction.
+            kind = observe.resolve_kind(self.config.prediction.kind, answer.prediction)
+            if kind is not None:
+                self._kinds[role] = kind
         if kind == "numeric":
             buckets = self.config.prediction.buckets
             for value in observe.numbers(answer.prediction):
@@ -161,7 +172,14 @@ class RouteWatch:
         elif kind == "label":
             bound = self._class_bound_for(role)
             for label in observe.labels(answer.prediction):
-                self._metrics.predicted_class.labels(self.route, role, bound.label(label)).inc()
+                self._inc(self._metrics.predicted_class, role, bound.label(label))
+
+    def _inc(self, metric: Counter, *labels: str) -> None:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.route, *labels)
+        child.inc()
 
     def _class_bound_for(self, role: str) -> CategoryBound:
         """Each role keeps its own first N classes: a shadow that answers new classes
@@ -183,13 +201,11 @@ class RouteWatch:
                 continue
             bound = self._categories[spec.name]
             for category in feature.categories(doc):
-                self._metrics.feature_category.labels(
-                    self.route, spec.name, bound.label(category)
-                ).inc()
+                self._inc(self._metrics.feature_category, spec.name, bound.label(category))
 
     def _count_violations(self, role: str, broken: Iterable[str]) -> None:
         for name in broken:
-            self._metrics.invariant_violations.labels(self.route, role, name).inc()
+            self._inc(self._metrics.invariant_violations, role, name)
 
 
 def prediction_text(prediction: Any) -> str | None:

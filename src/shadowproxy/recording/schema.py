@@ -87,7 +87,7 @@ PAIR_COLUMNS: tuple[Column, ...] = (
     Column("chaos", pa.string(), "faults injected into the shadow copy; null when none"),
     Column("prod_chaos", pa.string(), "faults injected into production's call; null when none"),
     *(
-        Column(name, _NAMES, f"{what}; null on routes without monitor")
+        Column(name, _NAMES, f"{what}; null unless the route's monitor watched the request")
         for name, what in (
             ("prod_violations", "invariants production's prediction broke"),
             ("shadow_violations", "invariants the shadow's prediction broke"),

@@ -61,7 +61,7 @@ def pack(pair: Pair) -> PackedPair:
         production.body_truncated, production.content_type, production.chaos,
         production.model_version,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
-        result.body_truncated, result.content_type, result.chaos, pair.watched,
+        result.body_truncated, result.content_type, result.chaos, pair.watched, pair.primary,
     )  # fmt: skip
 
 
@@ -72,6 +72,7 @@ def unpack(packed: PackedPair) -> Pair:
         prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
         prod_version,
         outcome, status, latency, error, shadow_body, truncated, content_type, chaos, watched,
+        primary,
     ) = packed  # fmt: skip
     return Pair(
         request=RequestInfo(
@@ -90,6 +91,7 @@ def unpack(packed: PackedPair) -> Pair:
             body_truncated=truncated, content_type=content_type, chaos=chaos,
         ),
         watched=watched,
+        primary=primary,
     )  # fmt: skip
 
 

@@ -375,7 +375,7 @@ class Writer:
     def _pair_row(self, pair: Pair, memo: Memo) -> dict[str, object]:
         row = self._compared_row(pair, memo)
         watch = self._watches.get(pair.request.route)
-        if watch is not None:
+        if watch is not None and pair.watched:
             row.update(_watched_cells(watch, pair))
         return row
 
@@ -517,11 +517,11 @@ class Writer:
 
 
 def _watched_cells(watch: RouteWatch, pair: Pair) -> dict[str, object]:
-    """The monitor's columns of a pair. Production and the request are counted live
-    only on the pair marked ``watched`` (once per sampled request); every shadow answer
-    is counted under its shadow's name."""
-    request_violations = watch.request(pair.request, count=pair.watched)
-    production = watch.production(pair.production, count=pair.watched)
+    """The monitor's columns of a watched request's pair. Production and the request are
+    counted live only on its ``primary`` pair (once per request); each shadow's answer
+    under the shadow's name."""
+    request_violations = watch.request(pair.request, count=pair.primary)
+    production = watch.production(pair.production, count=pair.primary)
     shadow = watch.shadow(pair)
     return {
         "prod_violations": production.violations,
