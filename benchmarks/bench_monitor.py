@@ -12,6 +12,9 @@ invariants; every answer watched unless ``--sample-rate`` says less), in two sce
 * ``telemetry``: no shadow, so every watched request becomes an ``Observation`` shipped
   to the writer: the most the monitor can add to the event loop.
 
+``--writer`` measures instead the writer's CPU time per watched pair (parsing, invariants,
+metrics) next to the comparison of the same pair, in this process, no load.
+
 Each run: a fixed rate (open loop, ``loadgen.py``: production latency p50/p99) and the
 maximum rate (``wrk`` when installed, else ``loadgen.py`` closed loop). Systems take
 turns load by load within a round (A B A B), because the machine is shared. Prints the
@@ -88,13 +91,59 @@ def start(
     return f"http://127.0.0.1:{listen}", child
 
 
+def writer_cost(repeat: int = 20_000) -> None:
+    """Microseconds of writer CPU per pair: the comparison, and the monitor's work."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+    from upstreams import REQUEST_BODY, RESPONSE_BODY
+
+    from shadowproxy.compare import Comparer
+    from shadowproxy.config import RouteConfig
+    from shadowproxy.metrics import RecorderMetrics
+    from shadowproxy.recording.monitoring import RouteWatch
+    from shadowproxy.recording.writer import _watched_cells
+    from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
+
+    route = RouteConfig.model_validate(
+        {
+            "name": "bench",
+            "match": {"path_prefix": "/"},
+            "production": {"url": "http://127.0.0.1:1"},
+            "shadows": [{"name": "shadow", "url": "http://127.0.0.1:2"}],
+            "compare": {"prediction": "kserve-v1"},
+            "monitor": MONITOR,
+        }
+    )
+    watch = RouteWatch.build(route, RecorderMetrics(CollectorRegistry()))
+    assert watch is not None
+    comparer = Comparer([route])
+    request = RequestInfo("r", 1.0, "bench", "POST", "/", "", [], REQUEST_BODY.encode(), True)
+    answer = RESPONSE_BODY.encode()
+    production = ProductionResult(200, 1.0, None, answer, False, "application/json")
+    shadow = ShadowResult("ok", 200, 1.0, None, answer, False, "application/json")
+    pair = Pair(request, "shadow", "candidate", production, shadow, watched=True, primary=True)
+    for name, work in (
+        ("compare", lambda: comparer(pair)),
+        ("monitor", lambda: _watched_cells(watch, pair)),
+    ):
+        started = time.perf_counter()
+        for _ in range(repeat):
+            work()
+        print(f"{name}: {(time.perf_counter() - started) / repeat * 1e6:.0f} us per pair")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=400.0, help="the fixed rate (req/s)")
     parser.add_argument("--sample-rate", type=float, default=1.0, help="monitor.sample_rate")
+    parser.add_argument("--writer", action="store_true", help="writer CPU per pair only")
     args = parser.parse_args()
+    if args.writer:
+        writer_cost()
+        return 0
     wrk = shutil.which("wrk")
     loads = [Load("fixed", 32, args.rate), Load("max", 32)]
     results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
