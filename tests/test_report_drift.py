@@ -3,12 +3,21 @@ false-alarm rate of the flag rule on recordings without a shift."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from shadowproxy import cli
 from shadowproxy.monitor.spec import MonitorConfig
+from shadowproxy.recording.schema import TELEMETRY_SCHEMA, telemetry_row
+from shadowproxy.records import Observation, ProductionResult, RequestInfo
 from shadowproxy.report import drift
 
 MONITOR = MonitorConfig.model_validate(
@@ -118,3 +127,60 @@ def false_alarms(splits: int = FALSE_ALARM_SPLITS, n: int = 1000) -> int:
 
 def test_no_shift_flags_at_most_five_percent_of_recordings() -> None:
     assert false_alarms() <= FALSE_ALARM_SPLITS * 0.05
+
+
+def write_telemetry(root: Path, seed: int, shift: float, start: float) -> None:
+    """600 telemetry rows of route ``m`` (x ~ N(shift, 1)), as the writer lays them out."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(600):
+        body = orjson.dumps({"x": rng.gauss(shift, 1)})
+        request = RequestInfo(f"r{seed}-{i}", start + i, "m", "POST", "/", "", [], body, True)
+        answer = ProductionResult(200, 1.0, None, b'{"predictions":[1.5]}', False, None)
+        observation = Observation(request, answer)
+        rows.append(
+            telemetry_row(observation, "[1.5]", [], [], "v1", bodies=True, max_body_bytes=65536)
+        )
+    folder = root / "telemetry" / "route=m" / "date=2025-12-01"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=TELEMETRY_SCHEMA), folder / "a.parquet")
+
+
+@pytest.mark.parametrize(("shift", "flagged"), [(1.0, True), (0.0, False)])
+def test_a_telemetry_only_recording_against_another_recording(
+    tmp_path: Path, shift: float, flagged: bool
+) -> None:
+    """A route that only watches production (no shadow, no pairs) compared with a
+    reference recording (``reference: {root: ...}``), through the CLI."""
+    write_telemetry(tmp_path / "reference", 1, 0.0, 1_764_547_200)
+    write_telemetry(tmp_path / "current", 2, shift, 1_764_550_000)
+    route = {
+        "name": "m",
+        "match": {"path_prefix": "/"},
+        "production": {"url": "http://127.0.0.1:1"},
+        "compare": {"prediction": "kserve-v1"},
+        "monitor": {
+            "features": [{"name": "x", "path": "$.x", "kind": "numeric"}],
+            "reference": {"root": str(tmp_path / "reference")},
+        },
+    }
+    config = tmp_path / "shadowproxy.yaml"
+    config.write_text(yaml.safe_dump({"routes": [route]}))
+    out = tmp_path / "summary.json"
+    code = cli.main(
+        [
+            "report",
+            str(tmp_path / "current"),
+            "--config",
+            str(config),
+            "--json",
+            str(out),
+            "--out",
+            str(tmp_path / "report.html"),
+        ]
+    )
+    assert code == 0
+    [feature] = json.loads(out.read_text())["drift"]["m"]["features"]
+    assert (feature["name"], feature["flagged"]) == ("x", flagged)
+    assert feature["effect"]["n_reference"] == feature["effect"]["n_current"] == 600
+    assert '<section id="drift">' in (tmp_path / "report.html").read_text()

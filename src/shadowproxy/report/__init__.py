@@ -97,7 +97,13 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
                 has_exposures = load.attach_exposures(connection, dataset, exposures, options)
                 runner = load.Runner(connection, dataset, [*pairs, *feedback, *exposures], step)
                 report = analysis.analyze(
-                    runner, options, has_labels=has_labels, now=now, has_exposures=has_exposures
+                    runner,
+                    options,
+                    has_labels=has_labels,
+                    now=now,
+                    has_exposures=has_exposures,
+                    # Routes that only watch production record telemetry and no pairs.
+                    has_telemetry=bool(dataset.telemetry_files and options.monitors),
                 )
                 report.drift = _drift(connection, dataset, options)
         except CorruptFileError as exc:

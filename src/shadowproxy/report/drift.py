@@ -410,10 +410,9 @@ def attach_telemetry(connection: duckdb.DuckDBPyConnection, dataset: Dataset) ->
     present = {row[0] for row in connection.execute(queries.columns("pairs_raw").sql).fetchall()}
     absent = [(c, kind) for c, kind in queries.DRIFT_COLUMNS if c not in present]
     connection.execute(queries.create_view("drift_pairs", "pairs_raw", absent))
-    files = load._parquet_files(dataset.filesystem, f"{dataset.base}/telemetry")
-    if not files:
+    if not dataset.telemetry_files:
         return False
-    source = load._source(connection, dataset, files, "telemetry")
+    source = load._source(connection, dataset, dataset.telemetry_files, "telemetry")
     connection.execute(queries.create_view("telemetry_raw", source))
     return True
 

@@ -45,6 +45,8 @@ class Dataset:
     pair_files: tuple[str, ...]
     feedback_files: tuple[str, ...]
     exposure_files: tuple[str, ...] = ()
+    telemetry_files: tuple[str, ...] = ()
+    """Production-only rows of watched requests (read by the Drift section only)."""
 
 
 def discover(root: str) -> Dataset:
@@ -72,6 +74,7 @@ def discover(root: str) -> Dataset:
         pair_files=pairs,
         feedback_files=_parquet_files(filesystem, f"{base}/feedback"),
         exposure_files=exposures,
+        telemetry_files=telemetry,
     )
 
 
