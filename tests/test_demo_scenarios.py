@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -113,6 +114,20 @@ def test_chaos_faults_show_in_the_metrics_and_the_report(tmp_path: Path) -> None
     assert Counter(check["fault"] for check in checks) == Counter(["delay", "abort", "corrupt"])
     assert all(check["noticed"] is True and check["rows"] > 0 for check in checks)
     assert len(written_route(out)["chaos"]) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(120)
+def test_drift_finds_the_shifted_feature_and_the_release_without_labels(tmp_path: Path) -> None:
+    out = tmp_path / "drift"
+    started = time.monotonic()
+    result = run(out, "drift")
+    assert time.monotonic() - started < 90
+    assert "drifted feature: pen_width" in result.stdout
+    assert "release jump: v1 -> v1.1" in result.stdout and "(flagged;" in result.stdout
+    drift = json.loads((out / "summary.json").read_text())["drift"]["digits"]
+    assert [f["name"] for f in drift["features"] if f["flagged"]] == ["pen_width"]
+    assert (out / "report.html").is_file()
+    assert written_route(out)["monitor"]
 
 
 def test_every_scenario_the_cli_offers_exists() -> None:

@@ -78,6 +78,11 @@ def test_alert_rules_are_well_formed() -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_accepts_the_rules_and_scrape_config() -> None:
     subprocess.run(["promtool", "check", "rules", str(RULES)], check=True)
+    # The monitor's alerts fire on the synthetic traffic they are for, and only there.
+    subprocess.run(
+        ["promtool", "test", "rules", str(RULES.with_name("shadowproxy-rules.test.yml"))],
+        check=True,
+    )
     subprocess.run(
         ["promtool", "check", "config", str(RULES.parent / "prometheus.yml")], check=True
     )
@@ -87,6 +92,7 @@ def queried_metrics() -> set[str]:
     texts = [RULES.read_text()]
     dashboard = json.loads(DASHBOARD.read_text())
     texts += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    texts += [note["expr"] for note in dashboard.get("annotations", {}).get("list", [])]
     texts.append(json.dumps(dashboard["templating"]))
     return {name for text in texts for name in METRIC.findall(text)}
 

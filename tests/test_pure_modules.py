@@ -29,6 +29,12 @@ import pytest
         "shadowproxy.stats",
         "shadowproxy.stats",
         "shadowproxy.stats.distributions",
+        "shadowproxy.stats.drift",
+        "shadowproxy.monitor",
+        "shadowproxy.monitor.spec",
+        "shadowproxy.monitor.invariants",
+        "shadowproxy.monitor.observe",
+        "shadowproxy.monitor.categories",
     ],
 )
 def test_imports_without_aiohttp(module: str) -> None:

@@ -29,6 +29,8 @@ The tree reads like that path, one package per layer:
 - ``admin``: the admin app for one process or the ``serve --workers N`` supervisor;
 - ``recording``: the writer process, the row schema, redaction, storage;
 - ``compare``: extraction presets and comparators (pure);
+- ``monitor``: watching a model without labels: the ``monitor:`` block, invariants,
+  features and the category bound (pure; the writer runs it, ``recording.monitoring``);
 - ``stats``: statistics shared by ``experiments`` and ``report`` (pure);
 - ``experiments``: canary, A/B and chaos rules (pure);
 - offline: ``report`` (reads recordings, never imported by the serving process) and

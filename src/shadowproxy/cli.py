@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shadowproxy import DISTRIBUTION, __version__
 from shadowproxy.config import Config, load_config, with_overrides
@@ -16,7 +16,7 @@ from shadowproxy.experiments.promotion import Promotion, for_canary
 from shadowproxy.loop import run_loop
 
 EXIT_CONFIG = 2
-DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos")
+DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos", "drift")
 """``demo --scenario`` choices (``shadowproxy.demo.SCENARIOS`` describes each)."""
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         default="shadow",
         choices=DEMO_SCENARIOS,
         help="shadow (default), a canary that fails or succeeds, an A/B test, "
-        "the same with a skewed split, or chaos faults",
+        "the same with a skewed split, chaos faults, or drift without labels",
     )
     demo.add_argument(
         "--out",
@@ -133,8 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--config",
         metavar="FILE",
-        help="the proxy's main YAML file: each route's promotion: criteria (default: the "
-        "documented defaults)",
+        help="the proxy's main YAML file: its routes' promotion: criteria (default: the "
+        "documented defaults) and monitor: blocks (the Drift section)",
     )
     report.add_argument(
         "--gate",
@@ -159,7 +159,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(missing_extra("shadowproxy report", "report", exc), file=sys.stderr)
         return EXIT_CONFIG
-    promotions, canary_states = _route_settings(args.config)
+    promotions, canary_states, monitors = _route_settings(args.config)
     try:
         options = report.ReportOptions(
             root=args.root,
@@ -180,6 +180,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             promotions=promotions,
             canary_states=canary_states,
             gate=args.gate,
+            monitors=monitors,
+            config=args.config,
         )
         return report.run_report(options)
     except report.ReportInputError as exc:
@@ -198,14 +200,16 @@ def missing_extra(command: str, extra: str, error: ImportError) -> str:
 
 def _route_settings(
     path: str | None,
-) -> tuple[tuple[tuple[str, Promotion], ...], tuple[tuple[str, str], ...]]:
-    """Each route's promotion criteria and each canary route's state file, from the
-    config (none without ``--config``). A canary route's criteria take their margins
-    from its guardrails where the two overlap. A bad config raises ``ConfigError``
-    (exit 2, naming the file and the field)."""
+) -> tuple[tuple[tuple[str, Promotion], ...], tuple[tuple[str, str], ...], dict[str, Any] | None]:
+    """From ``--config``: each route's promotion criteria, each canary route's state
+    file, and each route's ``monitor:`` block by name (none of them without it; the
+    monitors are None then, so the report says why it has no Drift section). A canary
+    route's criteria take their margins from its guardrails where the two overlap. A
+    bad config raises ``ConfigError`` (exit 2, naming the file and the field)."""
     if path is None:
-        return (), ()
+        return (), (), None
     config = load_config(path)
+    monitors = {route.name: route.monitor for route in config.routes if route.monitor}
     promotions, states = [], []
     for route in config.routes:
         promotion = route.promotion
@@ -213,7 +217,7 @@ def _route_settings(
             promotion = for_canary(promotion, route.canary.guardrails)
             states.append((route.name, state_path(config.main.state_dir, route.name)))
         promotions.append((route.name, promotion))
-    return tuple(promotions), tuple(states)
+    return tuple(promotions), tuple(states), monitors
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

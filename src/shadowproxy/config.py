@@ -37,6 +37,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.experiments.promotion import Promotion
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
+from shadowproxy.monitor.spec import MonitorConfig
 from shadowproxy.validation import (
     GRPC_SCHEMES,
     NAME_PATTERN,
@@ -217,6 +218,8 @@ class RouteConfig(FrozenModel):
     upstreams answer a share of the clients for real (``shadowproxy.experiments``)."""
     canary: CanarySpec | None = None
     ab: ABSpec | None = None
+    monitor: MonitorConfig | None = None
+    """Watching inputs, predictions and invariants without labels (``shadowproxy.monitor``)."""
     promotion: Promotion = Promotion()
     """The pre-registered criteria ``shadowproxy report`` decides on (see
     ``experiments.promotion``); the documented defaults when absent."""

@@ -7,7 +7,12 @@ so the series count stays bounded.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # The `_created` series double the scrape size and no dashboard or alert uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -27,6 +32,55 @@ REJECT_REASONS = ("bad_request", "header_too_large", "header_timeout", "upgrade"
 GRPC_REJECT_REASONS = ("grpc_max_concurrent_calls",)
 """Refusals of the gRPC listener before routing (those gRPC's core makes of bytes that
 are not HTTP/2 never reach Python and are not counted)."""
+
+
+class BucketedHistogram(Collector):
+    """A histogram family whose series each bring their own buckets.
+
+    ``prometheus_client.Histogram`` fixes one bucket list per family, but a route's
+    predictions (prices, probabilities) and each feature have scales of their own, set
+    in the route's ``monitor:`` block. The exposition is a normal histogram; only the
+    ``le`` values differ between series. Observed from the writer thread, collected
+    from the scrape: a lock keeps a series' buckets, sum and count consistent.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], tuple[tuple[float, ...], list[float]]] = {}
+        registry.register(self)
+
+    def observe(self, labels: Sequence[str], buckets: Sequence[float], value: float) -> None:
+        """Count ``value`` in the series ``labels``, whose buckets are ``buckets``."""
+        key = tuple(labels)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None or series[0] != tuple(buckets):
+                series = self._series[key] = (tuple(buckets), [0.0] * (len(buckets) + 2))
+            edges, counts = series
+            for index, edge in enumerate(edges):
+                if value <= edge:
+                    counts[index] += 1
+                    break
+            else:
+                counts[len(edges)] += 1
+            counts[-1] += value
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            snapshot = [(key, edges, list(counts)) for key, (edges, counts) in self._series.items()]
+        for key, edges, counts in snapshot:
+            cumulative, buckets = 0.0, []
+            for edge, count in zip((*edges, float("inf")), counts[:-1], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if edge == float("inf") else repr(float(edge)), cumulative))
+            family.add_metric(list(key), buckets, sum_value=counts[-1])
+        yield family
 
 
 class RecorderMetrics:
@@ -84,6 +138,53 @@ class RecorderMetrics:
         self.recorder_degraded = Gauge(
             "shadowproxy_recorder_degraded",
             "1 while the recorder cannot write (disk full, permissions, bucket unreachable).",
+            registry=registry,
+        )
+        # Monitoring without labels (a route's monitor: block). Class and category
+        # values are bounded per route by max_categories plus "other".
+        self.monitored = Counter(
+            "shadowproxy_monitored",
+            "Answers watched by the route's monitor, by role (production|<shadow>|request: "
+            "requests): the denominator of the violation rates.",
+            ["route", "role"],
+            registry=registry,
+        )
+        self.prediction_value = BucketedHistogram(
+            "shadowproxy_prediction_value",
+            "Numeric predictions (each row of a batch), buckets from monitor.prediction.buckets.",
+            ["route", "role"],
+            registry,
+        )
+        self.predicted_class = Counter(
+            "shadowproxy_predicted_class",
+            "Predicted classes (each row of a batch); max_categories values plus 'other'.",
+            ["route", "role", "class"],
+            registry=registry,
+        )
+        self.feature_value = BucketedHistogram(
+            "shadowproxy_feature_value",
+            "Numeric request features (every match of the feature's path).",
+            ["route", "feature"],
+            registry,
+        )
+        self.feature_category = Counter(
+            "shadowproxy_feature_category",
+            "Categorical request features; max_categories values plus 'other'.",
+            ["route", "feature", "category"],
+            registry=registry,
+        )
+        self.model_version_answers = Counter(
+            "shadowproxy_model_version_answers",
+            "Watched production answers by the model_version they carry (monitor.version); "
+            "at most 20 versions per route, then 'other'. A new series marks a release.",
+            ["route", "version"],
+            registry=registry,
+        )
+        self.invariant_violations = Counter(
+            "shadowproxy_invariant_violations",
+            "Watched answers (role production|<shadow>) or requests (role request) that "
+            "broke an invariant; once per request and rule.",
+            ["route", "role", "invariant"],
             registry=registry,
         )
 

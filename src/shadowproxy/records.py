@@ -71,6 +71,8 @@ class ProductionResult:
     grpc_status: str | None = None
     """gRPC calls: the status code's name (``OK``, ``UNAVAILABLE``); ``status`` holds
     its HTTP equivalent."""
+    model_version: str | None = None
+    """The response header ``monitor.version.header`` names, on monitored routes only."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -101,6 +103,21 @@ class Pair:
     role: str
     production: ProductionResult
     result: ShadowResult
+    watched: bool = False
+    """The request was sampled by the route's ``monitor.sample_rate``: the writer checks
+    its invariants and counts the shadow's answer."""
+    primary: bool = False
+    """The first pair of a watched request: production and the request are counted on
+    it only, so once per request however many shadows there are."""
+
+
+@dataclass(slots=True)
+class Observation:
+    """A request the route's monitor sampled and no shadow did: production's side only,
+    recorded in ``telemetry/`` so the distributions cover every watched answer."""
+
+    request: RequestInfo
+    production: ProductionResult
 
 
 @dataclass(slots=True)
@@ -151,6 +168,13 @@ class PairSink(Protocol):
     """Where finished pairs go. ``submit`` runs on the event loop: it must not block."""
 
     def submit(self, pair: Pair) -> None: ...
+
+
+@runtime_checkable
+class TelemetrySink(Protocol):
+    """Where observations go. ``submit_telemetry`` runs on the event loop: it must not block."""
+
+    def submit_telemetry(self, observation: Observation) -> None: ...
 
 
 class ExposureSink(Protocol):

@@ -8,7 +8,8 @@ stops, and writes the report. Nothing is downloaded; no external service is need
 
 That is the default scenario, ``shadow``. The others run the same models through the
 other modes (``run_scenario``): ``canary-bad`` and ``canary-good`` (``demo.canary``),
-``ab`` and ``ab-skewed`` (``demo.ab``), and ``chaos`` (``demo.chaos``).
+``ab`` and ``ab-skewed`` (``demo.ab``), ``chaos`` (``demo.chaos``) and ``drift``
+(``demo.drift``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, str] = {
     "ab": "v1 against v2 for 50/50 users, a known effect on outcomes; the report finds it",
     "ab-skewed": "the A/B test with treatment users lost: the report flags the split",
     "chaos": "the shadow demo with injected delays, aborts and corruptions",
+    "drift": "inputs shift and production is redeployed mid-run: the report finds both",
 }
 GATE_MEANING = {0: "PROMOTE", 3: "HOLD: more evidence needed", 4: "REJECT"}
 """``report --gate`` exit statuses: each is a decision the demo shows, not a failure."""
@@ -84,6 +86,10 @@ def run_scenario(
         from shadowproxy.demo import ab
 
         return ab.run(out, skewed=name == "ab-skewed", rate=rate or ab.RATE, seed=seed)
+    if name == "drift":
+        from shadowproxy.demo import drift
+
+        return drift.run(out, rate or drift.RATE, seed=seed)
     from shadowproxy.demo import chaos
 
     return chaos.run(out, rate or chaos.RATE)

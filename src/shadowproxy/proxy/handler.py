@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -144,8 +145,11 @@ class ProxyHandler:
         body: bytes,
         complete: bool,
     ) -> Exchange | None:
-        """Send the copies before production is called; they get its result later."""
-        if not answering.shadows:
+        """Send the copies before production is called; they get its result later.
+        A request the monitor samples gets an exchange even without copies: production's
+        answer then goes to the telemetry dataset."""
+        watched = answering.watch_rate > 0.0 and random.random() < answering.watch_rate
+        if not answering.shadows and not watched:
             return None
         path, _, query = request.target.partition("?")
         info = RequestInfo(
@@ -160,7 +164,9 @@ class ProxyHandler:
             body_complete=complete,
             content_encoding=header_list(headers, "content-encoding"),
         )
-        return self._tee.start(answering.shadows, info, headers, request.target, request.headers)
+        return self._tee.start(
+            answering.shadows, info, headers, request.target, request.headers, watched=watched
+        )
 
     def _settle_experiment(
         self,
@@ -218,6 +224,8 @@ class ProxyHandler:
         outcome.status = upstream.status
         outcome.content_type = header(upstream.headers, "content-type")
         outcome.content_encoding = header_list(upstream.headers, "content-encoding")
+        if runtime.version_header is not None:
+            outcome.version = header(upstream.headers, runtime.version_header)
         reply_headers = client_response_headers(upstream.headers, request_id)
         if outcome.arm_header is not None:
             reply_headers.append(outcome.arm_header)
@@ -260,6 +268,7 @@ class _Production:
         "error",
         "size",
         "status",
+        "version",
     )
 
     def __init__(self, cap: int) -> None:
@@ -268,6 +277,7 @@ class _Production:
         self.error: str | None = None
         self.content_type: str | None = None
         self.content_encoding: str | None = None
+        self.version: str | None = None
         self.captured: list[bytes] = []
         self.size = 0
         self.chaos: str | None = None
@@ -291,6 +301,7 @@ class _Production:
             content_type=self.content_type,
             chaos=self.chaos,
             content_encoding=self.content_encoding,
+            model_version=self.version,
         )
 
 

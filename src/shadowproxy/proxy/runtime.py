@@ -94,6 +94,10 @@ class RouteRuntime:
     check: ShadowRunner | None = None
     """Canary routes with a disagreement guardrail: the copy to production, among the
     candidate variant's ``shadows`` only (so only candidate-served requests send it)."""
+    watch_rate: float = 0.0
+    """``monitor.sample_rate``: the share of production's answers the writer watches."""
+    version_header: str | None = None
+    """``monitor.version.header`` (lower case): kept from production's response headers."""
 
 
 class ProductionChaos:
@@ -147,7 +151,14 @@ def route_runtime(
         shadows=shadows,
         metrics=RouteMetrics(metrics, route.name),
         chaos=ProductionChaos(rules, metrics, route.name) if rules else None,
+        watch_rate=route.monitor.sample_rate if route.monitor is not None else 0.0,
+        version_header=_version_header(route),
     )
+
+
+def _version_header(route: RouteConfig) -> str | None:
+    header = route.monitor.version.header if route.monitor is not None else None
+    return header.lower() if header is not None else None
 
 
 @dataclass(eq=False, slots=True)

@@ -24,12 +24,14 @@ from shadowproxy.proxy.routing import is_sampled
 from shadowproxy.proxy.upstream import fetch_shadow
 from shadowproxy.records import (
     OUTCOMES,
+    Observation,
     Pair,
     PairSink,
     ProductionResult,
     RequestInfo,
     ShadowOutcome,
     ShadowResult,
+    TelemetrySink,
 )
 from shadowproxy.tasks import TaskSet
 
@@ -202,12 +204,20 @@ class ShadowRunner:
 
 
 class Exchange:
-    """One request's shadow slots; emits each pair when both sides are known."""
+    """One request's shadow slots; emits each pair when both sides are known.
 
-    __slots__ = ("_production", "_results", "_runners", "_sink", "request")
+    ``watched``: the route's monitor sampled the request. Its pairs carry the mark, the
+    first one as ``primary`` (production is counted once per request); with no pair at
+    all, production's answer goes to the sink as an ``Observation``."""
 
-    def __init__(self, request: RequestInfo, sink: PairSink) -> None:
+    __slots__ = (
+        "_primary", "_production", "_results", "_runners", "_sink", "request", "watched"
+    )  # fmt: skip
+
+    def __init__(self, request: RequestInfo, sink: PairSink, watched: bool = False) -> None:
         self.request = request
+        self.watched = watched
+        self._primary = watched
         self._sink = sink
         self._runners: list[ShadowRunner] = []
         self._results: list[ShadowResult | None] = []
@@ -226,12 +236,17 @@ class Exchange:
 
     def finish(self, production: ProductionResult) -> None:
         self._production = production
+        if self.watched and not self._runners:
+            if isinstance(self._sink, TelemetrySink):
+                self._sink.submit_telemetry(Observation(self.request, production))
+            return
         for slot, result in enumerate(self._results):
             if result is not None:
                 self._emit(slot, production, result)
 
     def _emit(self, slot: int, production: ProductionResult, result: ShadowResult) -> None:
         config = self._runners[slot].config
+        primary, self._primary = self._primary, False
         self._sink.submit(
             Pair(
                 request=self.request,
@@ -239,6 +254,8 @@ class Exchange:
                 role=config.role,
                 production=production,
                 result=result,
+                watched=self.watched,
+                primary=primary,
             )
         )
 
@@ -256,10 +273,13 @@ class Tee:
         raw_path: str,
         client_headers: Mapping[str, str],
         skip_reason: str | None = None,
+        *,
+        watched: bool = False,
     ) -> Exchange | None:
         """Sample ``runners`` and send their copies; ``skip_reason``: sample, but send
-        none (each sampled shadow's row says why, e.g. ``streaming``)."""
-        exchange: Exchange | None = None
+        none (each sampled shadow's row says why, e.g. ``streaming``). A ``watched``
+        request (the monitor's sample) gets an exchange even when no shadow is sampled."""
+        exchange = Exchange(info, self.sink, watched=True) if watched else None
         for runner in runners:
             if runner.methods is not None and info.method not in runner.methods:
                 continue  # not a request this shadow takes: not sampled, no row

@@ -85,6 +85,10 @@ class Child:
             for packed in payload:
                 self.recorder.submit_exposure(wire.unpack_exposure(packed))
             self.received += len(payload)
+        elif kind == wire.TELEMETRY:
+            for packed in payload:
+                self.recorder.submit_telemetry(wire.unpack_observation(packed))
+            self.received += len(payload)
         elif kind == wire.ROUTES:
             self.recorder.update_routes(payload)
         elif kind == wire.FEEDBACK:

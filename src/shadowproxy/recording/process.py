@@ -37,7 +37,7 @@ from shadowproxy.config import Config, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import wire
-from shadowproxy.records import Exposure, Pair, VerdictCounts
+from shadowproxy.records import Exposure, Observation, Pair, VerdictCounts
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class RecorderProcess:
         self._max_pending = config.main.recording.max_pending_records
         self._queue: deque[wire.PackedPair] = deque()
         self._exposures: deque[wire.PackedExposure] = deque()
+        self._telemetry: deque[wire.PackedObservation] = deque()
         self._submitted = 0
         """Records accepted (pairs, exposures and feedback items) by this process in total."""
         self._shipped = 0
@@ -125,6 +126,12 @@ class RecorderProcess:
         """Like ``submit``: packed now, shipped with the next batch; same bound, same drops."""
         if self._admits():
             self._exposures.append(wire.pack_exposure(exposure))
+            self._submitted += 1
+
+    def submit_telemetry(self, observation: Observation) -> None:
+        """Like ``submit``, for watched requests no shadow took (same bound, same drops)."""
+        if self._admits():
+            self._telemetry.append(wire.pack_observation(observation))
             self._submitted += 1
 
     def _admits(self) -> bool:
@@ -186,7 +193,8 @@ class RecorderProcess:
 
     def _ship(self) -> None:
         process = self._process
-        if not (self._queue or self._exposures) or process is None or process.stdin is None:
+        queued = self._queue or self._exposures or self._telemetry
+        if not queued or process is None or process.stdin is None:
             return
         if process.stdin.transport.get_write_buffer_size() > PIPE_HIGH_WATER:
             return  # the writer is behind: keep the batch here, bounded by max_pending
@@ -277,10 +285,11 @@ class RecorderProcess:
         process = self._process
         if process is None or process.stdin is None:
             # No writer to flush to (it died and shutdown came before its restart).
-            for _ in range(len(self._queue) + len(self._exposures)):
+            for _ in range(len(self._queue) + len(self._exposures) + len(self._telemetry)):
                 self._drop("shutdown")
             self._queue.clear()
             self._exposures.clear()
+            self._telemetry.clear()
             await self._tasks.drain(0)
             return
         self._ship_all(process)
@@ -301,7 +310,12 @@ class RecorderProcess:
 
     def _ship_all(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdin is not None
-        for kind, queue in ((wire.PAIRS, self._queue), (wire.EXPOSURES, self._exposures)):
+        queues: tuple[tuple[int, deque[tuple[object, ...]]], ...] = (
+            (wire.PAIRS, self._queue),
+            (wire.EXPOSURES, self._exposures),
+            (wire.TELEMETRY, self._telemetry),
+        )
+        for kind, queue in queues:
             if queue:
                 process.stdin.write(wire.frame(kind, list(queue)))
                 self._shipped += len(queue)

@@ -30,7 +30,7 @@ from shadowproxy.metrics import RecorderMetrics
 from shadowproxy.recording.spill import Spill
 from shadowproxy.recording.storage import Storage
 from shadowproxy.recording.writer import Comparer, Feedback, Item, Routes, Writer, item_bytes
-from shadowproxy.records import Exposure, Pair, VerdictCounts
+from shadowproxy.records import Exposure, Observation, Pair, VerdictCounts
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,11 @@ class Recorder:
         """Like ``submit``, for the exposures of experiment routes (same bound, same drops)."""
         self._put(exposure)
 
-    def _put(self, record: Pair | Exposure) -> None:
+    def submit_telemetry(self, observation: Observation) -> None:
+        """Like ``submit``, for watched requests no shadow took (same bound, same drops)."""
+        self._put(observation)
+
+    def _put(self, record: Pair | Exposure | Observation) -> None:
         if self._closing:
             self._dropped["shutdown"].inc()
             return

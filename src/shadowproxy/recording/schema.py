@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from shadowproxy.records import Comparison, Exposure, Pair
+from shadowproxy.records import Comparison, Exposure, Observation, Pair
 
 # --- the recorded row: the schema, written down once ------------------------------
 #
@@ -23,7 +23,8 @@ from shadowproxy.records import Comparison, Exposure, Pair
 # ``route`` and ``date`` are not stored in the files: they come from the Hive
 # partition directories (``pairs/route=<route>/date=<YYYY-MM-DD>/``), so readers that
 # merge partition columns into file columns never see a conflict. The same holds for
-# ``exposures/route=<route>/date=<YYYY-MM-DD>/`` and ``feedback/date=<YYYY-MM-DD>/``.
+# ``exposures/route=<route>/date=<YYYY-MM-DD>/``, ``telemetry/route=<route>/date=<YYYY-MM-DD>/``
+# and ``feedback/date=<YYYY-MM-DD>/``.
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ def _schema(columns: tuple[Column, ...]) -> pa.Schema:
 
 
 _TS = pa.timestamp("us", tz="UTC")
+_NAMES = pa.list_(pa.string())
 
 PAIR_COLUMNS: tuple[Column, ...] = (
     Column("request_id", pa.string(), "X-Request-Id of the client request (one per request)"),
@@ -107,6 +109,15 @@ PAIR_COLUMNS: tuple[Column, ...] = (
     ),
     Column("prod_grpc_status", pa.string(), "gRPC calls: production's status code name (OK, ...)"),
     Column("shadow_grpc_status", pa.string(), "gRPC calls: the shadow's status code name"),
+    *(
+        Column(name, _NAMES, f"{what}; null unless the route's monitor watched the request")
+        for name, what in (
+            ("prod_violations", "invariants production's prediction broke"),
+            ("shadow_violations", "invariants the shadow's prediction broke"),
+            ("request_violations", "invariants the request broke"),
+        )
+    ),
+    Column("model_version", pa.string(), "production's model version (monitor.version.path)"),
 )
 PAIRS_SCHEMA = _schema(PAIR_COLUMNS)
 
@@ -129,6 +140,32 @@ EXPOSURE_COLUMNS: tuple[Column, ...] = (
     Column("share", pa.float64(), "configured share of the experiment's traffic for this arm"),
 )
 EXPOSURES_SCHEMA = _schema(EXPOSURE_COLUMNS)
+
+TELEMETRY_COLUMNS: tuple[Column, ...] = (
+    Column("request_id", pa.string(), "X-Request-Id of the client request", nullable=False),
+    Column("ts", _TS, "request arrival at the proxy, UTC, microseconds", nullable=False),
+    Column("method", pa.string(), "HTTP method"),
+    Column("path", pa.string(), "request path, as received (percent-encoded)"),
+    Column("query", pa.string(), "query string without '?', empty when none"),
+    Column("prod_status", pa.int32(), "production's HTTP status; null when it did not answer"),
+    Column("prod_latency_ms", pa.float64(), "production time until its response ended"),
+    Column("prod_error", pa.string(), "why production failed, or the client left"),
+    Column("prod_content_type", pa.string(), "production's Content-Type"),
+    Column("request_body", pa.binary(), "request body after redaction, capped"),
+    Column("request_body_truncated", pa.bool_(), "request_body is shorter than what was sent"),
+    Column("request_body_withheld", pa.bool_(), "body not written: redaction needs JSON"),
+    Column("prod_body", pa.binary(), "production's body after redaction, capped"),
+    Column("prod_body_truncated", pa.bool_(), "prod_body is shorter than what was sent"),
+    Column("prod_body_withheld", pa.bool_(), "body not written: redaction needs JSON"),
+    Column("prediction", pa.string(), "production's extracted prediction, JSON text"),
+    Column("violations", _NAMES, "invariants production's prediction broke"),
+    Column("request_violations", _NAMES, "invariants the request broke"),
+    Column("model_version", pa.string(), "production's model version (monitor.version.path)"),
+    Column("prod_chaos", pa.string(), "faults injected into production's call; null when none"),
+)
+TELEMETRY_SCHEMA = _schema(TELEMETRY_COLUMNS)
+"""``telemetry/``: requests the route's monitor watched and no shadow was sampled for
+(production's side only); watched requests with a shadow are in ``pairs/``."""
 
 PARTITION_COLUMNS: tuple[Column, ...] = (
     Column("route", pa.string(), "route name (partition directory)"),
@@ -239,6 +276,11 @@ def pair_row(
         "protocol": request.protocol,
         "prod_grpc_status": prod.grpc_status,
         "shadow_grpc_status": result.grpc_status,
+        # The monitor's cells, filled by the writer on monitored routes.
+        "prod_violations": None,
+        "shadow_violations": None,
+        "request_violations": None,
+        "model_version": None,
     }
 
 
@@ -258,6 +300,47 @@ def _body_cells(
     if len(raw) > cap:
         return {name: raw[:cap], f"{name}_truncated": True, f"{name}_withheld": False}
     return {name: raw, f"{name}_truncated": truncated, f"{name}_withheld": False}
+
+
+def telemetry_row(
+    observation: Observation,
+    prediction: str | None,
+    violations: list[str],
+    request_violations: list[str],
+    model_version: str | None,
+    *,
+    bodies: bool,
+    max_body_bytes: int,
+    withheld: Withheld = NOTHING_WITHHELD,
+) -> dict[str, object]:
+    """The row of one watched request without a shadow, keyed by ``TELEMETRY_SCHEMA``
+    names. ``observation`` must already be redacted, as for ``pair_row``."""
+    request, prod = observation.request, observation.production
+    cap = max_body_bytes if bodies else None
+    return {
+        "request_id": request.request_id,
+        "ts": ts_micros(request.ts),
+        "method": request.method,
+        "path": request.path,
+        "query": request.query,
+        "prod_status": prod.status,
+        "prod_latency_ms": prod.latency_ms,
+        "prod_error": prod.error,
+        "prod_content_type": prod.content_type,
+        **_body_cells(
+            "request_body", request.body, cap=cap, held=withheld.request,
+            truncated=not request.body_complete, present=True,
+        ),
+        **_body_cells(
+            "prod_body", prod.body, cap=cap, held=withheld.production,
+            truncated=prod.body_truncated, present=prod.status is not None,
+        ),
+        "prediction": prediction,
+        "violations": violations,
+        "request_violations": request_violations,
+        "model_version": model_version,
+        "prod_chaos": prod.chaos,
+    }  # fmt: skip
 
 
 def feedback_row(request_id: str, label: str, ts: float) -> dict[str, object]:

@@ -4,6 +4,7 @@ Layout under the root (``recording.dir``: a local path or a ``pyarrow.fs`` URI):
 
     <root>/pairs/route=<route>/date=<YYYY-MM-DD>/<host>-<pid>-<token>-<seq>.parquet
     <root>/exposures/route=<route>/date=<YYYY-MM-DD>/<host>-<pid>-<token>-<seq>.parquet
+    <root>/telemetry/route=<route>/date=<YYYY-MM-DD>/<host>-<pid>-<token>-<seq>.parquet
     <root>/feedback/date=<YYYY-MM-DD>/<host>-<pid>-<token>-<seq>.parquet
 
 File names carry the host, the process id, a random token per recorder and a
@@ -47,16 +48,19 @@ from shadowproxy.recording.schema import (
     FEEDBACK_SCHEMA,
     PAIRS_SCHEMA,
     PARTITION_COLUMNS,
+    TELEMETRY_SCHEMA,
     Column,
 )
 
 PAIRS = "pairs"
 FEEDBACK = "feedback"
 EXPOSURES = "exposures"
+TELEMETRY = "telemetry"
 SCHEMAS: dict[str, pa.Schema] = {
     PAIRS: PAIRS_SCHEMA,
     FEEDBACK: FEEDBACK_SCHEMA,
     EXPOSURES: EXPOSURES_SCHEMA,
+    TELEMETRY: TELEMETRY_SCHEMA,
 }
 """The kinds of record: their top-level directory (and ``records_written`` label) and schema."""
 
@@ -69,7 +73,13 @@ not decode a whole file."""
 # Bodies are large and unique (and so are request ids): dictionaries and min/max
 # statistics on them cost time and bytes and help no query.
 _BODY_COLUMNS = ("request_body", "prod_body", "shadow_body")
-_NO_DICTIONARY = (*_BODY_COLUMNS, "prod_prediction", "shadow_prediction", "request_id")
+_NO_DICTIONARY = (
+    *_BODY_COLUMNS,
+    "prod_prediction",
+    "shadow_prediction",
+    "prediction",
+    "request_id",
+)
 
 
 S3_CONNECT_TIMEOUT_S = 2.0
@@ -126,6 +136,10 @@ def pairs_directory(route: str, date: str) -> str:
 
 def exposures_directory(route: str, date: str) -> str:
     return _route_directory(EXPOSURES, route, date)
+
+
+def telemetry_directory(route: str, date: str) -> str:
+    return _route_directory(TELEMETRY, route, date)
 
 
 def _route_directory(kind: str, route: str, date: str) -> str:
@@ -269,6 +283,11 @@ def read_feedback(root: str, *, endpoint_url: str | None = None) -> pa.Table:
 def read_exposures(root: str, *, endpoint_url: str | None = None) -> pa.Table:
     """Every recorded exposure under ``root`` with its ``route`` and ``date`` partitions."""
     return _read(root, EXPOSURES, EXPOSURES_SCHEMA, PARTITION_COLUMNS, endpoint_url)
+
+
+def read_telemetry(root: str, *, endpoint_url: str | None = None) -> pa.Table:
+    """Every production-only row of watched requests under ``root``, with partitions."""
+    return _read(root, TELEMETRY, TELEMETRY_SCHEMA, PARTITION_COLUMNS, endpoint_url)
 
 
 def _read(

@@ -14,7 +14,14 @@ import pickle
 import struct
 from typing import Any, Final
 
-from shadowproxy.records import Exposure, Pair, ProductionResult, RequestInfo, ShadowResult
+from shadowproxy.records import (
+    Exposure,
+    Observation,
+    Pair,
+    ProductionResult,
+    RequestInfo,
+    ShadowResult,
+)
 
 HEADER: Final = struct.Struct("!IB")
 MAX_FRAME: Final = 1 << 30
@@ -26,6 +33,8 @@ PAIRS: Final = ord("P")
 """Parent -> child: a list of packed pairs."""
 EXPOSURES: Final = ord("E")
 """Parent -> child: a list of packed exposures."""
+TELEMETRY: Final = ord("T")
+"""Parent -> child: a list of packed observations (production-only, watched requests)."""
 FEEDBACK: Final = ord("F")
 """Parent -> child: a list of (request_id, label JSON text, received ts)."""
 ROUTES: Final = ord("R")
@@ -36,6 +45,7 @@ STATUS: Final = ord("S")
 PackedPair = tuple[Any, ...]
 PackedExposure = tuple[Any, ...]
 EXPOSURE_FIELDS: Final = tuple(field.name for field in dataclasses.fields(Exposure))
+PackedObservation = tuple[Any, ...]
 
 
 def frame(kind: int, payload: object) -> bytes:
@@ -51,10 +61,10 @@ def pack(pair: Pair) -> PackedPair:
         pair.shadow, pair.role,
         production.status, production.latency_ms, production.error, production.body,
         production.body_truncated, production.content_type, production.chaos,
-        production.content_encoding,
+        production.content_encoding, production.model_version,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
         result.body_truncated, result.content_type, result.chaos, result.content_encoding,
-        request.protocol, production.grpc_status, result.grpc_status,
+        request.protocol, production.grpc_status, result.grpc_status, pair.watched, pair.primary,
     )  # fmt: skip
 
 
@@ -63,9 +73,9 @@ def unpack(packed: PackedPair) -> Pair:
         request_id, ts, route, method, path, query, body, body_complete, request_encoding,
         shadow, role,
         prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
-        prod_encoding,
+        prod_encoding, prod_version,
         outcome, status, latency, error, shadow_body, truncated, content_type, chaos, encoding,
-        protocol, prod_grpc, shadow_grpc,
+        protocol, prod_grpc, shadow_grpc, watched, primary,
     ) = packed  # fmt: skip
     return Pair(
         request=RequestInfo(
@@ -78,13 +88,15 @@ def unpack(packed: PackedPair) -> Pair:
         production=ProductionResult(
             status=prod_status, latency_ms=prod_latency, error=prod_error, body=prod_body,
             body_truncated=prod_truncated, content_type=prod_type, chaos=prod_chaos,
-            content_encoding=prod_encoding, grpc_status=prod_grpc,
+            content_encoding=prod_encoding, grpc_status=prod_grpc, model_version=prod_version,
         ),
         result=ShadowResult(
             outcome=outcome, status=status, latency_ms=latency, error=error, body=shadow_body,
             body_truncated=truncated, content_type=content_type, chaos=chaos,
             content_encoding=encoding, grpc_status=shadow_grpc,
         ),
+        watched=watched,
+        primary=primary,
     )  # fmt: skip
 
 
@@ -97,3 +109,33 @@ def pack_exposure(e: Exposure) -> PackedExposure:
 
 def unpack_exposure(packed: PackedExposure) -> Exposure:
     return Exposure(**dict(zip(EXPOSURE_FIELDS, packed, strict=True)))
+    return Exposure(*packed)
+
+
+def pack_observation(o: Observation) -> PackedObservation:
+    request, production = o.request, o.production
+    return (
+        request.request_id, request.ts, request.route, request.method, request.path,
+        request.query, request.body, request.body_complete,
+        production.status, production.latency_ms, production.error, production.body,
+        production.body_truncated, production.content_type, production.chaos,
+        production.model_version,
+    )  # fmt: skip
+
+
+def unpack_observation(packed: PackedObservation) -> Observation:
+    (
+        request_id, ts, route, method, path, query, body, body_complete,
+        status, latency, error, prod_body, truncated, content_type, chaos, version,
+    ) = packed  # fmt: skip
+    return Observation(
+        request=RequestInfo(
+            request_id=request_id, ts=ts, route=route, method=method, path=path, query=query,
+            headers=[], body=body, body_complete=body_complete,
+        ),
+        production=ProductionResult(
+            status=status, latency_ms=latency, error=error, body=prod_body,
+            body_truncated=truncated, content_type=content_type, chaos=chaos,
+            model_version=version,
+        ),
+    )  # fmt: skip

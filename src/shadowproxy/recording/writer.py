@@ -10,6 +10,11 @@ redaction, comparison, row and Arrow batch building, zstd encoding and file I/O.
 Feedback and exposures are neither redacted nor compared: their rows go straight to
 part files of ``feedback/`` and ``exposures/``.
 
+On a route with a ``monitor:`` block, each pair's request and answers are also checked
+against its invariants (``recording.monitoring``, before redaction: the rules are about
+what the model saw and said), and the violations go on the row. A watched request no
+shadow took arrives as an ``Observation`` and becomes a row of ``telemetry/``.
+
 A pair marked ``corrupt_prediction`` by a chaos rule has its shadow answer corrupted
 first (``compare.corrupt``), so everything after it sees the corrupted answer.
 
@@ -45,12 +50,15 @@ from shadowproxy.experiments.chaos import corrupts
 from shadowproxy.metrics import RecorderMetrics
 from shadowproxy.recording.decoding import Memo as DecodeMemo
 from shadowproxy.recording.decoding import decode_pair
+from shadowproxy.recording.monitoring import RouteWatch, prediction_text, route_watches
 from shadowproxy.recording.redact import Memo, Redactor
 from shadowproxy.recording.schema import (
+    Withheld,
     exposure_row,
     feedback_row,
     pair_row,
     row_bytes,
+    telemetry_row,
     to_record_batch,
     utc_date,
 )
@@ -62,13 +70,15 @@ from shadowproxy.recording.storage import (
     ROW_GROUP_BYTES,
     ROW_GROUP_ROWS,
     SCHEMAS,
+    TELEMETRY,
     Encoder,
     Storage,
     exposures_directory,
     feedback_directory,
     pairs_directory,
+    telemetry_directory,
 )
-from shadowproxy.records import Comparison, Exposure, Pair
+from shadowproxy.records import Comparison, Exposure, Observation, Pair
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +123,7 @@ class Routes:
     routes: tuple[RouteConfig, ...]
 
 
-Item = Pair | Exposure | Feedback | Routes
+Item = Pair | Exposure | Observation | Feedback | Routes
 
 ITEM_OVERHEAD_BYTES = 512
 """What a record costs in memory beyond its bodies (objects, row dict, Arrow columns)."""
@@ -299,8 +309,10 @@ class Writer:
         so a copy taken from another thread is consistent."""
         self._storage = storage
         self._settings = recording
+        routes = tuple(routes)
         self._policies = _route_policies(routes)
         self._metrics = metrics
+        self._watches = route_watches(routes, metrics)
         self._comparer = comparer
         self._clock = clock
         self._open: dict[str, PartFile] = {}
@@ -322,6 +334,8 @@ class Writer:
         for item in items:
             if isinstance(item, Exposure):
                 self._add_exposure(item, now)
+            elif isinstance(item, Observation):
+                self._add_observation(item, now)
             elif isinstance(item, Feedback):
                 for request_id, label, ts in item.items:
                     self._add_feedback(request_id, label, ts, now)
@@ -333,6 +347,7 @@ class Writer:
 
     def _use_routes(self, routes: tuple[RouteConfig, ...]) -> None:
         self._policies = _route_policies(routes)
+        self._watches = route_watches(routes, self._metrics, self._watches)
         if isinstance(self._comparer, RouteComparer):
             self._comparer.update_routes(routes)
 
@@ -344,6 +359,43 @@ class Writer:
             self._unbuildable(PAIRS)
             return
         self._add(PAIRS, directory, row, now)
+
+    def _add_observation(self, observation: Observation, now: float) -> None:
+        request = observation.request
+        watch = self._watches.get(request.route)
+        if watch is None:
+            return  # the route lost its monitor in a reload: nothing to watch it by
+        try:
+            row = self._telemetry_row(observation, watch)
+            directory = telemetry_directory(request.route, utc_date(request.ts))
+        except Exception:
+            self._unbuildable(TELEMETRY)
+            return
+        self._add(TELEMETRY, directory, row, now)
+
+    def _telemetry_row(self, observation: Observation, watch: RouteWatch) -> dict[str, object]:
+        request_violations = watch.request(observation.request, count=True)
+        answer = watch.production(observation.production, count=True)
+        policy = self._policies.get(observation.request.route, UNKNOWN_ROUTE)
+        withheld = Withheld()
+        if policy.bodies and policy.redactor.active:
+            request_body = policy.redactor.body(observation.request.body)
+            prod_body = policy.redactor.body(observation.production.body)
+            withheld = Withheld(request=request_body is None, production=prod_body is None)
+            observation = Observation(
+                replace(observation.request, body=request_body or b""),
+                replace(observation.production, body=prod_body or b""),
+            )
+        return telemetry_row(
+            observation,
+            prediction_text(answer.prediction),
+            answer.violations,
+            request_violations,
+            answer.model_version,
+            bodies=policy.bodies,
+            max_body_bytes=policy.max_body_bytes,
+            withheld=withheld,
+        )
 
     def _add_feedback(self, request_id: str, label: str, ts: float, now: float) -> None:
         try:
@@ -389,6 +441,13 @@ class Writer:
         self._drop("write_failed", part.rows + part.take_rejected())
 
     def _pair_row(self, pair: Pair, memo: Memo, decoded: DecodeMemo) -> dict[str, object]:
+        row = self._compared_row(pair, memo, decoded)
+        watch = self._watches.get(pair.request.route)
+        if watch is not None and pair.watched:
+            row.update(_watched_cells(watch, pair))
+        return row
+
+    def _compared_row(self, pair: Pair, memo: Memo, decoded: DecodeMemo) -> dict[str, object]:
         policy = self._policies.get(pair.request.route, UNKNOWN_ROUTE)
         if not policy.bodies and self._comparer is None:
             # Nothing will read a body: skip the parsing redaction would cost.
@@ -639,6 +698,21 @@ class Writer:
         if now - self._last_log.get(key, -math.inf) >= LOG_EVERY_S:
             self._last_log[key] = now
             log.error(message, *args, exc_info=exc_info)
+
+
+def _watched_cells(watch: RouteWatch, pair: Pair) -> dict[str, object]:
+    """The monitor's columns of a watched request's pair. Production and the request are
+    counted live only on its ``primary`` pair (once per request); each shadow's answer
+    under the shadow's name."""
+    request_violations = watch.request(pair.request, count=pair.primary)
+    production = watch.production(pair.production, count=pair.primary)
+    shadow = watch.shadow(pair)
+    return {
+        "prod_violations": production.violations,
+        "shadow_violations": shadow.violations,
+        "request_violations": request_violations,
+        "model_version": production.model_version,
+    }
 
 
 _OPTIONAL_TEXT = ("prod_prediction", "shadow_prediction", "detail")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shadowproxy.report.model import Report
 from shadowproxy.report.options import (
@@ -69,6 +69,10 @@ def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
     if options.json_out:
         _write(options.json_out, summary.dumps(report))
     table.print_summary(report)
+    if report.drift is not None:
+        from shadowproxy.report import drift_output
+
+        print(drift_output.summary_lines(report.drift))
     if not options.gate:
         return 0
     status = decision.worst(p.decision.status for p in report.pairs if p.decision)
@@ -99,8 +103,15 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
                 has_exposures = load.attach_exposures(connection, dataset, exposures, options)
                 runner = load.Runner(connection, dataset, [*pairs, *feedback, *exposures], step)
                 report = analysis.analyze(
-                    runner, options, has_labels=has_labels, now=now, has_exposures=has_exposures
+                    runner,
+                    options,
+                    has_labels=has_labels,
+                    now=now,
+                    has_exposures=has_exposures,
+                    # Routes that only watch production record telemetry and no pairs.
+                    has_telemetry=bool(dataset.telemetry_files and options.monitors),
                 )
+                report.drift = _drift(connection, dataset, options)
         except CorruptFileError as exc:
             if not options.skip_bad_files:
                 raise
@@ -123,6 +134,20 @@ def add_canaries(report: Report, options: ReportOptions) -> None:
             report.warnings.append(f"canary {route}: no recorded decisions at {path}")
         else:
             report.canaries.append(found)
+
+
+def _drift(connection: Any, dataset: Dataset, options: ReportOptions) -> Any:
+    """The Drift section, or why there is none."""
+    from shadowproxy.report import drift
+
+    if options.monitors is None:
+        return drift.DriftSection(
+            note="No --config given: the routes' monitor: blocks say what to watch, so "
+            "there is no Drift section. Run with --config FILE (the proxy's main file)."
+        )
+    if not options.monitors:
+        return drift.DriftSection(note=f"No route in {options.config} has a monitor: block.")
+    return drift.build(connection, dataset, options, options.monitors)
 
 
 def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:

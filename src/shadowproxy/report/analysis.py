@@ -61,12 +61,13 @@ def analyze(
     has_labels: bool,
     now: datetime,
     has_exposures: bool = False,
+    has_telemetry: bool = False,
 ) -> Report:
     """Run every query and assemble the report (the only I/O in this module)."""
     pairs = build_pairs(runner.rows(queries.pair_summary()))
     excluded = chaos.excluded(runner.rows(queries.chaos_excluded()))
     trials = run_experiments(runner, options, has_labels) if has_exposures else []
-    if not pairs and not excluded and not trials:
+    if not pairs and not excluded and not trials and not has_telemetry:
         raise ReportInputError(f"no rows in {options.root} match the filters {_filters(options)}")
     for key, count in excluded.items():
         if key in pairs:

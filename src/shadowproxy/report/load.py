@@ -48,6 +48,8 @@ class Dataset:
     pair_files: tuple[str, ...]
     feedback_files: tuple[str, ...]
     exposure_files: tuple[str, ...] = ()
+    telemetry_files: tuple[str, ...] = ()
+    """Production-only rows of watched requests (read by the Drift section only)."""
 
 
 def discover(root: str) -> Dataset:
@@ -61,7 +63,8 @@ def discover(root: str) -> Dataset:
         raise ReportInputError(f"{root} is not a directory (expected recording.dir)")
     pairs = _parquet_files(filesystem, f"{base}/pairs")
     exposures = _parquet_files(filesystem, f"{base}/exposures")
-    if not pairs and not exposures:
+    telemetry = _parquet_files(filesystem, f"{base}/telemetry")
+    if not pairs and not exposures and not telemetry:
         raise ReportInputError(
             f"no Parquet files under {root}/pairs (is {root} the recording.dir of a proxy "
             "that has recorded traffic?)"
@@ -74,6 +77,7 @@ def discover(root: str) -> Dataset:
         pair_files=pairs,
         feedback_files=_parquet_files(filesystem, f"{base}/feedback"),
         exposure_files=exposures,
+        telemetry_files=telemetry,
     )
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from shadowproxy.stats import TestResult
+
+if TYPE_CHECKING:
+    from shadowproxy.report.drift import DriftSection
 
 OUTCOME_NAMES = ("ok", "error", "timeout", "dropped", "skipped")
 
@@ -384,3 +388,5 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     """Problems with the input that every reader must see (printed first, a banner in
     the HTML, ``warnings`` in summary.json)."""
+    drift: DriftSection | None = None
+    """The Drift section (``report.drift``); None when the report did not look."""

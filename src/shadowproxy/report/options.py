@@ -8,12 +8,14 @@ of the package only sees validated options.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from shadowproxy.compare import jsonpath
 from shadowproxy.errors import ShadowproxyError
 from shadowproxy.experiments.promotion import Promotion
+from shadowproxy.monitor.spec import MonitorConfig
 
 
 class ReportInputError(ShadowproxyError):
@@ -84,6 +86,10 @@ class ReportOptions:
     reads the decisions the proxy recorded there."""
     gate: bool = False
     """``--gate``: exit 0 on PROMOTE, 3 on HOLD, 4 on REJECT (the worst candidate)."""
+    monitors: Mapping[str, MonitorConfig] | None = None
+    """The routes' ``monitor:`` blocks from ``--config``; None: no Drift section."""
+    config: str | None = None
+    """The ``--config`` file they came from."""
 
 
 OUTCOME_KINDS = ("auto", "binary", "continuous", "ordinal")

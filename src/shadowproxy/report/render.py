@@ -9,6 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from shadowproxy import __version__
+from shadowproxy.report import drift_output
 from shadowproxy.report.decision_cards import decisions_section
 from shadowproxy.report.formatting import anchor, html_table, interval, pct
 from shadowproxy.report.model import (
@@ -83,6 +84,7 @@ def render(report: Report) -> str:
         chaos_section(report),
         canaries_section(report),
         experiments_section(report),
+        drift_output.render(report.drift) if report.drift is not None else "",
         _methods(report),
     ]
     return (

@@ -46,6 +46,10 @@ def summary(report: Report) -> dict[str, Any]:
             "warnings": list(report.warnings),
         }
     )
+    if report.drift is not None:
+        from shadowproxy.report import drift_output
+
+        data["drift"] = clean(drift_output.as_json(report.drift)) if not report.drift.note else None
     return data
 
 

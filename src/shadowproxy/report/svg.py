@@ -330,3 +330,40 @@ def rate_bars(
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+# --- several lines over time -----------------------------------------------------------
+
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d")
+
+
+def lines_over_time(title: str, series: dict[str, list[tuple[datetime, float]]]) -> str:
+    """One line per named series (weekly means, class shares), each scaled to its own
+    range: the shape over time is what matters, and the legend gives each range."""
+    series = {name: points for name, points in series.items() if points}
+    if not series:
+        return empty(title, "no data")
+    stamps = [p[0].timestamp() for points in series.values() for p in points]
+    frame = Frame(min(stamps), max(stamps) if max(stamps) > min(stamps) else min(stamps) + 1, 0, 1)
+    parts = [_open(title)]
+    legend = []
+    for index, (name, points) in enumerate(sorted(series.items())):
+        color = PALETTE[index % len(PALETTE)]
+        values = [v for _, v in points]
+        low, high = min(values), max(values)
+        span = high - low or 1.0
+        line = " ".join(
+            f"{frame.x(t.timestamp()):.1f},{frame.y(0.1 + 0.8 * (v - low) / span):.1f}"
+            for t, v in points
+        )
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        for t, v in points:
+            cx, cy = frame.x(t.timestamp()), frame.y(0.1 + 0.8 * (v - low) / span)
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2.5" fill="{color}"/>')
+        legend.append((f"{name} ({low:.3g}..{high:.3g})", color))
+    first = min(p[0] for points in series.values() for p in points)
+    last = max(p[0] for points in series.values() for p in points)
+    parts.append(_time_labels(frame, first, last))
+    parts.append(_legend(legend))
+    parts.append("</svg>")
+    return "".join(parts)
