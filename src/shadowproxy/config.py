@@ -54,7 +54,8 @@ def _check_rate(value: float) -> float:
     return value
 
 
-Url = Annotated[str, Field(description="scheme://host[:port]")]
+Url = str
+"""``scheme://host[:port]``, checked by ``check_url`` in each model that has one."""
 Seconds = Annotated[float, Field(gt=0)]
 ByteCount = Annotated[int, Field(ge=0)]
 

@@ -39,7 +39,9 @@ class Metrics:
         rr = recorder_registry if recorder_registry is not None else r
         self.requests = Counter(
             "shadowproxy_requests",
-            "Client requests answered, by route and HTTP status sent to the client.",
+            "Client requests answered, by route and HTTP status sent to the client (route "
+            "_default: the default upstream, _unmatched: no route (404); code 499: the client "
+            "left before its answer).",
             ["route", "code"],
             registry=r,
         )
@@ -52,7 +54,9 @@ class Metrics:
         )
         self.upstream_duration = Histogram(
             "shadowproxy_upstream_duration_seconds",
-            "Time an upstream took to answer (production: until its response ended).",
+            "Time an upstream took to answer (production: until its response ended). role "
+            "production (target production) or shadow (target: the shadow's name; successful "
+            "copies; a canary's disagreement copies are target production, role shadow).",
             ["route", "target", "role"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -105,7 +109,7 @@ class Metrics:
             self.rejected_requests.labels(reason)
         self.shadow_circuit_open = Gauge(
             "shadowproxy_shadow_circuit_open",
-            "1 while a shadow's circuit breaker is open (copies are skipped), else 0.",
+            "1 while a shadow's circuit breaker is open or probing (copies are skipped), else 0.",
             ["route", "shadow"],
             registry=r,
         )
@@ -118,7 +122,7 @@ class Metrics:
         )
         self.shadow_info = Gauge(
             "shadowproxy_shadow_info",
-            "One series per configured shadow, carrying its role (candidate|baseline).",
+            "One series per configured shadow, carrying its role (candidate|baseline), to join on.",
             ["route", "shadow", "role"],
             registry=r,
         )
@@ -155,7 +159,7 @@ class Metrics:
         )
         self.records_written = Counter(
             "shadowproxy_records_written",
-            "Records that reached a complete Parquet file.",
+            "Records that reached a complete Parquet file, by kind (pairs|exposures|feedback).",
             ["kind"],
             registry=rr,
         )
@@ -167,7 +171,7 @@ class Metrics:
         )
         self.recorder_pending = Gauge(
             "shadowproxy_recorder_pending_records",
-            "Records buffered in memory, waiting for the writer thread.",
+            "Records buffered in memory, waiting for the writer.",
             registry=rr,
         )
         self.recorder_write_errors = Counter(
@@ -179,4 +183,20 @@ class Metrics:
             "shadowproxy_recorder_degraded",
             "1 while the recorder cannot write (disk full, permissions, bucket unreachable).",
             registry=rr,
+        )
+
+
+class WorkerMetrics:
+    """The supervisor's own series (``serve --workers N``), beside the workers' merged ones."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.workers = Gauge(
+            "shadowproxy_workers",
+            "Worker processes running (serve --workers N only).",
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "shadowproxy_worker_restarts",
+            "Worker processes restarted after they exited on their own (serve --workers N only).",
+            registry=registry,
         )

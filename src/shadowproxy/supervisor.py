@@ -28,10 +28,11 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from shadowproxy.config import Config
+from shadowproxy.metrics import WorkerMetrics
 from shadowproxy.metrics_merge import WorkerExpositions
 from shadowproxy.tasks import TaskSet
 
@@ -102,16 +103,9 @@ class Supervisor:
         self.workers = [Worker(index) for index in range(workers)]
         self.stopping = False
         self.registry = CollectorRegistry()
-        self.alive = Gauge(
-            "shadowproxy_workers",
-            "Worker processes running (serve --workers N).",
-            registry=self.registry,
-        )
-        self.restarts = Counter(
-            "shadowproxy_worker_restarts",
-            "Worker processes restarted after they exited unexpectedly.",
-            registry=self.registry,
-        )
+        worker_metrics = WorkerMetrics(self.registry)
+        self.alive = worker_metrics.workers
+        self.restarts = worker_metrics.restarts
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._watchers: list[asyncio.Task[None]] = []

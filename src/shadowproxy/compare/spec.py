@@ -63,7 +63,7 @@ Tolerance = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class CompareConfig(_Model):
-    """How one route's production and shadow answers are compared (README: Comparison)."""
+    """How one route's production and shadow answers are compared (docs/comparison.md)."""
 
     prediction: str = RAW
     """A preset (``raw``, ``kserve-v1``, ``tfserving``, ``mlflow``, ``open-inference``,
