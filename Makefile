@@ -28,7 +28,7 @@ pytest: $(STAMP)
 
 # The example config with two small example model servers on loopback.
 serve: $(STAMP)
-	$(BIN)/python -m shadowproxy.examples --config config/shadowproxy.yaml
+	$(BIN)/python -m shadowproxy.demo.examples --config config/shadowproxy.yaml
 
 # The embedded default: two real models, shadowproxy in front, traffic, feedback, report.
 demo: $(STAMP)

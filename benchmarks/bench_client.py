@@ -1,4 +1,4 @@
-"""CPU per upstream call: aiohttp's client against ``shadowproxy.http1``.
+"""CPU per upstream call: aiohttp's client against ``shadowproxy.http.client``.
 
 The question it answers: how much of the proxy's CPU does one upstream call cost,
 with each client used the way the proxy uses it (a small JSON POST with the headers
@@ -38,10 +38,10 @@ from procs import Children, free_port, wait_for_port
 from upstreams import PREDICT_PATH, REQUEST_BODY, RESPONSE_BODY, answer_server, nginx_conf
 from yarl import URL
 
-from shadowproxy.http1 import Pool, encode_request
+from shadowproxy.http.client import Pool, encode_request
 
 MAX_CONNECTIONS = 64
-# What the proxy forwards for a typical client (see shadowproxy.headers).
+# What the proxy forwards for a typical client (see shadowproxy.http.headers).
 HEADERS = [
     ("Content-Type", "application/json"),
     ("Accept", "application/json"),
@@ -75,7 +75,7 @@ class Round:
 
 
 def aiohttp_call(session: aiohttp.ClientSession, base: str) -> Call:
-    """The proxy's production call as it is today (shadowproxy.proxy._open/_buffered)."""
+    """The proxy's production call as it is today (shadowproxy.proxy.handler._open/_buffered)."""
 
     async def call() -> bytes:
         url = URL(base + PREDICT_PATH, encoded=True)  # the raw path, byte for byte
@@ -160,7 +160,7 @@ async def run_round(client: str, call: Call, concurrency: int, requests: int) ->
 async def measure(port: int, concurrencies: list[int], requests: int, rounds: int) -> list[Round]:
     base = f"http://127.0.0.1:{port}"
     connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=30)
-    session = aiohttp.ClientSession(  # as shadowproxy.upstream._session builds it
+    session = aiohttp.ClientSession(  # as shadowproxy.proxy.upstream._session builds it
         connector=connector,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),

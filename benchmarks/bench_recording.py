@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import orjson
 from prometheus_client import CollectorRegistry
 
-from shadowproxy import jsonpath
+from shadowproxy.compare import jsonpath
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import Recorder, read_dataset

@@ -5,16 +5,21 @@
 
 Two routes (a classifier and a regressor), each with a candidate and a baseline
 shadow, ~300-byte bodies, labels in ``feedback/``. ``--rows`` counts recorded pairs
-(requests x shadows). The generator itself is ``shadowproxy.report.synthetic``.
+(requests x shadows). The generator itself is ``tests.synthetic``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from shadowproxy.report.synthetic import DatasetSpec, RouteSpec, ShadowSpec, generate
+# The generator lives with its main users, the tests; run as a script, this file
+# sees only benchmarks/ on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.synthetic import DatasetSpec, RouteSpec, ShadowSpec, generate
 
 
 def spec(rows: int, body_bytes: int = 300) -> DatasetSpec:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from shadowproxy.cli import run_loop
+from shadowproxy.loop import run_loop
 
 TICK_S = 0.001
 """Timer granularity of the event loop; requests due within one tick are sent now."""

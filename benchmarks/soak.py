@@ -76,7 +76,7 @@ from soak_checks import (
 from soak_load import Driven, Plan, drive, http, parse_phases
 from soak_sampler import Ports, Sample, read_samples
 
-from shadowproxy.cli import run_loop
+from shadowproxy.loop import run_loop
 
 HERE = Path(__file__).resolve().parent
 SHADOW = "candidate"

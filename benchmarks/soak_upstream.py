@@ -31,7 +31,7 @@ from typing import cast
 import httptools
 from upstreams import RESPONSE_BODY, SLOW_DELAY_MS
 
-from shadowproxy.cli import run_loop
+from shadowproxy.loop import run_loop
 
 MODES = ("healthy", "slow", "blackhole")
 CONTROL = b"/_soak/"

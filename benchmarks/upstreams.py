@@ -28,7 +28,7 @@ from pathlib import Path
 
 from procs import Children, free_port, refused_port, wait_for_port
 
-from shadowproxy.cli import run_loop
+from shadowproxy.loop import run_loop
 
 SCENARIOS = ("healthy", "slow", "down", "blackhole")
 """Which shadow the systems under test tee to; ``healthy`` is the reference."""

@@ -34,8 +34,8 @@ from pydantic_core import PydanticUndefined
 
 from shadowproxy.config import MainConfig, RouteConfig
 from shadowproxy.metrics import Metrics, WorkerMetrics
-from shadowproxy.metrics_merge import TAKE_MAX
-from shadowproxy.runtime import RESTART_ONLY
+from shadowproxy.admin.metrics_merge import TAKE_MAX
+from shadowproxy.proxy.runtime import RESTART_ONLY
 from shadowproxy.validation import NAME_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +223,7 @@ def configuration_page() -> str:
         (
             "Every key, its type, its default and what it does, as the config models in "
             "`shadowproxy.config`, `shadowproxy.compare.spec`, `shadowproxy.experiments.spec` "
-            "and `shadowproxy.chaos` declare them. [Configuration](../configuration.md) "
+            "and `shadowproxy.experiments.chaos` declare them. [Configuration](../configuration.md) "
             "explains the files and shows a complete example per mode."
         ),
         "",

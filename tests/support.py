@@ -64,7 +64,7 @@ async def start_upstream(handler: Handler | None = None) -> Upstream:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     upstream.url = f"http://127.0.0.1:{port}"
     upstream.runner = runner
     return upstream

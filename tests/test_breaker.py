@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from shadowproxy.breaker import CircuitBreaker
 from shadowproxy.config import CircuitBreakerConfig
+from shadowproxy.proxy.breaker import CircuitBreaker
 
 
 def test_opens_after_consecutive_failures_and_probes_after_backoff() -> None:

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from shadowproxy.chaos import (
+from shadowproxy.config import load_config
+from shadowproxy.errors import ConfigError
+from shadowproxy.experiments.chaos import (
     PRODUCTION_FRACTION_CAP,
     ChaosRule,
     Injection,
@@ -17,8 +19,6 @@ from shadowproxy.chaos import (
     draw,
     rules_for,
 )
-from shadowproxy.config import load_config
-from shadowproxy.errors import ConfigError
 
 ROUTE: dict[str, Any] = {
     "name": "price",

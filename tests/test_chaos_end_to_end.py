@@ -18,8 +18,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadowproxy.app import Server
-from shadowproxy.chaos import INJECTED_BODY
 from shadowproxy.config import load_config
+from shadowproxy.experiments.chaos import INJECTED_BODY
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import read_dataset
 from shadowproxy.recording.process import RecorderProcess

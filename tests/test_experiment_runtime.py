@@ -11,14 +11,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shadowproxy.config import RouteConfig
-from shadowproxy.experiment_runtime import (
+from shadowproxy.experiments.spec import CHECK_SHADOW
+from shadowproxy.metrics import Metrics
+from shadowproxy.proxy.arms import (
     CHECK_MAX_IN_FLIGHT,
     CanaryController,
     check_shadow,
     verdict_delta,
 )
-from shadowproxy.experiments.spec import CHECK_SHADOW
-from shadowproxy.metrics import Metrics
 from shadowproxy.records import VerdictCounts
 
 DISAGREEMENT = {"metric": "disagreement", "max": 0.05, "sample_rate": 0.25}
@@ -108,13 +108,13 @@ async def test_without_a_verdict_source_the_guardrail_is_said_to_stay_undecided(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     control = controller(tmp_path, canary(DISAGREEMENT))
-    with caplog.at_level(logging.WARNING, logger="shadowproxy.experiment_runtime"):
+    with caplog.at_level(logging.WARNING, logger="shadowproxy.proxy.arms"):
         control.start(None)
     await control.stop()
     assert "disagreement guardrail stays undecided" in caplog.text
     caplog.clear()
     quiet = controller(tmp_path / "other", canary({"metric": "error_rate", "max_increase": 0.01}))
-    with caplog.at_level(logging.WARNING, logger="shadowproxy.experiment_runtime"):
+    with caplog.at_level(logging.WARNING, logger="shadowproxy.proxy.arms"):
         quiet.start(None)
     await quiet.stop()
     assert caplog.text == ""

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from shadowproxy import experiment_runtime
 from shadowproxy.app import Server
 from shadowproxy.compare import Comparer
 from shadowproxy.config import load_config
 from shadowproxy.metrics import Metrics
+from shadowproxy.proxy import arms
 from shadowproxy.recording import Recorder, read_dataset
 from shadowproxy.recording.process import RecorderProcess
 from tests.support import RunningProxy, route, running_proxy, upstream, write_config
@@ -31,7 +31,7 @@ EVALUATE_EVERY_S = 0.1
 @pytest.fixture(autouse=True)
 def evaluate_often(monkeypatch: pytest.MonkeyPatch) -> None:
     """The controller looks every second in production; a test need not wait that long."""
-    monkeypatch.setattr(experiment_runtime, "EVALUATE_EVERY_S", EVALUATE_EVERY_S)
+    monkeypatch.setattr(arms, "EVALUATE_EVERY_S", EVALUATE_EVERY_S)
 
 
 def answering(name: str, error_every: int = 0) -> web.RequestHandler:  # type: ignore[type-arg]

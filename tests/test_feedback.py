@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shadowproxy.feedback import MAX_ITEMS, FeedbackError, parse_feedback
+from shadowproxy.admin.feedback import MAX_ITEMS, FeedbackError, parse_feedback
 
 
 def test_one_item_and_a_list() -> None:

@@ -21,14 +21,14 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shadowproxy import jsonpath
-from shadowproxy.compare import KINDS, CompareConfig, Comparer, compare, describe
+from shadowproxy.compare import KINDS, CompareConfig, Comparer, compare, describe, jsonpath
 from shadowproxy.compare.comparators import COMPARATORS, judge, resolve
 from shadowproxy.compare.decode import decode
 from shadowproxy.compare.extract import Extractor
 from shadowproxy.compare.spec import PRESETS
 from shadowproxy.compare.verdict import DETAIL_CHARS, Incomparable, Verdict
 from shadowproxy.config import RouteConfig
+from shadowproxy.recording.redact import Redactor
 from shadowproxy.records import (
     OUTCOMES,
     Comparison,
@@ -38,7 +38,6 @@ from shadowproxy.records import (
     ShadowOutcome,
     ShadowResult,
 )
-from shadowproxy.redact import Redactor
 from tests.fuzzing import fuzz
 
 NAN = float("nan")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from shadowproxy.headers import (
+from shadowproxy.http.headers import (
     client_response_headers,
     end_to_end,
     shadow_request_headers,

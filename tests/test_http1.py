@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from shadowproxy.errors import UpstreamUnavailable
-from shadowproxy.http1 import (
+from shadowproxy.http.client import (
     HIGH_WATER,
     BodyError,
     Pool,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shadowproxy.jsonpath import parse
+from shadowproxy.compare.jsonpath import parse
 
 DOC = {
     "predictions": [0.1, 0.9],

@@ -10,8 +10,8 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["shadowproxy.routing", "shadowproxy.headers", "shadowproxy.breaker", "shadowproxy.jsonpath",
-     "shadowproxy.records", "shadowproxy.config", "shadowproxy.chaos", "shadowproxy.experiments",
+    ["shadowproxy.proxy.routing", "shadowproxy.http.headers", "shadowproxy.proxy.breaker", "shadowproxy.compare.jsonpath",
+     "shadowproxy.records", "shadowproxy.config", "shadowproxy.experiments.chaos", "shadowproxy.experiments",
      "shadowproxy.experiments.spec", "shadowproxy.experiments.assign",
      "shadowproxy.experiments.window", "shadowproxy.experiments.guardrails",
      "shadowproxy.experiments.canary"],

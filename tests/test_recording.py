@@ -24,11 +24,12 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shadowproxy import jsonpath
+from shadowproxy.compare import jsonpath
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import Recorder, read_dataset, read_exposures, read_feedback
+from shadowproxy.recording.schema import EXPOSURES_SCHEMA, PAIRS_SCHEMA
 from shadowproxy.records import (
     Comparison,
     Exposure,
@@ -37,7 +38,6 @@ from shadowproxy.records import (
     RequestInfo,
     ShadowResult,
 )
-from shadowproxy.schema import EXPOSURES_SCHEMA, PAIRS_SCHEMA
 
 TS = datetime(2024, 5, 17, 12, 0, tzinfo=UTC).timestamp()
 SSN = "987-65-4321"

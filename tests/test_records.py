@@ -8,15 +8,7 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 import pytest
 
-from shadowproxy.records import (
-    Comparison,
-    Exposure,
-    Pair,
-    ProductionResult,
-    RequestInfo,
-    ShadowResult,
-)
-from shadowproxy.schema import (
+from shadowproxy.recording.schema import (
     EXPOSURES_SCHEMA,
     FEEDBACK_SCHEMA,
     NOTHING_WITHHELD,
@@ -29,6 +21,14 @@ from shadowproxy.schema import (
     to_record_batch,
     ts_micros,
     utc_date,
+)
+from shadowproxy.records import (
+    Comparison,
+    Exposure,
+    Pair,
+    ProductionResult,
+    RequestInfo,
+    ShadowResult,
 )
 
 TS = datetime(2024, 5, 17, 12, 30, 0, 123456, tzinfo=UTC).timestamp()

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from shadowproxy.config import RecordConfig, load_config
 from shadowproxy.errors import ConfigError
+from shadowproxy.recording.redact import REDACTED, Redactor
+from shadowproxy.recording.schema import Withheld
 from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
-from shadowproxy.redact import REDACTED, Redactor
-from shadowproxy.schema import Withheld
 
 SSN = "123-45-6789"
 PATHS = ("$.customer.ssn", "$.instances[*].email")
@@ -186,5 +186,5 @@ def test_load_config_names_the_file_and_field(tmp_path: Path) -> None:
 
 
 def test_redact_imports_without_aiohttp() -> None:
-    code = "import sys, shadowproxy.redact; assert 'aiohttp' not in sys.modules"
+    code = "import sys, shadowproxy.recording.redact; assert 'aiohttp' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

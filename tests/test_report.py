@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats as sp
 
-from shadowproxy import jsonpath
+from shadowproxy.compare import jsonpath
 from shadowproxy.report import (
     Filters,
     ReportOptions,
@@ -25,13 +25,13 @@ from shadowproxy.report import (
     groundtruth,
     load,
     render,
-    stats,
     summary,
-    synthetic,
     verdict,
 )
 from shadowproxy.report.model import Interval, Latency, PairReport, Percentiles, Report
-from shadowproxy.report.synthetic import DatasetSpec, RouteSpec, ShadowSpec
+from shadowproxy.stats import inference as stats
+from tests import synthetic
+from tests.synthetic import DatasetSpec, RouteSpec, ShadowSpec
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 COUNTRY = "$.instances[0].country"

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from shadowproxy import jsonpath
-from shadowproxy.report import ReportOptions, build_report, render, synthetic
+from shadowproxy.compare import jsonpath
+from shadowproxy.report import ReportOptions, build_report, render
+from tests import synthetic
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

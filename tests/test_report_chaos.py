@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from shadowproxy.recording.schema import FEEDBACK_SCHEMA, PAIRS_SCHEMA
 from shadowproxy.report import (
     Filters,
     ReportInputError,
@@ -28,12 +29,11 @@ from shadowproxy.report import (
     chaos,
     render,
     summary,
-    synthetic,
     table,
 )
 from shadowproxy.report.model import ChaosCheck, Report
-from shadowproxy.report.synthetic import DatasetSpec, RouteSpec, ShadowSpec
-from shadowproxy.schema import FEEDBACK_SCHEMA, PAIRS_SCHEMA
+from tests import synthetic
+from tests.synthetic import DatasetSpec, RouteSpec, ShadowSpec
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 TS = datetime(2024, 5, 1, 6, tzinfo=UTC)

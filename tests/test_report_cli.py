@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from shadowproxy.cli import main
-from shadowproxy.report import synthetic
+from tests import synthetic
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,12 @@ from shadowproxy.compare import Comparer
 from shadowproxy.config import load_config
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import Recorder
+from shadowproxy.recording.schema import (
+    EXPOSURES_SCHEMA,
+    FEEDBACK_SCHEMA,
+    to_record_batch,
+    ts_micros,
+)
 from shadowproxy.recording.storage import (
     Encoder,
     Storage,
@@ -43,17 +49,11 @@ from shadowproxy.report import (
     build_report,
     experiments,
     render,
-    stats,
     summary,
     table,
 )
 from shadowproxy.report.model import Experiment, Report
-from shadowproxy.schema import (
-    EXPOSURES_SCHEMA,
-    FEEDBACK_SCHEMA,
-    to_record_batch,
-    ts_micros,
-)
+from shadowproxy.stats import inference as stats
 from tests.support import route, upstream, write_config
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -289,8 +289,8 @@ def test_route_filter_and_a_recording_without_exposures(tmp_path: Path) -> None:
 
 
 def test_no_exposures_no_section(tmp_path: Path) -> None:
-    from shadowproxy.report import synthetic
-    from shadowproxy.report.synthetic import DatasetSpec, RouteSpec, ShadowSpec
+    from tests import synthetic
+    from tests.synthetic import DatasetSpec, RouteSpec, ShadowSpec
 
     synthetic.generate(
         tmp_path, DatasetSpec(routes=(RouteSpec("m", 100, (ShadowSpec("s"),)),), temp_file=False)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shadowproxy.config import RouteConfig, ShadowConfig
-from shadowproxy.routing import RouteTable, is_sampled, sample_point
+from shadowproxy.proxy.routing import RouteTable, is_sampled, sample_point
 
 
 def make_route(name: str, prefix: str, methods: list[str] | None = None) -> RouteConfig:

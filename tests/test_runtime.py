@@ -11,10 +11,10 @@ import pytest
 
 from shadowproxy.config import Config, load_config
 from shadowproxy.errors import ConfigError
-from shadowproxy.http1 import Pool
+from shadowproxy.http.client import Pool
 from shadowproxy.metrics import Metrics
-from shadowproxy.runtime import Retirer, Snapshot, build, check_reloadable
-from shadowproxy.upstream import Pools
+from shadowproxy.proxy.runtime import Retirer, Snapshot, build, check_reloadable
+from shadowproxy.proxy.upstream import Pools
 from tests.support import route, write_config
 
 PROD = "http://127.0.0.1:8001"
@@ -157,7 +157,7 @@ async def test_pool_settings_or_origin_changes_open_new_production_pools(tmp_pat
 async def test_dropped_pools_close_once_no_older_snapshot_or_copy_uses_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("shadowproxy.runtime.RETIRE_POLL_S", 0.01)
+    monkeypatch.setattr("shadowproxy.proxy.runtime.RETIRE_POLL_S", 0.01)
     metrics, pools = Metrics(), RecordingPools()
     retirer = Retirer(pools, metrics)
     a = build(config(tmp_path, route("m", PROD, [shadow()])), metrics, pools)

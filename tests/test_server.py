@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from shadowproxy.server import (
+from shadowproxy.http.server import (
     BODY_HIGH_WATER,
     HttpRequest,
     HttpServer,

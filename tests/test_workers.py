@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shadowproxy.metrics_merge import WorkerExpositions, merge_expositions
+from shadowproxy.admin.metrics_merge import WorkerExpositions, merge_expositions
 from tests.support import free_port, route, upstream, wait_listening, write_config
 
 

@@ -10,59 +10,39 @@ Shutdown, step by step (SIGTERM or SIGINT):
 
 Reload (SIGHUP or ``POST /reload``): the files are read again and new requests are
 served with them; requests in flight finish under the config they started with
-(``shadowproxy.runtime`` holds the steps).
+(``shadowproxy.proxy.runtime`` holds the steps).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from typing import Protocol, cast, runtime_checkable
 
-import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
-from shadowproxy.compare import Comparer, describe
+from shadowproxy.admin.api import admin_app, bind
+from shadowproxy.admin.local import FeedbackSink, LocalAdmin, ReloadResult
+from shadowproxy.compare import Comparer
 from shadowproxy.config import Config, RouteConfig, load_config
 from shadowproxy.errors import ConfigError
-from shadowproxy.experiments.canary import OPERATOR_ACTIONS, CanaryActionError
-from shadowproxy.feedback import FeedbackError, FeedbackItem, parse_feedback
+from shadowproxy.http.server import HttpServer, ServerLimits
 from shadowproxy.metrics import Metrics
-from shadowproxy.proxy import ProxyHandler
+from shadowproxy.proxy.handler import ProxyHandler
+from shadowproxy.proxy.runtime import Retirer, Snapshot, build, check_reloadable
+from shadowproxy.proxy.tee import Tee
+from shadowproxy.proxy.upstream import Pools
 from shadowproxy.records import Exposure, ExposureSink, Pair, Sink, VerdictCounts, VerdictSource
-from shadowproxy.runtime import Retirer, build, check_reloadable
-from shadowproxy.server import HttpServer, ServerLimits
 from shadowproxy.tasks import TaskSet
-from shadowproxy.tee import ShadowRunner, Tee
-from shadowproxy.upstream import Pools
 
 log = logging.getLogger(__name__)
-
-# Large enough for any sane header block, small enough to refuse abuse (431/400).
-
-
-# Probes and scrapers need no credentials; everything else does once a token is set.
-OPEN_ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Feedback bodies are small JSON; a cap keeps a bad client from filling memory.
-MAX_FEEDBACK_BYTES = 8 * 1024 * 1024
-
-
-class FeedbackSink(Protocol):
-    def submit_feedback(self, items: Sequence[FeedbackItem]) -> bool:
-        """Accept all items or none; False when the buffer is full."""
 
 
 class RecordingSink(Sink, FeedbackSink, ExposureSink, Protocol):
@@ -74,17 +54,6 @@ class RouteAwareSink(Protocol):
     """A sink that records each route its own way, told of the routes a reload brings."""
 
     def update_routes(self, routes: Sequence[RouteConfig]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    """How a reload went; ``error`` reads ``file: field: message`` for a bad config."""
-
-    ok: bool
-    routes: int = 0
-    error: str | None = None
-    status: int = 200
-    """What ``POST /reload`` answers: 422 for a rejected config, 503 when not serving."""
 
 
 class DiscardSink:
@@ -107,69 +76,6 @@ class DiscardSink:
 
     def health(self) -> dict[str, object]:
         return {"status": "ok"}
-
-
-def redact_url(url: str) -> str:
-    """Hide credentials in an upstream URL before it is shown anywhere."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-
-
-def routes_document(
-    config: Config,
-    runners: dict[str, list[ShadowRunner]],
-    auto_choices: dict[str, dict[str, int]] | None = None,
-) -> dict[str, Any]:
-    """What ``/routes`` shows: the active routes, how each compares, each shadow's state."""
-    auto_choices = auto_choices or {}
-
-    def shadow_entry(runner: ShadowRunner) -> dict[str, Any]:
-        shadow = runner.config
-        return {
-            "name": shadow.name,
-            "url": redact_url(shadow.url),
-            "role": shadow.role,
-            "sample_rate": shadow.sample_rate,
-            "sample_key": shadow.sample_key,
-            "timeout_s": shadow.timeout_s,
-            "max_in_flight": shadow.max_in_flight,
-            "in_flight": runner.in_flight,
-            "circuit": runner.breaker.state,
-        }
-
-    def route_entry(route: RouteConfig, source: str) -> dict[str, Any]:
-        return {
-            "name": route.name,
-            "source": source,
-            "match": {"path_prefix": route.match.path_prefix, "methods": route.match.methods},
-            "production": {
-                "url": redact_url(route.production.url),
-                "timeout_s": route.production.timeout_s,
-            },
-            "max_body_bytes": route.max_body_bytes,
-            "record": route.record.model_dump(mode="json"),
-            "compare": {
-                **describe(route.compare),
-                "auto_picked": auto_choices.get(route.name, {}),
-            },
-            "shadows": [shadow_entry(runner) for runner in runners[route.name]],
-            "chaos": [rule.model_dump(mode="json", exclude_defaults=True) for rule in route.chaos],
-        }
-
-    main = config.main
-    return {
-        "config": config.source,
-        "default_upstream": redact_url(main.default_upstream) if main.default_upstream else None,
-        "routes": [
-            route_entry(route, source)
-            for route, source in zip(config.routes, config.route_sources, strict=True)
-        ],
-    }
 
 
 class Server:
@@ -239,13 +145,24 @@ class Server:
         self._proxy_server = HttpServer(
             self._handler, limits, lambda reason: rejected.labels(reason).inc()
         )
-        self._admin_runner = web.AppRunner(self._admin_app(), access_log=None)
+        admin = LocalAdmin(
+            snapshot=self._snapshot,
+            ready=lambda: self.ready,
+            recorder_health=self.sink.health,
+            registry=self.metrics.registry,
+            feedback_sink=self.feedback,
+            auto_choices=self.auto_choices,
+            do_reload=self.reload,
+        )
+        # Always installed: a reload may set, change or remove the token.
+        app = admin_app(admin, lambda: self.config.main.admin_token)
+        self._admin_runner = web.AppRunner(app, access_log=None)
         await self._admin_runner.setup()
         host, _, port = main.listen.rpartition(":")
         self.proxy_address = await self._proxy_server.listen(
             host.strip("[]"), int(port), reuse_port=self.reuse_port
         )
-        self.admin_address = await _bind(self._admin_runner, main.admin_listen)
+        self.admin_address = await bind(self._admin_runner, main.admin_listen)
         self.ready = True
         log.info(
             "shadowproxy listening on %s:%d (admin %s:%d), %d routes",
@@ -317,6 +234,10 @@ class Server:
         self.metrics.config_last_reload_successful.set(1)
         self.metrics.config_last_reload_success.set(time.time())
 
+    def _snapshot(self) -> Snapshot:
+        assert self._handler is not None
+        return self._handler.snapshot
+
     # --- stop -------------------------------------------------------------------
 
     async def stop(self) -> None:
@@ -339,147 +260,6 @@ class Server:
         await self._pools.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
-
-    # --- admin ------------------------------------------------------------------
-
-    def _admin_app(self) -> web.Application:
-        # Always installed: a reload may set, change or remove the token.
-        app = web.Application(client_max_size=MAX_FEEDBACK_BYTES, middlewares=[self._require_token])
-        app.router.add_post("/feedback", self._feedback)
-        app.router.add_post("/reload", self._reload)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/routes", self._routes)
-        app.router.add_get("/experiments", self._experiments)
-        app.router.add_post("/experiments/{route}/{action}", self._experiment_action)
-        return app
-
-    async def _experiments(self, request: web.Request) -> web.Response:
-        """Canary state and decisions; A/B arms and weights."""
-        assert self._handler is not None
-        snapshot = self._handler.snapshot
-        documents: list[dict[str, Any]] = []
-        for route in snapshot.config.routes:
-            if route.canary is not None:
-                documents.append(snapshot.canaries[route.name].document())
-            elif route.ab is not None:
-                ab = route.ab
-                documents.append(
-                    {
-                        "route": route.name,
-                        "mode": "ab",
-                        "arms": [
-                            {"name": arm.name, "url": redact_url(arm.url), "weight": arm.weight}
-                            for arm in ab.arms
-                        ],
-                        "assignment_key": ab.assignment_key,
-                        "layer": ab.layer,
-                        "layer_share": list(ab.layer_share),
-                        "arm_header": ab.arm_header,
-                    }
-                )
-        return _json({"experiments": documents})
-
-    async def _experiment_action(self, request: web.Request) -> web.Response:
-        """``POST /experiments/<route>/<action>``: pause, resume, promote, rollback, reset."""
-        assert self._handler is not None
-        route, action = request.match_info["route"], request.match_info["action"]
-        controller = self._handler.snapshot.canaries.get(route)
-        if controller is None:
-            return _json({"error": f"no canary route named {route!r}"}, status=404)
-        if action not in OPERATOR_ACTIONS:
-            known = ", ".join(OPERATOR_ACTIONS)
-            return _json({"error": f"unknown action {action!r}; one of: {known}"}, status=404)
-        by = request.headers.get("X-Operator") or f"admin@{request.remote}"
-        note = request.query.get("note")
-        try:
-            decision = controller.act(action, by=by, note=note)
-        except CanaryActionError as exc:
-            return _json({"error": str(exc), "status": controller.canary.status}, status=409)
-        return _json({"decision": decision.to_dict(), "experiment": controller.document()})
-
-    @web.middleware
-    async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Bearer token on everything but the probes and the scrape endpoint."""
-        token = self.config.main.admin_token
-        if token is None or request.path in OPEN_ADMIN_PATHS:
-            return await handler(request)
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
-            return _json(
-                {"error": "missing or wrong bearer token"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="shadowproxy"'},
-            )
-        return await handler(request)
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        # A degraded recorder does not make the proxy unready: taking the pod out of
-        # service would stop production traffic over a logging problem.
-        recorder = self.sink.health()
-        status = "ok" if recorder.get("status") == "ok" else "degraded"
-        body = {"status": status if self.ready else "starting", "recorder": recorder}
-        return _json(body, status=200 if self.ready else 503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
-
-    async def _feedback(self, request: web.Request) -> web.Response:
-        """Ground-truth labels by request id, recorded next to the pairs."""
-        if self.feedback is None:
-            return _json({"error": "recording is not enabled"}, status=404)
-        try:
-            items = parse_feedback(await request.read(), time.time())
-        except FeedbackError as exc:
-            return _json({"error": str(exc)}, status=400)
-        except web.HTTPRequestEntityTooLarge:
-            return _json({"error": f"body over {MAX_FEEDBACK_BYTES} bytes"}, status=413)
-        if not self.feedback.submit_feedback(items):
-            return _json({"error": "recorder buffer full; retry later"}, status=503)
-        return _json({"accepted": len(items)}, status=202)
-
-    async def _routes(self, request: web.Request) -> web.Response:
-        choices = self.auto_choices() if self.auto_choices is not None else {}
-        assert self._handler is not None
-        snapshot = self._handler.snapshot
-        runners = {
-            name: [*runtime.shadows, *([runtime.check] if runtime.check is not None else [])]
-            for name, runtime in snapshot.routes.items()
-        }
-        return _json(routes_document(snapshot.config, runners, choices))
-
-    async def _reload(self, request: web.Request) -> web.Response:
-        result = await self.reload()
-        if result.ok:
-            return _json({"result": "success", "routes": result.routes})
-        return _json({"result": "failure", "error": result.error}, status=result.status)
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body, option=orjson.OPT_INDENT_2),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-async def _bind(runner: web.BaseRunner, listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port), backlog=1024, reuse_address=True)
-    await site.start()
-    server = site._server
-    assert server is not None and server.sockets  # type: ignore[attr-defined]
-    address = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-    return address[0], address[1]
 
 
 # The recorder's writer thread runs Python code (redaction, comparison, Arrow

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 from shadowproxy import __version__
 from shadowproxy.config import Config, load_config, with_overrides
 from shadowproxy.errors import ConfigError
+from shadowproxy.loop import run_loop
 
 EXIT_CONFIG = 2
 DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos")
@@ -246,7 +246,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
     if args.workers > 1:
-        from shadowproxy.supervisor import Supervisor
+        from shadowproxy.admin.supervisor import Supervisor
 
         supervisor = Supervisor(config, args.config, args.workers, args.log_level)
         return run_loop(supervisor.run())
@@ -275,15 +275,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_scenario(
         args.scenario, out, args.rate, keep_running=args.keep_running, seed=args.seed
     )
-
-
-def run_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where it is installed (Linux, macOS), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def summary(config: Config) -> str:

@@ -13,7 +13,6 @@ No code below this module reads YAML, environment variables or defaults.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import typing
@@ -31,12 +30,19 @@ from pydantic import (
     model_validator,
 )
 
-from shadowproxy import jsonpath
-from shadowproxy.chaos import ChaosRule, FieldError, unknown_target
+from shadowproxy.compare import jsonpath
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
+from shadowproxy.experiments.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
-from shadowproxy.validation import NAME_PATTERN, FrozenModel, check_url, is_header_name
+from shadowproxy.validation import (
+    NAME_PATTERN,
+    FrozenModel,
+    check_unique,
+    check_url,
+    did_you_mean,
+    is_header_name,
+)
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -210,7 +216,7 @@ class RouteConfig(FrozenModel):
     compare: CompareConfig = CompareConfig()
     """How production's and the shadows' answers are judged."""
     chaos: tuple[ChaosRule, ...] = ()
-    """Faults injected on purpose (``shadowproxy.chaos``); empty in normal operation."""
+    """Faults injected on purpose (``shadowproxy.experiments.chaos``); empty in normal operation."""
     mode: Mode = "shadow"
     """``shadow``: production answers, shadows get copies. ``canary`` and ``ab``: other
     upstreams answer a share of the clients for real (``shadowproxy.experiments``)."""
@@ -242,11 +248,7 @@ class RouteConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _unique_shadows(self) -> RouteConfig:
-        seen: set[str] = set()
-        for shadow in self.shadows:
-            if shadow.name in seen:
-                raise ValueError(f"shadow name {shadow.name!r} is used twice in this route")
-            seen.add(shadow.name)
+        check_unique((shadow.name for shadow in self.shadows), "shadow name", " in this route")
         return self
 
     @model_validator(mode="after")
@@ -554,10 +556,7 @@ def _unknown_key_message(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     """Name the allowed keys, and the closest one when it looks like a typo."""
     owner = _model_at(model, loc[:-1])
     allowed = sorted(owner.model_fields) if owner else []
-    message = "unknown key"
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-    if close:
-        message += f" (did you mean {close[0]!r}?)"
+    message = "unknown key" + did_you_mean(str(loc[-1]), allowed)
     if allowed:
         message += f"; allowed: {', '.join(allowed)}"
     return message

@@ -7,7 +7,7 @@
           └── UpstreamTimeout       no answer within the route's timeout   -> 504
 
 Shadow failures are not exceptions: they become an outcome on the recorded pair
-(see ``shadowproxy.records``). Only ``shadowproxy.proxy`` turns upstream errors into
+(see ``shadowproxy.records``). Only ``shadowproxy.proxy.handler`` turns upstream errors into
 HTTP responses.
 """
 
@@ -46,3 +46,10 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure that becomes data (a row's error, a 502's message): the
+    exception's class and text, capped so a huge message cannot bloat a record."""
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"[:500]

@@ -7,7 +7,7 @@ answered it. Both are plain data built on the event loop with no parsing; compar
 and serialisation happen downstream, off the production path.
 
 Plain data with no heavy imports: the serving process never loads Arrow. The recorded
-form of a pair (the Parquet schema) is written down once, in ``shadowproxy.schema``.
+form of a pair (the Parquet schema) is written down once, in ``shadowproxy.recording.schema``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class ProductionResult:
     body_truncated: bool
     content_type: str | None
     chaos: str | None = None
-    """The faults injected into this answer (``shadowproxy.chaos`` marker); None normally."""
+    """The faults injected into this answer (``experiments.chaos`` marker); None normally."""
 
 
 @dataclass(slots=True)
@@ -110,7 +110,7 @@ class Exposure:
     latency_ms: float | None
     error: str | None
     chaos: str | None = None
-    """The faults injected into the answer (``shadowproxy.chaos`` marker); None normally."""
+    """The faults injected into the answer (``experiments.chaos`` marker); None normally."""
     share: float | None = None
     """The share of the experiment's traffic configured for this arm (0..1), so the
     report can check the observed split (sample ratio mismatch) from the data alone."""

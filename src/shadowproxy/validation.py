@@ -1,4 +1,5 @@
-"""Value rules shared by every config model (``config``, ``experiments.spec``).
+"""Value rules shared by every config model (``config``, ``compare.spec``,
+``experiments.spec``).
 
 Kept apart so the models that ``config`` imports can use them without importing
 ``config`` back, and so a rule reads the same wherever a value breaks it.
@@ -6,7 +7,9 @@ Kept apart so the models that ``config`` imports can use them without importing
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
@@ -55,3 +58,26 @@ def check_header_name(value: str) -> str:
     if not is_header_name(value):
         raise ValueError(f"{value!r} is not a valid header name")
     return value
+
+
+def did_you_mean(value: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` when ``value`` looks like a typo of a choice, else ''."""
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(value: str, choices: Sequence[str], what: str) -> str:
+    """``value`` if it is one of ``choices``; else an error naming them and the likely typo."""
+    if value not in choices:
+        hint = did_you_mean(value, choices)
+        raise ValueError(f"unknown {what} {value!r}{hint}; one of: {', '.join(choices)}")
+    return value
+
+
+def check_unique(names: Iterable[str], what: str, where: str = "") -> None:
+    """Raise naming the first name used twice (names become paths and metric labels)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} {name!r} is used twice{where}")
+        seen.add(name)

@@ -1,6 +1,6 @@
 """Chaos: a shadow's answer corrupted so that every comparator sees another prediction.
 
-A copy marked ``corrupt_prediction`` by a chaos rule (``shadowproxy.chaos``) has its
+A copy marked ``corrupt_prediction`` by a chaos rule (``shadowproxy.experiments.chaos``) has its
 body passed through ``corrupt_answer`` by the recorder, before redaction and
 comparison, so the recorded body, the extracted prediction and the verdict all show
 the corruption. Only the prediction the route's ``compare:`` reads is changed: the
@@ -35,8 +35,7 @@ from typing import Any
 
 import orjson
 
-from shadowproxy import jsonpath
-from shadowproxy.compare import sse
+from shadowproxy.compare import jsonpath, sse
 from shadowproxy.compare.decode import parse_json
 from shadowproxy.compare.spec import OPEN_INFERENCE, CompareConfig
 from shadowproxy.compare.verdict import Incomparable

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from shadowproxy import jsonpath
+from shadowproxy.compare import jsonpath
 from shadowproxy.compare.spec import MAX_ELEMENTS, OPEN_INFERENCE, CompareConfig
 from shadowproxy.compare.verdict import Incomparable
 

@@ -7,12 +7,12 @@ options are frozen values the comparators only read.
 
 from __future__ import annotations
 
-import difflib
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from shadowproxy import jsonpath
+from shadowproxy.compare import jsonpath
+from shadowproxy.validation import check_choice, did_you_mean
 
 Kind = Literal["auto", "exact", "numeric", "label", "probabilities", "ranking", "text"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
@@ -102,8 +102,7 @@ class CompareConfig(_Model):
             return value
         if value in PRESETS:
             return value
-        hint = difflib.get_close_matches(value, list(PRESETS), n=1)
-        maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+        maybe = did_you_mean(value, list(PRESETS))
         raise ValueError(
             f"unknown preset {value!r}{maybe}; use a JSON path starting with '$' "
             f"(e.g. '$.predictions') or one of: {', '.join(PRESETS)}"
@@ -122,10 +121,8 @@ class CompareConfig(_Model):
     @field_validator("kind", mode="before")
     @classmethod
     def _kind(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in KINDS:
-            hint = difflib.get_close_matches(value, KINDS, n=1)
-            maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ValueError(f"unknown comparator {value!r}{maybe}; one of: {', '.join(KINDS)}")
+        if isinstance(value, str):
+            check_choice(value, KINDS, "comparator")
         return value
 
     @property

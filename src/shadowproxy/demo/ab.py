@@ -26,7 +26,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from shadowproxy.cli import run_loop
 from shadowproxy.config import load_config
 from shadowproxy.demo import post_feedback
 from shadowproxy.demo.models import DemoData, train
@@ -44,6 +43,7 @@ from shadowproxy.demo.stack import (
     write_config,
 )
 from shadowproxy.experiments.assign import assign_arm
+from shadowproxy.loop import run_loop
 
 RATE = 500.0
 USERS = 6000

@@ -26,7 +26,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from shadowproxy.cli import run_loop
 from shadowproxy.demo.models import DemoData, train
 from shadowproxy.demo.stack import (
     PREDICT_PATH,
@@ -40,6 +39,7 @@ from shadowproxy.demo.stack import (
     wait_for_stack,
     write_config,
 )
+from shadowproxy.loop import run_loop
 
 RATE = 500.0
 STEPS = [5, 25, 50, 100]

@@ -17,7 +17,6 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from shadowproxy.cli import run_loop
 from shadowproxy.demo import labels_of, post_feedback, replay, start_shadow_stack
 from shadowproxy.demo.models import DemoData
 from shadowproxy.demo.stack import (
@@ -29,6 +28,7 @@ from shadowproxy.demo.stack import (
     stop_proxy,
     wait_for_stack,
 )
+from shadowproxy.loop import run_loop
 
 RATE = 100.0
 TARGET = "shadow:candidate-v2"

@@ -10,7 +10,6 @@ raised here become ``ConfigError(file, field, message)`` in the loader, e.g.::
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, get_args
 
@@ -25,7 +24,9 @@ from pydantic import (
 from shadowproxy.validation import (
     NAME_PATTERN,
     FrozenModel,
+    check_choice,
     check_header_name,
+    check_unique,
     check_url,
     is_header_name,
 )
@@ -128,10 +129,8 @@ class GuardrailSpec(FrozenModel):
     @field_validator("metric", mode="before")
     @classmethod
     def _metric(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in METRICS:
-            hint = difflib.get_close_matches(value, METRICS, n=1)
-            maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ValueError(f"unknown metric {value!r}{maybe}; one of: {', '.join(METRICS)}")
+        if isinstance(value, str):
+            check_choice(value, METRICS, "metric")
         return value
 
     @model_validator(mode="after")
@@ -278,11 +277,7 @@ class ABSpec(FrozenModel):
     @field_validator("arms")
     @classmethod
     def _unique_arms(cls, value: tuple[ArmSpec, ...]) -> tuple[ArmSpec, ...]:
-        seen: set[str] = set()
-        for arm in value:
-            if arm.name in seen:
-                raise ValueError(f"arm name {arm.name!r} is used twice")
-            seen.add(arm.name)
+        check_unique((arm.name for arm in value), "arm name")
         return value
 
     @model_validator(mode="after")

@@ -13,8 +13,8 @@ Feedback (``submit_feedback``) and experiment exposures (``submit_exposure``) ta
 same path without redaction or comparison, to ``feedback/`` and ``exposures/``.
 
 ``recorder`` holds the event-loop side and the thread, ``writer`` the thread's work,
-``storage`` the layout, atomic writes and reading back. The row schema lives in
-``shadowproxy.schema``; redaction in ``shadowproxy.redact``. By default the recorder
+``storage`` the layout, atomic writes and reading back; ``schema`` the rows and
+``redact`` the redaction. By default the recorder
 runs in a writer process (``process`` and ``child``, talking over ``wire``).
 
 The exports load lazily: the serving process imports ``recording.process`` and must

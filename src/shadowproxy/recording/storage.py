@@ -31,7 +31,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from shadowproxy.schema import (
+from shadowproxy.recording.schema import (
     EXPOSURES_SCHEMA,
     FEEDBACK_SCHEMA,
     PAIRS_SCHEMA,

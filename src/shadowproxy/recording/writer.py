@@ -33,11 +33,20 @@ from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from shadowproxy.chaos import corrupts
 from shadowproxy.compare.corrupt import corrupt_answer
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.config import RecordingConfig, RouteConfig
+from shadowproxy.experiments.chaos import corrupts
 from shadowproxy.metrics import Metrics
+from shadowproxy.recording.redact import Memo, Redactor
+from shadowproxy.recording.schema import (
+    exposure_row,
+    feedback_row,
+    pair_row,
+    row_bytes,
+    to_record_batch,
+    utc_date,
+)
 from shadowproxy.recording.storage import (
     EXPOSURES,
     FEEDBACK,
@@ -52,15 +61,6 @@ from shadowproxy.recording.storage import (
     pairs_directory,
 )
 from shadowproxy.records import Comparison, Exposure, Pair
-from shadowproxy.redact import Memo, Redactor
-from shadowproxy.schema import (
-    exposure_row,
-    feedback_row,
-    pair_row,
-    row_bytes,
-    to_record_batch,
-    utc_date,
-)
 
 log = logging.getLogger(__name__)
 

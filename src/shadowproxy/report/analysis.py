@@ -2,7 +2,7 @@
 
 :func:`analyze` is the only function here that runs queries; it hands their rows
 (lists of dicts) to pure builders, one per report section, which call
-:mod:`~shadowproxy.report.stats`. The builders are tested with hand-made rows.
+:mod:`~shadowproxy.stats.inference`. The builders are tested with hand-made rows.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from shadowproxy.report import chaos, experiments, groundtruth, queries, stats, verdict
+from shadowproxy.report import chaos, experiments, groundtruth, queries, verdict
 from shadowproxy.report.load import Rows, Runner
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
@@ -33,6 +33,7 @@ from shadowproxy.report.model import (
     TimePoint,
 )
 from shadowproxy.report.options import ReportInputError, ReportOptions, duckdb_path
+from shadowproxy.stats import inference as stats
 
 Key = tuple[str, str]
 

@@ -1,7 +1,7 @@
 """Chaos experiments in the report: which faults were injected, and were they noticed?
 
 Rows that carry an injected fault (``chaos`` / ``prod_chaos`` columns, see
-``shadowproxy.chaos``) are left out of every other figure: the ``scope`` view every
+``shadowproxy.experiments.chaos``) are left out of every other figure: the ``scope`` view every
 query reads has none of them. Here they are counted per pair, and each (route, target,
 fault) gets one check: did the figure the fault should move actually move?
 
@@ -26,7 +26,7 @@ from shadowproxy.report.model import ChaosCheck
 Key = tuple[str, str]
 
 FAULTS = {"delay_ms": "delay", "abort_status": "abort", "corrupt_prediction": "corrupt"}
-"""Marker words (``shadowproxy.chaos``) -> fault names (as in the metric's label)."""
+"""Marker words (``shadowproxy.experiments.chaos``) -> fault names (as in the metric's label)."""
 
 
 def excluded(rows: Rows) -> dict[Key, int]:

@@ -15,10 +15,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from shadowproxy.report import queries, stats
+from shadowproxy.report import queries
 from shadowproxy.report.load import Runner
 from shadowproxy.report.model import Interval, Labels, PairReport
 from shadowproxy.report.options import ReportOptions
+from shadowproxy.stats import inference as stats
 
 Key = tuple[str, str]
 

@@ -28,9 +28,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from shadowproxy.recording.schema import PAIRS_SCHEMA
 from shadowproxy.report import queries
 from shadowproxy.report.options import CorruptFileError, ReportInputError, ReportOptions
-from shadowproxy.schema import PAIRS_SCHEMA
 
 Rows = list[dict[str, Any]]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shadowproxy.report.stats import TestResult
+from shadowproxy.stats.inference import TestResult
 
 OUTCOME_NAMES = ("ok", "error", "timeout", "dropped", "skipped")
 

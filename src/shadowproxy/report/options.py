@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from shadowproxy import jsonpath
+from shadowproxy.compare import jsonpath
 from shadowproxy.errors import ShadowproxyError
 
 

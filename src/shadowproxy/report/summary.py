@@ -24,7 +24,7 @@ from shadowproxy.report.model import (
     Report,
     Segment,
 )
-from shadowproxy.report.stats import TestResult
+from shadowproxy.stats.inference import TestResult
 
 
 def summary(report: Report) -> dict[str, Any]:

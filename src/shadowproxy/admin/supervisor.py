@@ -13,7 +13,6 @@ order on SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
 import os
@@ -31,9 +30,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from shadowproxy.config import Config
+from shadowproxy.admin.api import admin_app, bind, json_response
+from shadowproxy.admin.metrics_merge import WorkerExpositions
+from shadowproxy.config import Config, load_config
+from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import WorkerMetrics
-from shadowproxy.metrics_merge import WorkerExpositions
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -263,43 +264,17 @@ class Supervisor:
                 await worker.process.wait()
 
     def _on_sighup(self) -> None:
-        self._tasks.spawn(self._reload_all(None), name="reload")
+        self._tasks.spawn(self.reload_all(None), name="reload")
 
     # --- admin ------------------------------------------------------------------
 
     async def _start_admin(self) -> None:
-        middlewares = [] if self.config.main.admin_token is None else [self._require_token]
-        app = web.Application(middlewares=middlewares, client_max_size=8 * 1024 * 1024)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/routes", self._routes)
-        app.router.add_post("/feedback", self._feedback)
-        app.router.add_post("/reload", self._reload)
+        app = admin_app(SupervisorAdmin(self), lambda: self.config.main.admin_token)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        host, _, port = self.config.main.admin_listen.rpartition(":")
-        site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
-        await site.start()
-        server = site._server
-        assert server is not None
-        address = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-        self.admin_address = (str(address[0]), int(address[1]))
+        self.admin_address = await bind(self._runner, self.config.main.admin_listen)
 
-    @web.middleware
-    async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in ("/healthz", "/readyz", "/metrics"):
-            return await handler(request)
-        expected = f"Bearer {self.config.main.admin_token}".encode()
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return _json({"error": "missing or wrong bearer token"}, status=401)
-        return await handler(request)
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok", "workers": len(self.workers)})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
+    async def readiness(self) -> tuple[dict[str, Any], bool]:
         states = await asyncio.gather(*(self._ready(worker) for worker in self.workers))
         # One worker restarting does not take the instance out of service: the others
         # still accept on the shared port.
@@ -311,15 +286,14 @@ class Supervisor:
                 for worker, state in zip(self.workers, states, strict=True)
             ],
         }
-        return _json(body, status=200 if ready else 503)
+        return body, ready
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def merged_metrics(self) -> bytes:
         texts = await asyncio.gather(*(self._scrape(worker) for worker in self.workers))
         for worker, text in zip(self.workers, texts, strict=True):
             self._expositions.update(worker.index, worker.pid, text)
         self.alive.set(sum(1 for worker in self.workers if worker.running))
-        body = self._expositions.merged(generate_latest(self.registry).decode())
-        return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return self._expositions.merged(generate_latest(self.registry).decode()).encode()
 
     async def _scrape(self, worker: Worker) -> str | None:
         """None when the worker does not answer (restarting, busy): see WorkerExpositions."""
@@ -330,26 +304,15 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError):
             return None
 
-    async def _routes(self, request: web.Request) -> web.StreamResponse:
-        return await self._pass_to(self.workers[0], request)
-
-    async def _feedback(self, request: web.Request) -> web.StreamResponse:
+    async def pass_feedback(self, request: web.Request) -> web.StreamResponse:
         """Any worker records feedback: the report joins it with every worker's pairs."""
         for _ in self.workers:
             worker = self.workers[next(self._feedback_turn)]
             if worker.ready:
-                return await self._pass_to(worker, request)
-        return _json({"error": "no worker is ready"}, status=503)
+                return await self.pass_to(worker, request)
+        return json_response({"error": "no worker is ready"}, status=503)
 
-    async def _reload(self, request: web.Request) -> web.Response:
-        results = await self._reload_all(request.headers.get("Authorization"))
-        ok = all(result.get("result") == "success" for result in results)
-        return _json(
-            {"result": "success" if ok else "failure", "workers": results},
-            status=200 if ok else 422,
-        )
-
-    async def _reload_all(self, authorization: str | None) -> list[dict[str, Any]]:
+    async def reload_all(self, authorization: str | None) -> list[dict[str, Any]]:
         """Every worker re-reads the files itself (each validates; a bad file fails all)."""
         assert self._session is not None
         headers = {"Authorization": authorization} if authorization else {}
@@ -371,9 +334,19 @@ class Supervisor:
         for result in results:
             if result.get("result") != "success":
                 log.error("reload failed in worker %d: %s", result["worker"], result.get("error"))
+        if all(result.get("result") == "success" for result in results):
+            self._reread_config()
         return results
 
-    async def _pass_to(self, worker: Worker, request: web.Request) -> web.StreamResponse:
+    def _reread_config(self) -> None:
+        """Follow the workers to the new files, so a changed admin token applies here
+        too (the workers validated them; the listeners stay as they are)."""
+        try:
+            self.config = load_config(self.config_path)
+        except ConfigError as exc:  # changed again since the workers read it
+            log.error("supervisor kept its config: %s", exc)
+
+    async def pass_to(self, worker: Worker, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         headers = {
             name: value
@@ -392,7 +365,7 @@ class Supervisor:
                     content_type=response.content_type,
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return _json({"error": f"worker {worker.index} unreachable: {exc}"}, status=503)
+            return json_response({"error": f"worker {worker.index} unreachable: {exc}"}, status=503)
 
 
 async def _wait(process: asyncio.subprocess.Process, timeout_s: float) -> int:
@@ -404,9 +377,41 @@ async def _wait(process: asyncio.subprocess.Process, timeout_s: float) -> int:
         return await process.wait()
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body, option=orjson.OPT_INDENT_2),
-        status=status,
-        content_type="application/json",
-    )
+class SupervisorAdmin:
+    """``AdminEndpoints`` for ``serve --workers N``: merged metrics, readiness of all
+    workers, the rest passed through to a worker."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"status": "ok", "workers": len(self._supervisor.workers)})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        body, ready = await self._supervisor.readiness()
+        return json_response(body, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        body = await self._supervisor.merged_metrics()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def routes(self, request: web.Request) -> web.StreamResponse:
+        return await self._supervisor.pass_to(self._supervisor.workers[0], request)
+
+    async def feedback(self, request: web.Request) -> web.StreamResponse:
+        return await self._supervisor.pass_feedback(request)
+
+    async def reload(self, request: web.Request) -> web.StreamResponse:
+        results = await self._supervisor.reload_all(request.headers.get("Authorization"))
+        ok = all(result.get("result") == "success" for result in results)
+        return json_response(
+            {"result": "success" if ok else "failure", "workers": results},
+            status=200 if ok else 422,
+        )
+
+    async def experiments(self, request: web.Request) -> web.StreamResponse:
+        """Every worker holds the same experiments (canaries are refused with workers)."""
+        return await self._supervisor.pass_to(self._supervisor.workers[0], request)
+
+    async def experiment_action(self, request: web.Request) -> web.StreamResponse:
+        return await self._supervisor.pass_to(self._supervisor.workers[0], request)

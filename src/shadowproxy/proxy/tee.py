@@ -14,12 +14,14 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
-from shadowproxy.breaker import CircuitBreaker
-from shadowproxy.chaos import INJECTED_BODY, SHADOW_PREFIX, Injection, draw, rules_for
 from shadowproxy.config import CircuitBreakerConfig, RouteConfig, ShadowConfig
-from shadowproxy.headers import shadow_request_headers
-from shadowproxy.http1 import Pool
+from shadowproxy.experiments.chaos import INJECTED_BODY, SHADOW_PREFIX, Injection, draw, rules_for
+from shadowproxy.http.client import Pool
+from shadowproxy.http.headers import shadow_request_headers
 from shadowproxy.metrics import Metrics
+from shadowproxy.proxy.breaker import CircuitBreaker
+from shadowproxy.proxy.routing import is_sampled
+from shadowproxy.proxy.upstream import fetch_shadow
 from shadowproxy.records import (
     OUTCOMES,
     Pair,
@@ -29,9 +31,7 @@ from shadowproxy.records import (
     ShadowOutcome,
     ShadowResult,
 )
-from shadowproxy.routing import is_sampled
 from shadowproxy.tasks import TaskSet
-from shadowproxy.upstream import fetch_shadow
 
 
 def not_sent(outcome: ShadowOutcome, reason: str) -> ShadowResult:
@@ -136,15 +136,7 @@ class ShadowRunner:
             if self.chaos:
                 result = await self._send_with_chaos(info, headers, raw_path)
             else:
-                result = await fetch_shadow(
-                    lane.pool,
-                    info.method,
-                    raw_path,
-                    shadow_request_headers(headers, self._drop_headers, self._set_headers),
-                    info.body,
-                    self.config.timeout_s,
-                    self.route.max_capture_bytes,
-                )
+                result = await self._fetch(info, headers, raw_path, self.config.timeout_s)
         finally:
             lane.in_flight -= 1
             self._in_flight_gauge.dec()
@@ -152,6 +144,24 @@ class ShadowRunner:
             self._latency.observe(result.latency_ms / 1000.0)
         lane.breaker.record(result.outcome == "ok", self.clock())
         return result
+
+    async def _fetch(
+        self,
+        info: RequestInfo,
+        headers: list[tuple[str, str]],
+        raw_path: str,
+        timeout_s: float,
+    ) -> ShadowResult:
+        """One call to this shadow with the request's copy, its header rules applied."""
+        return await fetch_shadow(
+            self.lane.pool,
+            info.method,
+            raw_path,
+            shadow_request_headers(headers, self._drop_headers, self._set_headers),
+            info.body,
+            timeout_s,
+            self.route.max_capture_bytes,
+        )
 
     async def _send_with_chaos(
         self, info: RequestInfo, headers: list[tuple[str, str]], raw_path: str
@@ -175,15 +185,7 @@ class ShadowRunner:
             return ShadowResult("timeout", None, timeout * 1000.0, error, b"", False, None, marker)
         if injection.delay_s:
             await asyncio.sleep(injection.delay_s)
-        result = await fetch_shadow(
-            self.lane.pool,
-            info.method,
-            raw_path,
-            shadow_request_headers(headers, self._drop_headers, self._set_headers),
-            info.body,
-            timeout - injection.delay_s,
-            self.route.max_capture_bytes,
-        )
+        result = await self._fetch(info, headers, raw_path, timeout - injection.delay_s)
         result.chaos = marker
         if injection.delay_s:
             result.latency_ms = (time.perf_counter() - started) * 1000.0

@@ -20,31 +20,31 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     chi2_sf as chi2_sf,
 )
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     norm_cdf as norm_cdf,
 )
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     norm_ppf as norm_ppf,
 )
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     norm_sf as norm_sf,
 )
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     t_cdf as t_cdf,
 )
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     t_isf,
 )
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     t_ppf as t_ppf,
 )
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     t_sf as t_sf,
 )
-from shadowproxy.report.distributions import (
+from shadowproxy.stats.distributions import (
     z_for as z_for,
 )
 

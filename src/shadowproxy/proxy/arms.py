@@ -38,7 +38,7 @@ from shadowproxy.experiments.assign import assign_arm, in_canary
 from shadowproxy.experiments.canary import Canary, CanaryActionError, Decision
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec
 from shadowproxy.experiments.window import Side
-from shadowproxy.http1 import Pool
+from shadowproxy.http.client import Pool
 from shadowproxy.metrics import Metrics
 from shadowproxy.records import VerdictCounts
 from shadowproxy.tasks import TaskSet

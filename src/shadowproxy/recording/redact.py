@@ -26,9 +26,9 @@ from typing import Any
 
 import orjson
 
-from shadowproxy import jsonpath
+from shadowproxy.compare import jsonpath
+from shadowproxy.recording.schema import Withheld
 from shadowproxy.records import Pair
-from shadowproxy.schema import Withheld
 
 REDACTED = "[redacted]"
 

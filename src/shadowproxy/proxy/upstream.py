@@ -1,6 +1,6 @@
 """Client side: connection pools per upstream, and the shadow fetch.
 
-Calls go through ``shadowproxy.http1``, a lean HTTP/1.1 client: about a quarter of the
+Calls go through ``shadowproxy.http.client``, a lean HTTP/1.1 client: about a quarter of the
 CPU of aiohttp's client per call, which was half of the proxy's CPU. Production
 upstreams share a pool per origin; every shadow gets a pool of its own, sized by its
 ``max_in_flight``, so a black-holed shadow holding all its connections cannot take one
@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from shadowproxy.errors import ShadowproxyError
-from shadowproxy.http1 import Pool
+from shadowproxy.errors import ShadowproxyError, describe
+from shadowproxy.http.client import Pool
 from shadowproxy.records import ShadowOutcome, ShadowResult
 
 
@@ -39,7 +39,7 @@ def header(headers: list[tuple[str, str]], name: str) -> str | None:
 class Pools:
     """Every open upstream pool of one server, so none is left open at the end.
 
-    Which pool serves what is decided in ``shadowproxy.runtime``: production routes on
+    Which pool serves what is decided in ``shadowproxy.proxy.runtime``: production routes on
     one origin share a pool, each shadow has its own, and a reload keeps the pools
     whose settings did not change.
     """
@@ -98,8 +98,3 @@ async def fetch_shadow(
 def _failed(outcome: ShadowOutcome, status: int | None, started: float, error: str) -> ShadowResult:
     latency = (time.perf_counter() - started) * 1000.0
     return ShadowResult(outcome, status, latency, error, b"", False, None)
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return f"{exc.__class__.__name__}: {text}"[:500]

@@ -24,26 +24,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from shadowproxy.config import Config, MainConfig, RouteConfig, ShadowConfig
 from shadowproxy.errors import ConfigError
-from shadowproxy.experiment_runtime import (
+from shadowproxy.experiments.chaos import PRODUCTION, ChaosRule, rules_for
+from shadowproxy.http.client import Pool
+from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
+from shadowproxy.proxy.arms import (
     ABAssigner,
     Arm,
+    Assigner,
     CanaryAssigner,
     CanaryController,
     check_shadow,
 )
-from shadowproxy.http1 import Pool
-from shadowproxy.metrics import DEFAULT_ROUTE, Metrics
-from shadowproxy.proxy import RouteMetrics, RouteRuntime, route_runtime
-from shadowproxy.routing import RouteTable
+from shadowproxy.proxy.routing import RouteTable
+from shadowproxy.proxy.tee import ShadowLane, ShadowRunner
+from shadowproxy.proxy.upstream import Pools
 from shadowproxy.tasks import TaskSet
-from shadowproxy.tee import ShadowLane, ShadowRunner
-from shadowproxy.upstream import Pools
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,80 @@ ProductionKey = tuple[str, int, float]
 """(origin url, max_connections, keepalive_timeout_s)"""
 LaneKey = tuple[str, str, str, int, float]
 """(route, shadow, url, max_in_flight, keepalive_timeout_s)"""
+
+
+@dataclass(slots=True)
+class RouteRuntime:
+    """What the handler needs per route, built once: config, shadows, metric children."""
+
+    name: str
+    pool: Pool
+    timeout_s: float
+    max_body_bytes: int
+    capture_bytes: int
+    shadows: list[ShadowRunner]
+    metrics: RouteMetrics
+    chaos: ProductionChaos | None = None
+    """Faults injected into production's calls; None (the norm) costs one check."""
+    assigner: Assigner | None = None
+    """Experiment routes: picks who answers each request (None: production, always)."""
+    variants: dict[str, RouteRuntime] = field(default_factory=dict)
+    """This route answered by an experiment arm: same route, the arm's pool and timeout."""
+    check: ShadowRunner | None = None
+    """Canary routes with a disagreement guardrail: the copy to production, among the
+    candidate variant's ``shadows`` only (so only candidate-served requests send it)."""
+
+
+class ProductionChaos:
+    """A route's chaos rules on production (``allow_production``), with their counters."""
+
+    __slots__ = ("injected", "rng", "rules")
+
+    def __init__(
+        self,
+        rules: tuple[ChaosRule, ...],
+        metrics: Metrics,
+        route: str,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.rules = rules
+        self.rng = rng
+        self.injected = {
+            rule.fault: metrics.chaos_injected.labels(route, PRODUCTION, rule.fault)
+            for rule in rules
+        }
+
+
+class RouteMetrics:
+    __slots__ = ("_codes", "_requests", "duration", "upstream")
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self._requests = metrics.requests
+        self._codes: dict[int, object] = {}
+        self.duration = metrics.request_duration.labels(route)
+        self.upstream = metrics.upstream_duration.labels(route, "production", "production")
+
+    def count(self, route: str, code: int) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self._requests.labels(route, str(code))
+        child.inc()  # type: ignore[attr-defined]
+
+
+def route_runtime(
+    route: RouteConfig, pool: Pool, shadows: list[ShadowRunner], metrics: Metrics
+) -> RouteRuntime:
+    rules = rules_for(route.chaos, PRODUCTION)
+    return RouteRuntime(
+        name=route.name,
+        pool=pool,
+        timeout_s=route.production.timeout_s,
+        max_body_bytes=route.max_body_bytes,
+        capture_bytes=route.max_capture_bytes,
+        shadows=shadows,
+        metrics=RouteMetrics(metrics, route.name),
+        chaos=ProductionChaos(rules, metrics, route.name) if rules else None,
+    )
 
 
 @dataclass(eq=False, slots=True)
@@ -211,11 +287,11 @@ def _experiments(
 def check_reloadable(running: Config, new: Config) -> None:
     """Raise ``ConfigError`` naming the first restart-only setting ``new`` changes."""
     after = _restart_only(new.main)
-    for field, before in _restart_only(running.main).items():
-        if after[field] != before:
+    for key, before in _restart_only(running.main).items():
+        if after[key] != before:
             raise ConfigError(
                 new.source,
-                field,
+                key,
                 f"cannot change on reload (running with {before!r}), restart to apply",
             )
 

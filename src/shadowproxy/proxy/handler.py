@@ -9,40 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
 
-import orjson
-
-from shadowproxy.chaos import PRODUCTION, ChaosRule, draw, rules_for
-from shadowproxy.config import RouteConfig
 from shadowproxy.errors import (
     ShadowproxyError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    describe,
 )
-from shadowproxy.experiment_runtime import Assigner, Choice
-from shadowproxy.headers import (
+from shadowproxy.experiments.chaos import draw
+from shadowproxy.http.client import Pool, Response
+from shadowproxy.http.error_json import error_answer
+from shadowproxy.http.headers import (
     REQUEST_ID,
     client_response_headers,
     new_request_id,
     upstream_request_headers,
     valid_request_id,
 )
-from shadowproxy.http1 import Pool, Response
+from shadowproxy.http.server import Body, HttpRequest, RequestBodyError
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
+from shadowproxy.proxy.arms import Choice
+from shadowproxy.proxy.runtime import ProductionChaos, RouteMetrics, RouteRuntime, Snapshot
+from shadowproxy.proxy.tee import Exchange, Tee
+from shadowproxy.proxy.upstream import header
 from shadowproxy.records import Exposure, ExposureSink, ProductionResult, RequestInfo
-from shadowproxy.server import Body, HttpRequest, RequestBodyError
-from shadowproxy.tee import Exchange, ShadowRunner, Tee
-from shadowproxy.upstream import header
-
-if TYPE_CHECKING:  # runtime builds RouteRuntimes: no import cycle
-    from shadowproxy.runtime import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -54,82 +47,8 @@ CLIENT_CLOSED = 499
 """Counted for a client that left before its answer (NGINX's convention)."""
 
 
-@dataclass(slots=True)
-class RouteRuntime:
-    """What the handler needs per route, built once: config, shadows, metric children."""
-
-    name: str
-    pool: Pool
-    timeout_s: float
-    max_body_bytes: int
-    capture_bytes: int
-    shadows: list[ShadowRunner]
-    metrics: RouteMetrics
-    chaos: ProductionChaos | None = None
-    """Faults injected into production's calls; None (the norm) costs one check."""
-    assigner: Assigner | None = None
-    """Experiment routes: picks who answers each request (None: production, always)."""
-    variants: dict[str, RouteRuntime] = field(default_factory=dict)
-    """This route answered by an experiment arm: same route, the arm's pool and timeout."""
-    check: ShadowRunner | None = None
-    """Canary routes with a disagreement guardrail: the copy to production, among the
-    candidate variant's ``shadows`` only (so only candidate-served requests send it)."""
-
-
-class ProductionChaos:
-    """A route's chaos rules on production (``allow_production``), with their counters."""
-
-    __slots__ = ("injected", "rng", "rules")
-
-    def __init__(
-        self,
-        rules: tuple[ChaosRule, ...],
-        metrics: Metrics,
-        route: str,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self.rules = rules
-        self.rng = rng
-        self.injected = {
-            rule.fault: metrics.chaos_injected.labels(route, PRODUCTION, rule.fault)
-            for rule in rules
-        }
-
-
-class RouteMetrics:
-    __slots__ = ("_codes", "_requests", "duration", "upstream")
-
-    def __init__(self, metrics: Metrics, route: str) -> None:
-        self._requests = metrics.requests
-        self._codes: dict[int, object] = {}
-        self.duration = metrics.request_duration.labels(route)
-        self.upstream = metrics.upstream_duration.labels(route, "production", "production")
-
-    def count(self, route: str, code: int) -> None:
-        child = self._codes.get(code)
-        if child is None:
-            child = self._codes[code] = self._requests.labels(route, str(code))
-        child.inc()  # type: ignore[attr-defined]
-
-
-def route_runtime(
-    route: RouteConfig, pool: Pool, shadows: list[ShadowRunner], metrics: Metrics
-) -> RouteRuntime:
-    rules = rules_for(route.chaos, PRODUCTION)
-    return RouteRuntime(
-        name=route.name,
-        pool=pool,
-        timeout_s=route.production.timeout_s,
-        max_body_bytes=route.max_body_bytes,
-        capture_bytes=route.max_capture_bytes,
-        shadows=shadows,
-        metrics=RouteMetrics(metrics, route.name),
-        chaos=ProductionChaos(rules, metrics, route.name) if rules else None,
-    )
-
-
 class ProxyHandler:
-    """Serves with ``snapshot``; a reload replaces it (see ``shadowproxy.runtime``)."""
+    """Serves with ``snapshot``; a reload replaces it (see ``shadowproxy.proxy.runtime``)."""
 
     def __init__(
         self,
@@ -390,7 +309,7 @@ async def _open(
     except TimeoutError:
         raise UpstreamTimeout(f"production did not answer within {timeout_s:g}s") from None
     except (ShadowproxyError, OSError, ValueError) as exc:
-        raise UpstreamUnavailable(f"production unreachable: {_short(exc)}") from None
+        raise UpstreamUnavailable(f"production unreachable: {describe(exc)}") from None
 
 
 async def _buffered(
@@ -412,7 +331,7 @@ async def _buffered(
         return
     except (ShadowproxyError, OSError) as exc:
         upstream.close()
-        outcome.error = f"production body failed: {_short(exc)}"
+        outcome.error = f"production body failed: {describe(exc)}"
         runtime.metrics.count(runtime.name, 502)
         _json_error(request, 502, outcome.error, request_id)
         return
@@ -459,7 +378,7 @@ async def _stream(
     except (ShadowproxyError, OSError, TimeoutError) as exc:
         # Headers are out: the only honest signal left is to cut the connection so
         # the client sees an incomplete body rather than a clean end.
-        outcome.error = f"production stream failed: {_short(exc)}"
+        outcome.error = f"production stream failed: {describe(exc)}"
         upstream.close()
         request.abort()
     else:
@@ -489,14 +408,6 @@ def _body_failed(
 
 
 def _json_error(request: HttpRequest, status: int, message: str, request_id: str) -> bytes:
-    body = orjson.dumps({"error": message, "status": status, "request_id": request_id})
-    headers = [("Content-Type", "application/json"), (REQUEST_ID, request_id)]
-    request.reply(status, _REASONS.get(status, "Error"), headers, body)
+    reason, headers, body = error_answer(status, message, request_id)
+    request.reply(status, reason, headers, body)
     return body
-
-
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-
-
-def _short(exc: BaseException) -> str:
-    return (str(exc) or exc.__class__.__name__)[:300]

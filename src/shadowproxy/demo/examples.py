@@ -16,10 +16,10 @@ import orjson
 from aiohttp import web
 
 from shadowproxy.app import serve
-from shadowproxy.cli import run_loop
 from shadowproxy.config import load_config
+from shadowproxy.loop import run_loop
 
-log = logging.getLogger("shadowproxy.examples")
+log = logging.getLogger("shadowproxy.demo.examples")
 
 PRODUCTION_WEIGHTS = (50_000.0, 120.0, -1_500.0)
 CANDIDATE_WEIGHTS = (52_000.0, 118.0, -1_400.0)

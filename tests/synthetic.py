@@ -25,7 +25,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shadowproxy.schema import FEEDBACK_SCHEMA, PAIRS_SCHEMA
+from shadowproxy.recording.schema import FEEDBACK_SCHEMA, PAIRS_SCHEMA
 
 CLASSES = ("cat", "dog", "bird", "fish")
 COUNTRIES = ("US", "DE", "FR", "JP", "BR")

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
-import orjson
 
-from shadowproxy.headers import REQUEST_ID, new_request_id
+from shadowproxy.http.error_json import error_answer
+from shadowproxy.http.headers import new_request_id
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,6 @@ LINGER_S = 2.0
 # Body bytes buffered for a handler that has not read them yet before the socket is
 # paused (TCP backpressure reaches the client instead of this process's memory).
 BODY_HIGH_WATER = 256 * 1024
-_REASONS = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,10 +615,8 @@ class HttpConnection(asyncio.Protocol):
 
 
 def _error(status: int, message: str) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    request_id = new_request_id()
-    body = orjson.dumps({"error": message, "status": status, "request_id": request_id})
-    headers = [("Content-Type", "application/json"), (REQUEST_ID, request_id)]
-    return status, _REASONS.get(status, "Error"), headers, body
+    """An error answer for a request the handler never saw (so it gets a new id)."""
+    return (status, *error_answer(status, message, new_request_id()))
 
 
 def _error_bytes(status: int, message: str) -> bytes:
