@@ -70,3 +70,18 @@ def test_each_mode_has_an_example_config_that_loads(example: str) -> None:
     (route,) = config.routes
     assert route.mode == ("shadow" if example == "chaos" else example)
     assert bool(route.chaos) == (example == "chaos")
+
+
+@pytest.mark.parametrize(
+    ("example", "preset"),
+    [("kserve", "kserve-v1"), ("triton", "open-inference"), ("vllm", "openai-chat")],
+)
+def test_serving_stack_examples_load(example: str, preset: str) -> None:
+    config = load_config(EXAMPLES / f"{example}.yaml", environ={})
+    (route,) = config.routes
+    assert route.compare.prediction == preset
+
+
+def test_every_example_file_is_tested() -> None:
+    names = {path.stem for path in EXAMPLES.glob("*.yaml")}
+    assert names == {"shadow", "canary", "ab", "chaos", "kserve", "triton", "vllm"}

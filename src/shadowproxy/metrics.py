@@ -100,8 +100,8 @@ class Metrics:
         )
         self.rejected_requests = Counter(
             "shadowproxy_rejected_requests",
-            "Client requests refused before routing, by reason "
-            "(bad_request|header_too_large|header_timeout|upgrade).",
+            "Client requests refused before routing, by reason (bad_request: 400, "
+            "header_too_large: 431, header_timeout: 408, upgrade: 501).",
             ["reason"],
             registry=r,
         )

@@ -186,7 +186,8 @@ class CanarySpec(FrozenModel):
     """The upstream that answers the canary's share for real."""
     assignment_key: AssignmentKey = RANDOM
     """``header:<Name>``: the header's value is hashed, so a user stays on one side and, as the
-    share grows, only users are added. ``random``: decided per request."""
+    share grows, only users are added (whoever had the candidate at 5% still has it at 25%).
+    ``random``: decided per request."""
     steps: Annotated[tuple[Percent, ...], AfterValidator(_check_steps)] = DEFAULT_STEPS
     """Strictly increasing percentages in (0, 100] of traffic the candidate answers. Entering a
     100% step completes the canary; a last step below 100 completes once it passes."""
