@@ -18,6 +18,7 @@ test: lint typecheck pytest docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard benchmarks/*.py)
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks/*.py)
 
 typecheck: $(STAMP)

@@ -38,7 +38,8 @@ from procs import Children, free_port, wait_for_port
 from upstreams import PREDICT_PATH, REQUEST_BODY, RESPONSE_BODY, answer_server, nginx_conf
 from yarl import URL
 
-from shadowproxy.http.client import Pool, encode_request
+from shadowproxy.http.client import Pool
+from shadowproxy.http.request_head import encode_request
 
 MAX_CONNECTIONS = 64
 # What the proxy forwards for a typical client (see shadowproxy.http.headers).

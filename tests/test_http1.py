@@ -23,13 +23,9 @@ import pytest
 from aiohttp import web
 
 from shadowproxy.errors import UpstreamUnavailable
-from shadowproxy.http.client import (
-    HIGH_WATER,
-    BodyError,
-    Pool,
-    encode_request,
-    request_framing,
-)
+from shadowproxy.http.client import Pool
+from shadowproxy.http.connection import HIGH_WATER, BodyError
+from shadowproxy.http.request_head import encode_request, request_framing
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]

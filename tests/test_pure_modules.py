@@ -10,12 +10,27 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["shadowproxy.proxy.routing", "shadowproxy.http.headers", "shadowproxy.proxy.breaker", "shadowproxy.compare.jsonpath",
-     "shadowproxy.records", "shadowproxy.config", "shadowproxy.experiments.chaos", "shadowproxy.experiments",
-     "shadowproxy.experiments.spec", "shadowproxy.experiments.assign",
-     "shadowproxy.experiments.window", "shadowproxy.experiments.guardrails",
-     "shadowproxy.experiments.canary"],
-)  # fmt: skip
+    [
+        "shadowproxy.proxy.routing",
+        "shadowproxy.http.headers",
+        "shadowproxy.proxy.breaker",
+        "shadowproxy.compare",
+        "shadowproxy.compare.jsonpath",
+        "shadowproxy.records",
+        "shadowproxy.config",
+        "shadowproxy.validation",
+        "shadowproxy.experiments",
+        "shadowproxy.experiments.chaos",
+        "shadowproxy.experiments.spec",
+        "shadowproxy.experiments.assign",
+        "shadowproxy.experiments.window",
+        "shadowproxy.experiments.guardrails",
+        "shadowproxy.experiments.canary",
+        "shadowproxy.stats",
+        "shadowproxy.stats.inference",
+        "shadowproxy.stats.distributions",
+    ],
+)
 def test_imports_without_aiohttp(module: str) -> None:
     code = f"import sys, {module}; assert 'aiohttp' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)

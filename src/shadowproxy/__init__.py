@@ -2,29 +2,39 @@
 
 How a request travels::
 
-    client ──► proxy.ProxyHandler ─────────────► production upstream
-                 │  routing: match route,             │
-                 │  read body once (capped)           │ answer, streamed back
-                 │                                    ▼
-                 │                                 client
-                 └─► tee.Tee ──(sampled, bounded, timed out, circuit-broken)──► shadow upstreams
-                        │
-                        └─ one records.Pair per (request, shadow), once both sides are known
-                             └─► recording.process ══pipe══► writer process (recording.child):
-                                   redact ─► compare ─► Parquet, metrics back to /metrics
+    client ──► http.server ──► proxy.handler ────────────────► production upstream
+                 (HTTP/1.1)      │  proxy.routing: match route       │ (http.client pool)
+                                 │  read body once (capped)          │ answer, streamed back
+                                 │                                   ▼
+                                 │                                client
+                                 └─► proxy.tee ──(sampled, bounded, timed out,
+                                        │         proxy.breaker)──► shadow upstreams
+                                        │
+                                        └─ one records.Pair per (request, shadow), once both
+                                           sides are known
+                                             └─► recording.process ══pipe══► writer process
+                                                   (recording.child): recording.redact ─►
+                                                   compare ─► Parquet (recording.schema),
+                                                   metrics back to /metrics
 
-Modules follow that path: ``config`` (YAML -> frozen models), ``server`` (the traffic
-port's HTTP/1.1 server), ``routing`` and ``headers`` (pure rules), ``upstream`` and
-``http1`` (client pools), ``proxy`` (the handler), ``tee`` (shadow fan-out),
-``records`` (the pair), ``recording`` (the writer, ``schema`` its rows), ``compare``
-(extraction and comparators), ``metrics``,
-``runtime`` (the snapshot of routes, pools and runners a config builds, swapped on
-reload), ``app`` (composition and lifecycle), ``cli``; offline: ``report``, ``demo``.
-``chaos`` holds the rules that inject faults on purpose (into copies, in ``tee``; into
-production, in ``proxy``; corrupted answers, in the writer). ``experiments`` holds the
-pure rules of canary and A/B routes (assignment, guardrails, the canary state machine)
-and ``experiment_runtime`` puts them on the request path. ``supervisor`` runs
-``serve --workers N`` (``metrics_merge`` merges the workers' metrics).
+The tree reads like that path, one package per layer:
+
+- top level: ``cli`` (thin CLI), ``loop`` (the one event-loop runner), ``app`` (the
+  composition root: builds the objects, runs the listeners, shuts down in order, reloads),
+  and what every layer shares: ``config`` (YAML -> frozen models), ``validation``,
+  ``errors``, ``tasks``, ``metrics``, ``records``;
+- ``http``: the wire level (inbound server, outbound client pools, header rules);
+- ``proxy``: the request path (handler, tee, breaker, routing, upstream outcomes,
+  experiment arms, the runtime snapshot a reload swaps);
+- ``admin``: the admin app for one process or the ``serve --workers N`` supervisor;
+- ``recording``: the writer process, the row schema, redaction, storage;
+- ``compare``: extraction presets and comparators (pure);
+- ``stats``: statistics shared by ``experiments`` and ``report`` (pure);
+- ``experiments``: canary, A/B and chaos rules (pure);
+- offline: ``report`` (reads recordings, never imported by the serving process) and
+  ``demo``.
+
+``pyproject.toml`` states these layers as import-linter contracts, checked by ``make lint``.
 """
 
 __version__ = "0.1.0"

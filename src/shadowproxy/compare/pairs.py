@@ -18,7 +18,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -29,8 +29,16 @@ from shadowproxy.compare.spec import MAX_DEPTH, CompareConfig
 from shadowproxy.compare.verdict import Incomparable, Verdict, clip, identical
 from shadowproxy.records import Comparison, Pair
 
-if TYPE_CHECKING:  # config imports this package for CompareConfig: no import cycle
-    from shadowproxy.config import RouteConfig
+
+class ComparedRoute(Protocol):
+    """What the comparer needs of a route (``config.RouteConfig`` is one); a protocol,
+    because ``config`` imports this package for ``CompareConfig``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def compare(self) -> CompareConfig: ...
+
 
 _ERROR_CHARS = 120
 
@@ -144,7 +152,7 @@ class Comparer:
     picked per route, for ``/routes``: ``auto_choices()``. Thread-safe.
     """
 
-    def __init__(self, routes: Sequence[RouteConfig]) -> None:
+    def __init__(self, routes: Sequence[ComparedRoute]) -> None:
         self.update_routes(routes)
         self._default = Plan.build(CompareConfig())
         self._lock = threading.Lock()
@@ -159,7 +167,7 @@ class Comparer:
                 self._auto[route][picked] += 1
         return comparison
 
-    def update_routes(self, routes: Sequence[RouteConfig]) -> None:
+    def update_routes(self, routes: Sequence[ComparedRoute]) -> None:
         """Compare with these routes' settings from now on (a reload)."""
         self._plans = {route.name: Plan.build(route.compare) for route in routes}
 

@@ -87,15 +87,19 @@ class ProxyHandler:
     async def _proxy(
         self,
         request: HttpRequest,
-        runtime: RouteRuntime,
+        route: RouteRuntime,
         request_id: str,
         started: float,
         arrived: float,
     ) -> None:
+        """Read the body, pick who answers, start the copies, answer, then settle.
+
+        ``route`` is the matched route; ``answering`` is who answers it: the route
+        itself, or an experiment arm's variant of it."""
         try:
-            body, complete = await _read_body(request, runtime.max_body_bytes)
+            body, complete = await _read_body(request, route.max_body_bytes)
         except RequestBodyError as exc:
-            _body_failed(request, runtime, request_id, exc, None)
+            _body_failed(request, route, request_id, exc, None)
             return
         headers = upstream_request_headers(
             request.headers.items(),
@@ -104,49 +108,83 @@ class ProxyHandler:
             scheme="http",
             host=request.headers.get("host"),
         )
-        raw_path = request.target
-        outcome = _Production(runtime.capture_bytes)
-        choice: Choice | None = None
-        route = runtime
-        if runtime.assigner is not None:
-            # Chosen before the tee: the arm that answers decides which copies are sent.
-            choice = runtime.assigner.choose(request.headers)
-            outcome.arm_header = (runtime.assigner.header, choice.name)
-            if choice.arm is not None:
-                runtime = runtime.variants[choice.arm.name]
-        exchange: Exchange | None = None
-        if runtime.shadows:
-            path, _, query = raw_path.partition("?")
-            info = RequestInfo(
-                request_id, arrived, runtime.name, request.method, path, query,
-                headers, body, complete,
-            )  # fmt: skip
-            exchange = self._tee.start(runtime.shadows, info, headers, raw_path, request.headers)
+        outcome = _Production(route.capture_bytes)
+        choice = _assign(route, request, outcome)
+        answering = route.variants[choice.arm.name] if choice and choice.arm else route
+        exchange = self._start_copies(
+            answering, request, request_id, arrived, headers, body, complete
+        )
         data = body if complete else _chain(body, request.body)
         try:
-            if runtime.chaos is None or await _inject(
-                runtime.chaos, request, runtime, request_id, outcome
+            if answering.chaos is None or await _inject(
+                answering.chaos, request, answering, request_id, outcome
             ):
-                await self._forward(request, runtime, request_id, headers, data, outcome)
+                await self._forward(request, answering, request_id, headers, data, outcome)
         finally:
             result = outcome.result(started)
-            runtime.metrics.upstream.observe(result.latency_ms / 1000.0)
+            answering.metrics.upstream.observe(result.latency_ms / 1000.0)
             if exchange is not None:
                 exchange.finish(result)
             if choice is not None:
-                assert route.assigner is not None
-                # The answering upstream's status; None when it did not answer (502/504).
-                # A client whose own body failed says nothing about the upstream.
-                if request.body.error is None:
-                    route.assigner.observe(choice, result.status, result.latency_ms)
-                if self._exposures is not None:
-                    self._exposures.submit_exposure(
-                        Exposure(
-                            request_id, arrived, route.name, choice.name, choice.unit,
-                            result.status, result.latency_ms, result.error, result.chaos,
-                            choice.share,
-                        )
-                    )  # fmt: skip
+                self._settle_experiment(route, choice, request, request_id, arrived, result)
+
+    def _start_copies(
+        self,
+        answering: RouteRuntime,
+        request: HttpRequest,
+        request_id: str,
+        arrived: float,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        complete: bool,
+    ) -> Exchange | None:
+        """Send the copies before production is called; they get its result later."""
+        if not answering.shadows:
+            return None
+        path, _, query = request.target.partition("?")
+        info = RequestInfo(
+            request_id=request_id,
+            ts=arrived,
+            route=answering.name,
+            method=request.method,
+            path=path,
+            query=query,
+            headers=headers,
+            body=body,
+            body_complete=complete,
+        )
+        return self._tee.start(answering.shadows, info, headers, request.target, request.headers)
+
+    def _settle_experiment(
+        self,
+        route: RouteRuntime,
+        choice: Choice,
+        request: HttpRequest,
+        request_id: str,
+        arrived: float,
+        result: ProductionResult,
+    ) -> None:
+        """Tell the assigner how the arm did and record the exposure."""
+        assert route.assigner is not None
+        # The answering upstream's status; None when it did not answer (502/504).
+        # A client whose own body failed says nothing about the upstream.
+        if request.body.error is None:
+            route.assigner.observe(choice, result.status, result.latency_ms)
+        if self._exposures is not None:
+            self._exposures.submit_exposure(
+                Exposure(
+                    request_id=request_id,
+                    ts=arrived,
+                    route=route.name,
+                    arm=choice.name,
+                    unit=choice.unit,
+                    status=result.status,
+                    latency_ms=result.latency_ms,
+                    error=result.error,
+                    chaos=result.chaos,
+                    share=choice.share,
+                )
+            )
 
     async def _forward(
         self,
@@ -192,6 +230,16 @@ class ProxyHandler:
             await _buffered(request, upstream, reply_headers, outcome, runtime, request_id)
 
 
+def _assign(route: RouteRuntime, request: HttpRequest, outcome: _Production) -> Choice | None:
+    """The experiment arm for this request, chosen before the tee: the arm that answers
+    decides which copies are sent. None on routes without an experiment."""
+    if route.assigner is None:
+        return None
+    choice = route.assigner.choose(request.headers)
+    outcome.arm_header = (route.assigner.header, choice.name)
+    return choice
+
+
 class _Production:
     """Production's result, filled in as the answer goes through."""
 
@@ -226,13 +274,13 @@ class _Production:
         latency = (time.perf_counter() - started) * 1000.0
         body = self.captured[0] if len(self.captured) == 1 else b"".join(self.captured)
         return ProductionResult(
-            self.status,
-            latency,
-            self.error,
-            body,
-            self.size > self.cap,
-            self.content_type,
-            self.chaos,
+            status=self.status,
+            latency_ms=latency,
+            error=self.error,
+            body=body,
+            body_truncated=self.size > self.cap,
+            content_type=self.content_type,
+            chaos=self.chaos,
         )
 
 

@@ -35,7 +35,10 @@ from shadowproxy.tasks import TaskSet
 
 
 def not_sent(outcome: ShadowOutcome, reason: str) -> ShadowResult:
-    return ShadowResult(outcome, None, None, reason, b"", False, None)
+    return ShadowResult(
+        outcome=outcome, status=None, latency_ms=None, error=reason, body=b"",
+        body_truncated=False, content_type=None,
+    )  # fmt: skip
 
 
 class ShadowLane:
@@ -175,14 +178,18 @@ class ShadowRunner:
         marker = injection.marker or None
         if injection.abort_status is not None:
             return ShadowResult(
-                "ok", injection.abort_status, 0.0, None, INJECTED_BODY, False,
-                "application/json", marker,
+                outcome="ok", status=injection.abort_status, latency_ms=0.0, error=None,
+                body=INJECTED_BODY, body_truncated=False, content_type="application/json",
+                chaos=marker,
             )  # fmt: skip
         started = time.perf_counter()
         if injection.delay_s >= timeout:
             await asyncio.sleep(timeout)
             error = f"no complete answer within {timeout:g}s (injected delay)"
-            return ShadowResult("timeout", None, timeout * 1000.0, error, b"", False, None, marker)
+            return ShadowResult(
+                outcome="timeout", status=None, latency_ms=timeout * 1000.0, error=error,
+                body=b"", body_truncated=False, content_type=None, chaos=marker,
+            )  # fmt: skip
         if injection.delay_s:
             await asyncio.sleep(injection.delay_s)
         result = await self._fetch(info, headers, raw_path, timeout - injection.delay_s)
@@ -225,7 +232,15 @@ class Exchange:
 
     def _emit(self, slot: int, production: ProductionResult, result: ShadowResult) -> None:
         config = self._runners[slot].config
-        self._sink.submit(Pair(self.request, config.name, config.role, production, result))
+        self._sink.submit(
+            Pair(
+                request=self.request,
+                shadow=config.name,
+                role=config.role,
+                production=production,
+                result=result,
+            )
+        )
 
 
 class Tee:

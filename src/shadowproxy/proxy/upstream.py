@@ -92,9 +92,15 @@ async def fetch_shadow(
     except (ShadowproxyError, OSError, ValueError) as exc:
         return _failed("error", status, started, describe(exc))
     latency = (time.perf_counter() - started) * 1000.0
-    return ShadowResult("ok", status, latency, None, captured, truncated, content_type)
+    return ShadowResult(
+        outcome="ok", status=status, latency_ms=latency, error=None, body=captured,
+        body_truncated=truncated, content_type=content_type,
+    )  # fmt: skip
 
 
 def _failed(outcome: ShadowOutcome, status: int | None, started: float, error: str) -> ShadowResult:
     latency = (time.perf_counter() - started) * 1000.0
-    return ShadowResult(outcome, status, latency, error, b"", False, None)
+    return ShadowResult(
+        outcome=outcome, status=status, latency_ms=latency, error=error, body=b"",
+        body_truncated=False, content_type=None,
+    )  # fmt: skip

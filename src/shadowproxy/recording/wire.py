@@ -62,14 +62,21 @@ def unpack(packed: PackedPair) -> Pair:
         outcome, status, latency, error, shadow_body, truncated, content_type, chaos,
     ) = packed  # fmt: skip
     return Pair(
-        RequestInfo(request_id, ts, route, method, path, query, [], body, body_complete),
-        shadow,
-        role,
-        ProductionResult(
-            prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos
+        request=RequestInfo(
+            request_id=request_id, ts=ts, route=route, method=method, path=path, query=query,
+            headers=[], body=body, body_complete=body_complete,
         ),
-        ShadowResult(outcome, status, latency, error, shadow_body, truncated, content_type, chaos),
-    )
+        shadow=shadow,
+        role=role,
+        production=ProductionResult(
+            status=prod_status, latency_ms=prod_latency, error=prod_error, body=prod_body,
+            body_truncated=prod_truncated, content_type=prod_type, chaos=prod_chaos,
+        ),
+        result=ShadowResult(
+            outcome=outcome, status=status, latency_ms=latency, error=error, body=shadow_body,
+            body_truncated=truncated, content_type=content_type, chaos=chaos,
+        ),
+    )  # fmt: skip
 
 
 def pack_exposure(e: Exposure) -> PackedExposure:
