@@ -29,7 +29,7 @@ pytest: $(STAMP)
 
 # The docs site, offline; --strict (also set in mkdocs.yml) fails on a broken link or anchor.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # Rewrite the generated pages in docs/reference/ from the code (tests/test_docs_reference.py
 # fails while a committed page differs).

@@ -32,9 +32,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from shadowproxy.admin.metrics_merge import TAKE_MAX
 from shadowproxy.config import MainConfig, RouteConfig
 from shadowproxy.metrics import Metrics, WorkerMetrics
-from shadowproxy.admin.metrics_merge import TAKE_MAX
 from shadowproxy.proxy.runtime import RESTART_ONLY
 from shadowproxy.validation import NAME_PATTERN
 
@@ -48,8 +48,14 @@ HEADER = (
 
 
 def cell(text: str) -> str:
-    """A docstring as one Markdown table cell: RST literals become code spans."""
-    return " ".join(text.replace("``", "`").split()).replace("|", "\\|")
+    """A docstring as one Markdown table cell: RST literals become code spans, and a pipe
+    outside them is escaped (inside a code span the table parser leaves it alone)."""
+    parts = " ".join(text.replace("``", "`").split()).split("`")
+    return "`".join(part if odd else part.replace("|", "\\|") for odd, part in _alternate(parts))
+
+
+def _alternate(parts: list[str]) -> Iterator[tuple[bool, str]]:
+    return ((index % 2 == 1, part) for index, part in enumerate(parts))
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -284,16 +290,16 @@ def metric_rows() -> list[MetricRow]:
     for metric, declared_by in declared:
         # The wrapper keeps what it was declared with; prometheus_client has no public
         # accessor for the label names of a metric without children.
-        name: str = metric._name  # type: ignore[attr-defined]
-        kind: str = metric._type  # type: ignore[attr-defined]
+        name = metric._name
+        kind = str(metric._type)
         process = "writer" if name in in_writer else declared_by
         merge = "own" if process == "supervisor" else ("max" if name in TAKE_MAX else "sum")
         rows.append(
             MetricRow(
                 name=f"{name}_total" if kind == "counter" else name,
                 type=kind,
-                labels=tuple(metric._labelnames),  # type: ignore[attr-defined]
-                help=metric._documentation,  # type: ignore[attr-defined]
+                labels=tuple(metric._labelnames),
+                help=metric._documentation,
                 process=process,
                 merge=merge,
             )
