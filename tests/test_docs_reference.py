@@ -85,3 +85,9 @@ def test_serving_stack_examples_load(example: str, preset: str) -> None:
 def test_every_example_file_is_tested() -> None:
     names = {path.stem for path in EXAMPLES.glob("*.yaml")}
     assert names == {"shadow", "canary", "ab", "chaos", "kserve", "triton", "vllm"}
+
+
+def test_readme_stays_a_front_page() -> None:
+    """The reference lives in docs/; the README is the pitch, the tour and the links."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) < 250, f"README.md has {len(lines)} lines: move the detail into docs/"
