@@ -17,7 +17,14 @@ from shadowproxy.compare.decode import decode
 from shadowproxy.compare.extract import Extractor
 from shadowproxy.compare.sse import reassemble
 from shadowproxy.compare.verdict import Incomparable
-from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowOutcome, ShadowResult
+from shadowproxy.records import (
+    CLIENT_ABANDONED,
+    Pair,
+    ProductionResult,
+    RequestInfo,
+    ShadowOutcome,
+    ShadowResult,
+)
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -439,6 +446,19 @@ def test_a_truncated_stream_is_production_body_truncated() -> None:
 def test_incomparable_reasons_and_their_precedence(kwargs: dict[str, Any], detail: str) -> None:
     result = compare(CompareConfig(), make_pair({"a": 1}, {"a": 1}, **kwargs))
     assert (result.agree, result.diff_score, result.detail) == (None, None, detail)
+
+
+@pytest.mark.parametrize("outcome", ["ok", "timeout"])
+def test_an_abandoned_stream_is_incomparable_first_even_when_its_part_parses(
+    outcome: ShadowOutcome,
+) -> None:
+    # The client left mid-stream: what production sent so far may look whole, but is not.
+    pair = make_pair({"a": 1}, {"a": 1}, outcome=outcome)
+    pair.production.error = CLIENT_ABANDONED
+    result = compare(CompareConfig(), pair)
+    assert (result.agree, result.diff_score, result.prod_prediction) == (None, None, None)
+    assert result.detail == "client abandoned the stream: production's answer is partial"
+    assert result.shadow_prediction == ('{"a":1}' if outcome == "ok" else None)
 
 
 def test_long_shadow_errors_are_clipped() -> None:

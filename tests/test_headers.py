@@ -18,6 +18,7 @@ def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
         ("TE", "trailers"),
         ("Trailer", "X-Sum"),
         ("Upgrade", "websocket"),
+        ("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
         ("Proxy-Connection", "keep-alive"),
         ("Proxy-Authorization", "Basic x"),
         ("Content-Length", "10"),

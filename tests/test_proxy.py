@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from shadowproxy.records import CLIENT_ABANDONED
 from tests.support import (
     black_hole,
     closed_port_url,
@@ -470,8 +471,10 @@ async def test_client_leaving_mid_stream_is_recorded_and_harmless(
             await response.content.readuntil(b"\n\n")
             response.close()  # the client goes away mid-stream
             pairs = await proxy.sink.wait_for(1)
-            assert pairs[0].production.error == "client disconnected"
+            assert pairs[0].production.error == CLIENT_ABANDONED
             assert pairs[0].production.status == 200
+            assert proxy.metric("shadowproxy_requests_total", route="m", code="499") == 1
+            assert proxy.metric("shadowproxy_requests_total", route="m", code="200") == 0
             assert await _timed_request(client, proxy.url + "/v1/models/m:other") < 5
 
 

@@ -8,13 +8,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from shadowproxy.http.server import (
-    BODY_HIGH_WATER,
-    HttpRequest,
-    HttpServer,
-    RequestBodyError,
-    ServerLimits,
-)
+from shadowproxy.http.request import BODY_HIGH_WATER, HttpRequest, RequestBodyError
+from shadowproxy.http.server import HttpServer, ServerLimits
 
 
 class Echo:
@@ -238,12 +233,91 @@ async def test_expect_continue_is_answered_before_the_body_is_sent(
     assert rest.startswith(b"HTTP/1.1 200 OK") and rest.endswith(b"POST /a 2")
 
 
-async def test_upgrade_requests_get_501(echo_server: tuple[Echo, HttpServer, int]) -> None:
+H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+"""What ``curl --http2`` and Java's HttpClient add to a cleartext request."""
+
+
+def answers(raw: bytes) -> list[bytes]:
+    """The bodies of a run of ``200 OK`` answers (``Echo``'s, without ``Content-Length``
+    ambiguity: each ends where the next status line starts)."""
+    return [a.rsplit(b"\r\n\r\n", 1)[1] for a in raw.split(b"HTTP/1.1 200 OK\r\n")[1:]]
+
+
+async def test_h2c_upgrade_offers_are_ignored_and_pipelined_requests_behind_them_served(
+    echo_server: tuple[Echo, HttpServer, int],
+) -> None:
+    echo, server, port = echo_server
+    requests = (
+        b"GET /a HTTP/1.1\r\nHost: x\r\n" + H2C + b"\r\n"
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n" + H2C + b"\r\nhello"
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + H2C
+        + b"\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+        b"POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+        b"GET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+    raw = await exchange(port, requests)
+    assert answers(raw) == [b"GET /a 0", b"POST /b 5", b"POST /c 7", b"POST /d 2", b"GET /e 0"]
+    assert [s[2] for s in echo.seen] == [b"", b"hello", b"abcdefg", b"hi", b""]
+    assert b"101" not in raw.split(b"\r\n", 1)[0] and b"Upgrade" not in raw
+    assert rejections(server) == []
+
+
+async def test_h2c_offer_with_a_body_arriving_later_gets_the_whole_body(
+    echo_server: tuple[Echo, HttpServer, int],
+) -> None:
+    echo, _, port = echo_server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n" + H2C + b"\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"abc")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"def")
+    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answers(raw) == [b"POST /late 6", b"GET /next 0"]
+    assert echo.seen[0] == ("POST", "/late", b"abcdef")
+
+
+async def test_h2c_offer_does_not_open_a_smuggling_door(
+    echo_server: tuple[Echo, HttpServer, int],
+) -> None:
     echo, server, port = echo_server
     raw = await exchange(
-        port, b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        port,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n"
+        + H2C
+        + b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
     )
-    assert raw.startswith(b"HTTP/1.1 501 ")
+    assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert echo.seen == [] and rejections(server) == ["bad_request"]
+
+
+@pytest.mark.parametrize(
+    ("head", "named"),
+    [
+        (
+            (
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            ),
+            "WebSocket",
+        ),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n", "CONNECT"),
+    ],
+    ids=["websocket", "connect"],
+)
+async def test_websocket_and_connect_get_a_501_that_says_why(
+    echo_server: tuple[Echo, HttpServer, int], head: bytes, named: str
+) -> None:
+    echo, server, port = echo_server
+    raw = await exchange(port, head + b"X-Request-Id: ws-1\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 501 Not Implemented\r\n")
+    error = orjson.loads(raw.split(b"\r\n\r\n", 1)[1])
+    assert named in error["error"] and error["status"] == 501
+    assert error["request_id"] == "ws-1" and b"X-Request-Id: ws-1\r\n" in raw
     assert echo.seen == [] and rejections(server) == ["upgrade"]
 
 

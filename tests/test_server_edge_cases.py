@@ -7,7 +7,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from shadowproxy.http.server import HttpRequest, HttpServer, RequestBodyError, ServerLimits
+from shadowproxy.http.request import HttpRequest, RequestBodyError
+from shadowproxy.http.server import HttpServer, ServerLimits
 from tests.faults.upstreams import Faulty, read_request, serve
 from tests.support import route, running_proxy, write_config
 

@@ -49,7 +49,10 @@ class UpstreamTimeout(UpstreamError):
 
 
 def describe(exc: BaseException) -> str:
-    """One line for a failure that becomes data (a row's error, a 502's message): the
-    exception's class and text, capped so a huge message cannot bloat a record."""
+    """One line for a failure that becomes data (a row's error, a 502's message), capped
+    so a huge message cannot bloat a record. Our own errors already say what failed;
+    anything else is named by its class (``ConnectionResetError: ...``)."""
     text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, ShadowproxyError):
+        return text[:500]
     return f"{exc.__class__.__name__}: {text}"[:500]

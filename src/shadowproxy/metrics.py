@@ -41,7 +41,7 @@ class Metrics:
             "shadowproxy_requests",
             "Client requests answered, by route and HTTP status sent to the client (route "
             "_default: the default upstream, _unmatched: no route (404); code 499: the client "
-            "left before its answer).",
+            "left before its answer ended, mid-stream included).",
             ["route", "code"],
             registry=r,
         )
@@ -101,7 +101,8 @@ class Metrics:
         self.rejected_requests = Counter(
             "shadowproxy_rejected_requests",
             "Client requests refused before routing, by reason (bad_request: 400, "
-            "header_too_large: 431, header_timeout: 408, upgrade: 501).",
+            "header_too_large: 431, header_timeout: 408, upgrade: 501, a WebSocket upgrade "
+            "or CONNECT).",
             ["reason"],
             registry=r,
         )

@@ -19,6 +19,12 @@ from typing import Literal, Protocol, runtime_checkable
 ShadowOutcome = Literal["ok", "error", "timeout", "dropped", "skipped"]
 OUTCOMES: tuple[ShadowOutcome, ...] = ("ok", "error", "timeout", "dropped", "skipped")
 
+CLIENT_ABANDONED = "client abandoned the stream"
+"""``ProductionResult.error`` when the client left during a streamed answer. The proxy
+stops reading production then (an LLM server would go on generating tokens nobody
+reads), so production's answer is partial: the pair is never compared, and the request
+is counted as 499 like any client that leaves before its answer."""
+
 
 @dataclass(slots=True)
 class RequestInfo:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shadowproxy.records import CLIENT_ABANDONED
 from tests.faults.harness import (
     BODY,
     FAST_S,
@@ -261,7 +262,8 @@ async def test_client_leaving_before_the_answer(tmp_path: Path) -> None:
 async def test_client_leaving_mid_response(
     tmp_path: Path, suffix: str, first: bytes, copy: str
 ) -> None:
-    """Production's answer is recorded; the proxy stops reading it and is unaffected."""
+    """Counted as 499; the row keeps production's status and what arrived, and says
+    ``client abandoned the stream``; the proxy stops reading production and is unaffected."""
     async with no_leaks():
         async with serve(model) as production, serve(model) as copies:
             async with fault_proxy(tmp_path, production.url, copies.url) as harness:
@@ -275,8 +277,16 @@ async def test_client_leaving_mid_response(
                 await production.all_closed()
                 await harness.rows("leaver", 1)
                 await harness.serves_next_request()
+                counted = {
+                    code: harness.proxy.metric(
+                        "shadowproxy_requests_total", route="fault", code=code
+                    )
+                    for code in ("200", "499")
+                }
         (row,) = exactly_one_row_each(harness.fault_rows(), ["leaver"])
-        assert row.production.status == 200 and row.production.error == "client disconnected"
+        # Production answered 200; the client left mid-stream, which is what is counted.
+        assert row.production.status == 200 and row.production.error == CLIENT_ABANDONED
+        assert counted == {"200": 0, "499": 1}
         assert row.production.body.startswith(first)
         assert row.result.outcome == copy, row.result
 

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from shadowproxy.records import ShadowOutcome
+from shadowproxy.records import CLIENT_ABANDONED, ShadowOutcome
 from tests.faults.harness import (
     BODY,
     FAST_S,
@@ -68,6 +68,8 @@ class Fault:
     requests: int = 2
     pause_s: float = 0.0
     """Between requests (time for an idle connection's close to arrive)."""
+    counted: int | None = None
+    """The status counted, when not the one the client saw (499: the client left)."""
 
 
 FAULTS = {
@@ -96,8 +98,9 @@ FAULTS = {
     "answers an endless chunked body": Fault(
         endless_chunks("text/plain"),
         ("endless", 200),
-        (200, "client disconnected"),
+        (200, CLIENT_ABANDONED),
         ("timeout", 200),
+        counted=499,
     ),
     "answers 500": Fault(answers_status(500), ("answer", 500), (500, None), ("ok", 500)),
     "answers 503": Fault(answers_status(503), ("answer", 503), (503, None), ("ok", 503)),
@@ -135,7 +138,7 @@ async def test_production_fault(tmp_path: Path, fault: Fault) -> None:
                     await production.all_closed()
                 await harness.serves_next_request()
                 counted = harness.proxy.metric(
-                    "shadowproxy_requests_total", route="fault", code=str(code)
+                    "shadowproxy_requests_total", route="fault", code=str(fault.counted or code)
                 )
                 assert counted == len(ids)
         # The proxy has stopped: every copy has ended and been handed to the sink.

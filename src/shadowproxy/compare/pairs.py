@@ -3,8 +3,9 @@
 For each side: is there an answer worth reading (shadow outcome, HTTP status), decode
 the body (``decode``), extract the prediction (``extract``) and serialise it for the
 record; then judge both predictions with the route's comparator. The first reason the
-pair cannot be judged wins, in this order: the shadow's outcome, production's status,
-the shadow's status, production's body, the shadow's body, the comparator. Whatever
+pair cannot be judged wins, in this order: a client that abandoned production's stream
+(production's answer is partial), the shadow's outcome, production's status, the
+shadow's status, production's body, the shadow's body, the comparator. Whatever
 could be extracted is still recorded, so a shadow timeout keeps production's prediction.
 
 Pure and thread-safe (apart from ``Comparer``'s tally, which takes a lock): it runs in
@@ -27,7 +28,7 @@ from shadowproxy.compare.decode import decode
 from shadowproxy.compare.extract import Extractor
 from shadowproxy.compare.spec import MAX_DEPTH, CompareConfig
 from shadowproxy.compare.verdict import Incomparable, Verdict, clip, identical
-from shadowproxy.records import Comparison, Pair
+from shadowproxy.records import CLIENT_ABANDONED, Comparison, Pair
 
 
 class ComparedRoute(Protocol):
@@ -41,6 +42,7 @@ class ComparedRoute(Protocol):
 
 
 _ERROR_CHARS = 120
+ABANDONED_REASON = f"{CLIENT_ABANDONED}: production's answer is partial"
 
 
 @dataclass(slots=True)
@@ -64,8 +66,11 @@ class Plan:
         return cls(config, Extractor.build(config))
 
     def __call__(self, pair: Pair) -> Comparison:
+        abandoned = ABANDONED_REASON if pair.production.error == CLIENT_ABANDONED else None
         outcome = _outcome_reason(pair)
-        prod_status = _status_reason("production", pair.production.status, pair.production.error)
+        prod_status = abandoned or _status_reason(
+            "production", pair.production.status, pair.production.error
+        )
         shadow_status = _status_reason("shadow", pair.result.status, pair.result.error)
         prod = _Side(reason=prod_status) if prod_status else self._read("production", pair)
         skip_shadow = outcome or shadow_status
@@ -74,7 +79,9 @@ class Plan:
         name: str = kind
         if prod.reason is None:
             kind, name = resolve(self.config.kind, prod.value)
-        reason = outcome or prod_status or shadow_status or prod.reason or shadow.reason
+        reason = (
+            abandoned or outcome or prod_status or shadow_status or prod.reason or shadow.reason
+        )
         verdict = Verdict(None, None, clip(reason)) if reason else self._judge(kind, prod, shadow)
         return Comparison(
             comparator=name,

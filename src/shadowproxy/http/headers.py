@@ -15,11 +15,13 @@ Headers = list[tuple[str, str]]
 
 # RFC 9110 section 7.6.1 names Connection, Proxy-Connection, Keep-Alive, TE,
 # Transfer-Encoding and Upgrade; the Proxy-Auth* pair and Trailer were hop-by-hop in
-# RFC 2616 and proxies still treat them so. One name per line: a missing comma would
-# silently join two names (ruff ISC guards this too).
+# RFC 2616 and proxies still treat them so; HTTP2-Settings belongs to an h2c upgrade
+# offer (RFC 7540 section 3.2.1), which the listener ignores. One name per line: a
+# missing comma would silently join two names (ruff ISC guards this too).
 HOP_BY_HOP = frozenset(
     {
         "connection",
+        "http2-settings",
         "keep-alive",
         "proxy-connection",
         "proxy-authenticate",

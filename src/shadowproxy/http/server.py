@@ -10,6 +10,12 @@ What a client can do wrong is answered here, before any handler runs: malformed
 requests and request smuggling (``Content-Length`` with ``Transfer-Encoding``, which
 llhttp refuses) get 400, oversized request heads 431, a head that does not arrive in
 time (slowloris) 408; each is counted and the connection closed.
+
+Protocol upgrades: an offer of anything but WebSocket (``Upgrade: h2c``, sent by
+``curl --http2`` and Java's HttpClient on every cleartext request) is ignored and the
+request served as HTTP/1.1, as RFC 9110 section 7.8 allows. WebSocket and ``CONNECT``
+get 501: a tunnel has no request/response pair to copy or compare, and the lean client
+cannot hand a connection over.
 """
 
 from __future__ import annotations
@@ -17,14 +23,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import httptools
 
 from shadowproxy.http.error_json import error_answer
-from shadowproxy.http.headers import new_request_id
+from shadowproxy.http.headers import REQUEST_ID, new_request_id, valid_request_id
+from shadowproxy.http.request import (
+    BODY_HIGH_WATER,
+    HttpRequest,
+    RequestBodyError,
+    RequestHeaders,
+    response_head,
+)
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -34,9 +47,6 @@ RejectCounter = Callable[[str], None]
 
 LINGER_S = 2.0
 """After an error answer, how long the rest of a refused request is read and dropped."""
-# Body bytes buffered for a handler that has not read them yet before the socket is
-# paused (TCP backpressure reaches the client instead of this process's memory).
-BODY_HIGH_WATER = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,272 +59,6 @@ class ServerLimits:
     """An idle client connection is closed after this long."""
     body_timeout_s: float = 60.0
     """Longest wait for the next piece of a request body (a stalled upload)."""
-
-
-class RequestBodyError(ConnectionError):
-    """The request body cannot be read: the client left, stalled or sent invalid framing.
-
-    ``status`` is what the client gets if it is still there: 400, or 408 for a stall.
-    """
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RequestHeaders(Mapping[str, str]):
-    """The client's headers in arrival order, looked up case-insensitively."""
-
-    __slots__ = ("_index", "raw")
-
-    def __init__(self, raw: list[tuple[str, str]]) -> None:
-        self.raw = raw
-        self._index: dict[str, str] | None = None
-
-    def _lookup(self) -> dict[str, str]:
-        if self._index is None:
-            index: dict[str, str] = {}
-            for name, value in self.raw:
-                index.setdefault(name.lower(), value)
-            self._index = index
-        return self._index
-
-    def __getitem__(self, name: str) -> str:
-        return self._lookup()[name.lower()]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self._lookup().get(name.lower(), default)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._lookup()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._lookup())
-
-    def __len__(self) -> int:
-        return len(self._lookup())
-
-    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
-        """Every header as sent, duplicates included (a Mapping's view would merge them)."""
-        return self.raw
-
-
-class Body:
-    """The request body as it arrives; reading it lets the socket read more."""
-
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter")
-
-    def __init__(self, conn: HttpConnection) -> None:
-        self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._done = False
-        self._error: RequestBodyError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    @property
-    def error(self) -> RequestBodyError | None:
-        return self._error
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not read yet."""
-        return self._size
-
-    @property
-    def arrived(self) -> bool:
-        """All of it is in (read or not): the next bytes belong to the next request."""
-        return self._done and self._error is None
-
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        if self._size > BODY_HIGH_WATER:
-            self._conn.pause_reading()
-        self._wake()
-
-    def finish(self) -> None:
-        self._done = True
-        self._wake()
-
-    def fail(self, error: RequestBodyError) -> None:
-        if not self._done:
-            self._error = error
-            self._done = True
-            self._wake()
-
-    def _stalled(self) -> None:
-        limit = self._conn.body_timeout_s
-        self.fail(RequestBodyError(f"request body stalled for {limit:g}s", status=408))
-        self._conn.closing = True  # the rest of this body must not be read as a request
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def read_chunk(self) -> bytes:
-        """The next piece of the body; ``b""`` once it is complete."""
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return b""
-            # Only a body that has not arrived waits, so only it pays for the timer.
-            loop = self._conn.loop
-            self._waiter = loop.create_future()
-            timer = loop.call_later(self._conn.body_timeout_s, self._stalled)
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-                timer.cancel()
-        chunk = self._chunks.popleft()
-        self._size -= len(chunk)
-        if self._size <= BODY_HIGH_WATER:
-            self._conn.resume_reading()
-        return chunk
-
-    async def __aiter__(self) -> Any:
-        while chunk := await self.read_chunk():
-            yield chunk
-
-
-class HttpRequest:
-    """One request and the means to answer it (once)."""
-
-    __slots__ = (
-        "_chunked",
-        "_conn",
-        "_state",
-        "body",
-        "content_length",
-        "expect_continue",
-        "headers",
-        "keep_alive",
-        "method",
-        "remote",
-        "target",
-        "version",
-    )
-
-    def __init__(
-        self,
-        conn: HttpConnection,
-        method: str,
-        target: str,
-        version: str,
-        headers: RequestHeaders,
-        content_length: int | None,
-        keep_alive: bool,
-    ) -> None:
-        self._conn = conn
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.content_length = content_length
-        self.keep_alive = keep_alive
-        self.remote = conn.remote
-        self.body = Body(conn)
-        self.expect_continue = False
-        self._state = 0  # 0: nothing sent, 1: head sent (streaming), 2: done
-        self._chunked = False
-
-    @property
-    def path(self) -> str:
-        return self.target.partition("?")[0]
-
-    @property
-    def disconnected(self) -> bool:
-        return self._conn.lost
-
-    @property
-    def responded(self) -> bool:
-        return self._state != 0
-
-    @property
-    def finished(self) -> bool:
-        return self._state == 2
-
-    def reply(
-        self,
-        status: int,
-        reason: str,
-        headers: list[tuple[str, str]],
-        body: bytes = b"",
-        *,
-        content_length: int | None = None,
-    ) -> None:
-        """The whole response in one write. ``content_length`` without ``body``
-        describes a body not sent (the answer to a HEAD)."""
-        if self._state != 0:
-            raise RuntimeError("response already started")
-        length = len(body) if content_length is None else content_length
-        bodiless = status < 200 or status in (204, 304)
-        framing = "" if bodiless and not length else f"Content-Length: {length}\r\n"
-        close = not self.keep_alive or self._conn.closing
-        head = _head(status, reason, headers, framing, close)
-        self._state = 2
-        self._conn.write(head + body if body and self.method != "HEAD" else head)
-        self._conn.response_done(self, close)
-
-    def start(
-        self,
-        status: int,
-        reason: str,
-        headers: list[tuple[str, str]],
-        content_length: int | None,
-    ) -> None:
-        """Send the head of a streamed response; the body follows with ``write``."""
-        if self._state != 0:
-            raise RuntimeError("response already started")
-        close = not self.keep_alive or self._conn.closing
-        if content_length is not None:
-            framing = f"Content-Length: {content_length}\r\n"
-        elif self.version == "1.1":
-            framing = "Transfer-Encoding: chunked\r\n"
-        else:
-            framing, close = "", True  # an HTTP/1.0 client: the body ends at close
-        head = _head(status, reason, headers, framing, close)
-        self._state = 1
-        self.keep_alive = not close
-        self._chunked = framing.startswith("Transfer-Encoding")
-        self._conn.write(head)
-
-    async def write(self, chunk: bytes) -> None:
-        """Send part of a streamed body, waiting while the client reads slowly."""
-        if not chunk:
-            return
-        if self._chunked:
-            chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
-        await self._conn.send(chunk)
-
-    def end(self) -> None:
-        if self._state != 1:
-            raise RuntimeError("no streamed response to end")
-        self._state = 2
-        if self._chunked:
-            self._conn.write(b"0\r\n\r\n")
-        self._conn.response_done(self, not self.keep_alive)
-
-    def abort(self) -> None:
-        """Cut the connection: the client sees an incomplete response, not a clean end."""
-        self._state = 2
-        self._conn.abort()
-
-
-def _head(
-    status: int, reason: str, headers: list[tuple[str, str]], framing: str, close: bool
-) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    lines.append(framing)
-    if close:
-        lines.append("Connection: close\r\n")
-    lines.append("\r\n")
-    # As ``http1`` decodes upstream heads: bytes pass through unchanged, UTF-8 or not.
-    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 class _HeadTooLarge(Exception):
@@ -347,6 +91,11 @@ class HttpConnection(asyncio.Protocol):
         self._content_length: int | None = None
         self._expect_continue = False
         self._parsing: HttpRequest | None = None
+        # An upgrade offer stops llhttp after the head (httptools skips the body): what
+        # to answer instead, or the framing of the body a new parser must read.
+        self._refused: tuple[str, str | None] | None = None
+        self._body_head: bytes | None = None
+        self._replaying = False
         # The request being answered, and those pipelined behind it.
         self._current: HttpRequest | None = None
         self._pipeline: deque[HttpRequest] = deque()
@@ -392,20 +141,47 @@ class HttpConnection(asyncio.Protocol):
                 limit = self._limits.max_header_bytes
                 self._reject(431, f"request head exceeds {limit} bytes", "header_too_large")
                 return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(501, "protocol upgrades are not supported", "upgrade")
-        except (httptools.HttpParserCallbackError, httptools.HttpParserError) as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                limit = self._limits.max_header_bytes
-                self._reject(431, f"request head exceeds {limit} bytes", "header_too_large")
-            else:
-                self._reject(400, f"invalid HTTP request: {exc}", "bad_request")
+        while True:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                framing = self._upgrade_ignored()
+                if framing is None:
+                    return
+                data = framing + data[exc.args[0] :]
+                if not data:
+                    return
+            except (httptools.HttpParserCallbackError, httptools.HttpParserError) as exc:
+                if isinstance(exc.__context__, _HeadTooLarge):
+                    limit = self._limits.max_header_bytes
+                    self._reject(431, f"request head exceeds {limit} bytes", "header_too_large")
+                else:
+                    self._reject(400, f"invalid HTTP request: {exc}", "bad_request")
+                return
+
+    def _upgrade_ignored(self) -> bytes | None:
+        """llhttp stopped after a request offering an upgrade. A refused offer is
+        answered 501 (None: nothing more to read). Any other is ignored: a new parser
+        reads the rest, after the returned head that gives it the request's body framing
+        (empty for a request without a body)."""
+        refused, self._refused = self._refused, None
+        if refused is not None:
+            message, request_id = refused
+            self._reject(501, message, "upgrade", request_id)
+            return None
+        self._parser = httptools.HttpRequestParser(self)
+        head, self._body_head = self._body_head, None
+        self._replaying = head is not None
+        return head or b""
 
     # --- parser callbacks -------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._replaying:
+            # Only the framing of a skipped body: the request it belongs to exists.
+            self._url, self._headers, self._head_bytes = [], [], 0
+            return
         self._in_head = True
         self._head_raw = 0
         if self._current is None:
@@ -437,13 +213,23 @@ class HttpConnection(asyncio.Protocol):
             self._expect_continue = text.lower() == "100-continue"
 
     def on_headers_complete(self) -> None:
+        if self._replaying:
+            self._replaying = False
+            return
         self._in_head = False
         parser = self._parser
+        method = parser.get_method().decode("ascii")
         if parser.should_upgrade():
-            return  # feed_data raises HttpParserUpgrade next
+            # feed_data raises HttpParserUpgrade after this request's (empty) message.
+            message = _refused_upgrade(method, self._headers)
+            if message is not None:
+                request_id = RequestHeaders(self._headers).get(REQUEST_ID)
+                self._refused = (message, request_id if valid_request_id(request_id) else None)
+                return
+            self._body_head = _body_framing(self._headers)
         request = HttpRequest(
             self,
-            parser.get_method().decode("ascii"),
+            method,
             b"".join(self._url).decode("utf-8", "surrogateescape"),
             parser.get_http_version(),
             RequestHeaders(self._headers),
@@ -466,6 +252,8 @@ class HttpConnection(asyncio.Protocol):
             self._parsing.body.feed(chunk)
 
     def on_message_complete(self) -> None:
+        if self._body_head is not None:
+            return  # llhttp skipped the body of an ignored upgrade offer: it comes next
         request, self._parsing = self._parsing, None
         if request is not None:
             request.body.finish()
@@ -523,7 +311,9 @@ class HttpConnection(asyncio.Protocol):
         if self.lost:
             raise ConnectionResetError("client disconnected")
 
-    def _reject(self, status: int, message: str, reason: str) -> None:
+    def _reject(
+        self, status: int, message: str, reason: str, request_id: str | None = None
+    ) -> None:
         """A request that never reaches a handler: answer it, count it, close."""
         self._server.count_rejected(reason)
         request = self._parsing
@@ -537,7 +327,7 @@ class HttpConnection(asyncio.Protocol):
             self.closing = True
             self.pause_reading()
             return
-        self.write(_error_bytes(status, message))
+        self.write(_error_bytes(status, message, request_id))
         self._linger()
 
     def _linger(self) -> None:
@@ -614,14 +404,51 @@ class HttpConnection(asyncio.Protocol):
             self._timer = None
 
 
-def _error(status: int, message: str) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    """An error answer for a request the handler never saw (so it gets a new id)."""
-    return (status, *error_answer(status, message, new_request_id()))
+def _error(
+    status: int, message: str, request_id: str | None = None
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    """An error answer from the listener: the client's request id when it sent a valid
+    one, else a new one."""
+    return (status, *error_answer(status, message, request_id or new_request_id()))
 
 
-def _error_bytes(status: int, message: str) -> bytes:
-    status, reason, headers, body = _error(status, message)
-    return _head(status, reason, headers, f"Content-Length: {len(body)}\r\n", True) + body
+def _error_bytes(status: int, message: str, request_id: str | None = None) -> bytes:
+    status, reason, headers, body = _error(status, message, request_id)
+    return response_head(status, reason, headers, f"Content-Length: {len(body)}\r\n", True) + body
+
+
+def _refused_upgrade(method: str, headers: list[tuple[str, str]]) -> str | None:
+    """Why a request llhttp flags as an upgrade is refused; None to serve it as HTTP/1.1.
+
+    Only a tunnel is refused: there is no request/response pair in it to copy to the
+    shadows, and a WebSocket client expects ``101``, so HTTP/1.1 would only confuse it.
+    """
+    if method == "CONNECT":
+        return "CONNECT is not supported: shadowproxy is a reverse proxy, not a tunnel"
+    for name, value in headers:
+        if name.lower() == "upgrade":
+            offered = (token.split("/", 1)[0].strip().lower() for token in value.split(","))
+            if "websocket" in offered:
+                return (
+                    "WebSocket is not supported: shadowproxy proxies HTTP request/response "
+                    "traffic; connect WebSocket clients to production directly"
+                )
+    return None
+
+
+def _body_framing(headers: list[tuple[str, str]]) -> bytes | None:
+    """A head carrying only a request's body framing, for a parser to read that body
+    (httptools skips the body of an upgrade offer); None for a request without one.
+    llhttp has already refused conflicting framing in the real head."""
+    framing = [
+        f"{name}: {value}\r\n"
+        for name, value in headers
+        if name.lower() in ("content-length", "transfer-encoding")
+    ]
+    if not framing:
+        return None
+    head = "POST / HTTP/1.1\r\n" + "".join(framing) + "\r\n"
+    return head.encode("utf-8", "surrogateescape")
 
 
 class HttpServer:

@@ -29,13 +29,19 @@ from shadowproxy.http.headers import (
     upstream_request_headers,
     valid_request_id,
 )
-from shadowproxy.http.server import Body, HttpRequest, RequestBodyError
+from shadowproxy.http.request import Body, HttpRequest, RequestBodyError
 from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
 from shadowproxy.proxy.arms import Choice
 from shadowproxy.proxy.runtime import ProductionChaos, RouteMetrics, RouteRuntime, Snapshot
 from shadowproxy.proxy.tee import Exchange, Tee
 from shadowproxy.proxy.upstream import header
-from shadowproxy.records import Exposure, ExposureSink, ProductionResult, RequestInfo
+from shadowproxy.records import (
+    CLIENT_ABANDONED,
+    Exposure,
+    ExposureSink,
+    ProductionResult,
+    RequestInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +230,6 @@ class ProxyHandler:
             )
         )
         if streamed:
-            runtime.metrics.count(runtime.name, upstream.status)
             await _stream(request, upstream, reply_headers, length, outcome, runtime)
         else:
             await _buffered(request, upstream, reply_headers, outcome, runtime, request_id)
@@ -407,9 +412,12 @@ async def _stream(
     """Pass a body through as it arrives: the client sees the first event at once.
 
     Each read waits at most the route's ``timeout_s``: a stalled stream is cut, not
-    left holding the client's connection.
+    left holding the client's connection. A client that leaves mid-stream is counted
+    as 499 and production's stream closed rather than read on: an LLM server would
+    go on generating tokens nobody reads (``records.CLIENT_ABANDONED``).
     """
     chunks = upstream.iter_chunks()
+    code = upstream.status
     try:
         request.start(upstream.status, upstream.reason, headers, length)
         while True:
@@ -421,7 +429,7 @@ async def _stream(
             await request.write(chunk)
         request.end()
     except ConnectionError:
-        outcome.error = "client disconnected"
+        outcome.error, code = CLIENT_ABANDONED, CLIENT_CLOSED
         upstream.close()
     except (ShadowproxyError, OSError, TimeoutError) as exc:
         # Headers are out: the only honest signal left is to cut the connection so
@@ -431,6 +439,8 @@ async def _stream(
         request.abort()
     else:
         upstream.release()
+    finally:
+        runtime.metrics.count(runtime.name, code)
 
 
 def _body_failed(

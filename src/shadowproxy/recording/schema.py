@@ -54,7 +54,11 @@ PAIR_COLUMNS: tuple[Column, ...] = (
     Column("query", pa.string(), "query string without '?', empty when none"),
     Column("prod_status", pa.int32(), "production's HTTP status; null when it did not answer"),
     Column("prod_latency_ms", pa.float64(), "production time until its response ended"),
-    Column("prod_error", pa.string(), "why production failed (502/504 sent); null when fine"),
+    Column(
+        "prod_error",
+        pa.string(),
+        "why production failed (502/504 sent), or the client left; null when fine",
+    ),
     Column("prod_content_type", pa.string(), "production's Content-Type"),
     Column("shadow_outcome", pa.string(), "ok | error | timeout | dropped | skipped"),
     Column("shadow_status", pa.int32(), "shadow's HTTP status; null without a response"),
