@@ -3,6 +3,8 @@ is described, and every example config the docs include loads."""
 
 from __future__ import annotations
 
+import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,34 @@ def test_readme_stays_a_front_page() -> None:
     """The reference lives in docs/; the README is the pitch, the tour and the links."""
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) < 250, f"README.md has {len(lines)} lines: move the detail into docs/"
+
+
+def _resolves(dotted: str) -> bool:
+    """``proxy.tee.Tee.start`` names a module of the package and attributes below it."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target: object = importlib.import_module("shadowproxy." + ".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+def test_internals_names_only_code_that_exists() -> None:
+    """internals.md walks the code module by module: a move or a rename must update it."""
+    text = (ROOT / "docs" / "internals.md").read_text()
+    # Config keys (``record.redact``) and file names are not code.
+    keys = {key.path for model in (MainConfig, RouteConfig) for key in next(walk(model))[2]}
+    named = {
+        span
+        for span in re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)`", text)
+        if span.split(".")[0] not in keys and not span.endswith((".toml", ".yaml", ".md"))
+    }
+    assert len(named) > 40, sorted(named)  # the page does name the code
+    missing = sorted(span for span in named if not _resolves(span))
+    assert missing == [], f"docs/internals.md names code that does not exist: {missing}"
