@@ -118,9 +118,24 @@ def test_internals_names_only_code_that_exists() -> None:
     keys = {key.path for model in (MainConfig, RouteConfig) for key in next(walk(model))[2]}
     named = {
         span
-        for span in re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)`", text)
+        for span in re.findall(r"`([a-z_][a-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+)`", text)
         if span.split(".")[0] not in keys and not span.endswith((".toml", ".yaml", ".md"))
     }
     assert len(named) > 40, sorted(named)  # the page does name the code
     missing = sorted(span for span in named if not _resolves(span))
     assert missing == [], f"docs/internals.md names code that does not exist: {missing}"
+
+
+def test_modules_and_files_the_docs_name_exist() -> None:
+    """A module path or repository file named in the README or the docs still exists."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    modules, files = set(), set()
+    for page in pages:
+        text = page.read_text()
+        modules |= set(re.findall(r"`shadowproxy((?:\.[a-z_0-9]+)+)`", text))
+        files |= set(re.findall(r"`((?:src|tests|config|benchmarks|docs)/[\w./-]+)`", text))
+        files |= {f"src/{path}" for path in re.findall(r"`(shadowproxy/[\w/]+\.py)`", text)}
+    missing = [f"shadowproxy{m}" for m in sorted(modules) if not _resolves(m.lstrip("."))]
+    missing += [path for path in sorted(files) if not (ROOT / path).exists()]
+    assert len(modules) + len(files) > 10
+    assert missing == [], f"the docs name what does not exist: {missing}"
