@@ -118,6 +118,7 @@ def write_config(directory: Path, routes: list[dict[str, Any]], **main: Any) -> 
         "routes_dir": "routes",
         "drain_timeout_s": 5,
         "recording": {"dir": str(directory / "shadow-logs")},
+        "state_dir": str(directory / "state"),
         **main,
     }
     path = directory / "shadowproxy.yaml"

@@ -212,10 +212,39 @@ def test_numeric_limits_the_number_of_elements() -> None:
         ([None], [None], (None, None, "production prediction [0]: expected a class label or a score vector, got null", None, None)),
         ([[]], [[]], (None, None, "production prediction [0]: expected a class label or a score vector, got []", None, None)),
         (["a", "b"], ["a"], (False, None, "batch size 2 vs 1", 2, None)),
+        # rows of width 1 (a classifier's [N, 1] output): the value is the class
+        ([[3], [0]], [[3], [1]], (False, 1.0, "[1]: 0 vs 1", 2, 1)),
+        ([[3], [0]], [[3], [0]], (True, 0.0, None, 2, 2)),
+        ([[3]], [3], (True, 0.0, None, 1, 1)),
+        ([["cat"]], [["dog"]], (False, 1.0, '[0]: "cat" vs "dog"', 1, 0)),
+        ([[True]], [[1]], (False, 1.0, "[0]: true vs 1", 1, 0)),
+        ([2.0], [3.0], (False, 1.0, "2.0 vs 3.0", None, None)),
+        ([[2.0], [1]], [[2], [1.0]], (True, 0.0, None, 2, 2)),
+        ([0.93], [0.2], (None, None, "production prediction: one score is not a class (kind: numeric compares it), got [0.93]", None, None)),
+        ([[0.9], [0.8]], [[0.9], [0.8]], (None, None, "production prediction [0]: one score is not a class (kind: numeric compares it), got [0.9]", None, None)),
+        ([[None]], [[None]], (None, None, "production prediction [0]: expected a class label or a score vector, got [null]", None, None)),
     ],
 )  # fmt: skip
 def test_label(prod: Any, shadow: Any, expected: tuple[Any, ...]) -> None:
     assert as_tuple(run("label", prod, shadow)) == expected
+
+
+class_ids = st.lists(st.integers(0, 4) | st.booleans() | st.sampled_from(["a", "b"]), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(prod=class_ids, shadow=class_ids)
+def test_rows_of_one_class_judge_as_the_classes_themselves(
+    prod: list[Any], shadow: list[Any]
+) -> None:
+    flat = run("label", prod, shadow)
+    rows = run("label", [[c] for c in prod], [[c] for c in shadow])
+    assert as_tuple(rows) == as_tuple(flat)
+    if len(prod) == len(shadow):
+        same = [type(a) is type(b) and a == b for a, b in zip(prod, shadow, strict=True)]
+        assert (rows.agree, rows.batch_agree) == (all(same), sum(same))
+    if prod:
+        assert pick([[c] for c in prod]) == pick(prod)
 
 
 # --- probabilities ----------------------------------------------------------------------
@@ -446,6 +475,13 @@ def test_text_limits_the_length(monkeypatch: pytest.MonkeyPatch) -> None:
         ([[0.1, 0.9], [0.5, 0.5]], "probabilities"),
         ([[0.1, 0.9], [0.5, 0.6]], "numeric"),
         ([[1.0], [2.0]], "numeric"),
+        ([[3], [0]], "label"),
+        ([[True], [False]], "label"),
+        ([["setosa"], ["virginica"]], "label"),
+        ([["a long answer"]], "exact"),
+        ([[1], [2.5]], "numeric"),
+        ([[None]], "exact"),
+        ([[[3]]], "exact"),
         ([[1, 2], [3, 4]], "numeric"),
         ([[0.1, 0.9], [1.5, -0.5]], "numeric"),
         ([[0.1, 0.9], ["a"]], "exact"),

@@ -70,6 +70,7 @@ def test_a_full_compare_block_loads(tmp_path: Path) -> None:
         "top_k": 20,
         "min_overlap": 0.8,
         "rbo_p": 0.95,
+        "min_cosine": 0.95,
     }
     main, _ = write_config(tmp_path, block)
     compare = load_config(main, environ={}).routes[0].compare
@@ -93,14 +94,17 @@ def test_every_kind_is_accepted(kind: str) -> None:
         ({"prediction": "kserve"}, "compare.prediction",
          ("unknown preset 'kserve' (did you mean 'kserve-v1'?); use a JSON path starting with '$' "
           "(e.g. '$.predictions') or one of: raw, kserve-v1, tfserving, mlflow, open-inference, "
-          "openai-chat, openai-completions")),
+          "openai-chat, openai-completions, openai-embeddings")),
+        ({"prediction": "openai-embedding"}, "compare.prediction",
+         "unknown preset 'openai-embedding' (did you mean 'openai-embeddings'?)"),
         ({"prediction": "predictions"}, "compare.prediction", "unknown preset 'predictions'"),
         ({"prediction": "$.outputs[x]"}, "compare.prediction",
          "JSON path '$.outputs[x]': unexpected '[' at position 9 (supported: .key, ['key'], [N], [*])"),
         ({"prediction": "$."}, "compare.prediction", "JSON path '$.': expected a key after '.' at position 1"),
         ({"kind": "numerc"}, "compare.kind",
          ("unknown comparator 'numerc' (did you mean 'numeric'?); one of: auto, exact, numeric, "
-          "label, probabilities, ranking, text")),
+          "label, probabilities, ranking, text, embedding")),
+        ({"kind": "embeddings"}, "compare.kind", "unknown comparator 'embeddings' (did you mean 'embedding'?)"),
         ({"kind": "fuzzy"}, "compare.kind", "unknown comparator 'fuzzy'; one of: auto,"),
         ({"ignore": ["$.id", "id"]}, "compare.ignore[1]", "JSON path must start with '$', got 'id'"),
         ({"ignore": ["$"]}, "compare.ignore[0]", "must name a field below the root '$', got '$'"),
@@ -117,6 +121,9 @@ def test_every_kind_is_accepted(kind: str) -> None:
         ({"top_k": 0}, "compare.top_k", "must be at least 1, got 0"),
         ({"top_k": 5000}, "compare.top_k", "must be at most 1000, got 5000"),
         ({"rbo_p": 1}, "compare.rbo_p", "must be less than 1, got 1"),
+        ({"min_cosine": 1.01}, "compare.min_cosine", "must be at most 1, got 1.01"),
+        ({"min_cosine": -2}, "compare.min_cosine", "must be at least -1, got -2"),
+        ({"min_cosine": float("nan")}, "compare.min_cosine", "input should be a finite number"),
         ({"kinds": "exact"}, "compare.kinds", "unknown key (did you mean 'kind'?); allowed: abs_tol,"),
         ("exact", "compare", "input should be a valid dictionary or instance of CompareConfig"),
     ],
@@ -164,6 +171,8 @@ def test_describe_auto_shows_the_rule_and_the_candidates() -> None:
         (CompareConfig(kind="text", min_similarity=0.7), "token similarity >= 0.7", {"min_similarity": 0.7}),
         (CompareConfig(kind="label"), "same class (a label, or the argmax of a score vector)", None),
         (CompareConfig(kind="exact"), "equal JSON (key order ignored, 1 == 1.0, NaN == NaN)", None),
+        (CompareConfig(kind="embedding", min_cosine=0.9), "cosine similarity >= 0.9 (base64 float32 or number arrays)",
+         {"min_cosine": 0.9}),
     ],
 )  # fmt: skip
 def test_describe_states_agree_with_the_route_thresholds(
@@ -177,6 +186,15 @@ def test_describe_states_agree_with_the_route_thresholds(
     )
     assert "diff_score" in summary
     assert "auto_rule" not in summary
+
+
+def test_describe_says_the_embeddings_preset_picks_the_comparator() -> None:
+    summary = describe(CompareConfig(prediction="openai-embeddings", min_cosine=0.995))
+    assert summary["auto"] == "embedding (the openai-embeddings preset decides)"
+    assert summary["path"] == "$.data[*].embedding"
+    assert summary["options"] == {"min_cosine": 0.995}
+    assert "auto_rule" not in summary
+    orjson.dumps(summary)
 
 
 def test_describe_open_inference_names_the_output() -> None:

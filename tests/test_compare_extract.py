@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadowproxy.compare import CompareConfig, compare
+from shadowproxy.compare import KINDS, PRESETS, CompareConfig, compare
 from shadowproxy.compare.decode import decode
-from shadowproxy.compare.extract import Extractor
+from shadowproxy.compare.extract import CLASS_DATATYPES, Extractor
 from shadowproxy.compare.sse import reassemble
 from shadowproxy.compare.verdict import Incomparable
 from shadowproxy.records import (
@@ -190,6 +190,117 @@ def test_open_inference_reshapes_only_flat_data_with_a_real_2d_shape(
 ) -> None:
     answer = {"outputs": [{"name": "y", "shape": shape, "data": data}]}
     assert extract(CompareConfig(prediction="open-inference"), answer) == expected
+
+
+def predict_output(datatype: str, data: list[Any], shape: list[int] | None = None) -> Any:
+    """An Open Inference answer with one output, as MLServer answers ``predict``."""
+    shape = [len(data), 1] if shape is None else shape
+    output = {"name": "predict", "shape": shape, "datatype": datatype, "data": data}
+    return {"model_name": "iris", "outputs": [output]}
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (predict_output("INT64", [2, 0, 1]), [2, 0, 1]),
+        (predict_output("INT32", [2]), [2]),
+        (predict_output("UINT8", [[2], [0]], [2, 1]), [2, 0]),  # sent nested
+        (predict_output("BYTES", ["virginica", "setosa"]), ["virginica", "setosa"]),
+        (predict_output("BOOL", [True, False]), [True, False]),
+        (predict_output("INT64", [2, 0, 1, 1], [2, 2]), [[2, 0], [1, 1]]),  # width 2: rows
+        (predict_output("INT64", [2, 0], [2, 1, 1]), [2, 0]),
+        (predict_output("FP32", [0.5, 1.5]), [[0.5], [1.5]]),  # a regression score stays
+        (predict_output("FP64", [3.0], [1, 1]), [[3.0]]),
+        (predict_output("int64", [2, 0]), [[2], [0]]),  # datatypes are upper case
+        ({"outputs": [{"name": "y", "shape": [2, 1], "data": [2, 0]}]}, [[2], [0]]),
+    ],
+)
+def test_open_inference_rows_of_one_class_are_labels(answer: Any, expected: Any) -> None:
+    assert extract(CompareConfig(prediction="open-inference"), answer) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 9), min_size=1, max_size=12),
+    changed=st.sets(st.integers(0, 11)),
+    datatype=st.sampled_from(sorted(CLASS_DATATYPES)),
+)
+def test_class_outputs_of_width_one_compare_row_by_row(
+    ids: list[int], changed: set[int], datatype: str
+) -> None:
+    values: list[Any] = [bool(i % 2) for i in ids] if datatype == "BOOL" else ids
+    if datatype == "BYTES":
+        values = [f"class-{i}" for i in ids]
+    other = [v if i not in changed else ("x" if isinstance(v, str) else not v if isinstance(v, bool) else v + 1)
+             for i, v in enumerate(values)]  # fmt: skip
+    config = CompareConfig(prediction="open-inference")
+    assert extract(config, predict_output(datatype, values)) == values
+    result = compare(
+        config, make_pair(predict_output(datatype, values), predict_output(datatype, other))
+    )
+    same = sum(a == b for a, b in zip(values, other, strict=True))
+    assert (result.comparator, result.batch_size, result.batch_agree) == (
+        "auto:label",
+        len(values),
+        same,
+    )
+    assert result.agree == (same == len(values))
+
+
+def class_ids(ids: list[Any]) -> Any:
+    """Class ids of shape [N, 1] as TF Serving, KServe v1 and MLflow send them."""
+    return {"predictions": [[i] for i in ids]}
+
+
+CLASS_ANSWERS: dict[str, Any] = {
+    "raw": lambda ids: [[i] for i in ids],
+    "kserve-v1": class_ids,
+    "tfserving": class_ids,
+    "mlflow": class_ids,
+    "open-inference": lambda ids: predict_output("INT64", ids),
+}
+"""A classifier's answer to three rows, per preset that can carry one."""
+TEXT_PRESETS = {"openai-chat", "openai-completions"}
+
+
+def test_every_preset_is_checked_for_class_ids_of_width_one() -> None:
+    assert set(CLASS_ANSWERS) | TEXT_PRESETS >= set(PRESETS) - {"openai-embeddings"}
+
+
+@pytest.mark.parametrize("kind", ["auto", "label"])
+@pytest.mark.parametrize("prediction", sorted(CLASS_ANSWERS))
+def test_class_ids_of_width_one_are_judged_as_labels(prediction: str, kind: str) -> None:
+    config = CompareConfig(prediction=prediction, kind=kind)
+    answer = CLASS_ANSWERS[prediction]
+    same = compare(config, make_pair(answer([2, 0, 1]), answer([2, 0, 1])))
+    assert (same.comparator, same.agree, same.batch_agree) == (
+        "auto:label" if kind == "auto" else "label", True, 3)  # fmt: skip
+    other = compare(config, make_pair(answer([2, 0, 1]), answer([2, 1, 1])))
+    assert (other.agree, other.diff_score, other.batch_size, other.batch_agree) == (
+        False,
+        1.0,
+        3,
+        2,
+    )
+    assert other.detail == "[1]: 0 vs 1"
+
+
+@pytest.mark.parametrize(
+    ("datatype", "prod", "shadow", "comparator", "detail"),
+    [
+        ("BYTES", ["setosa", "virginica"], ["setosa", "setosa"], "auto:label", '[1]: "virginica" vs "setosa"'),
+        ("BOOL", [True, False], [True, True], "auto:label", "[1]: false vs true"),
+        ("FP32", [0.5, 1.5], [0.5, 1.25], "auto:numeric", "[1][0]: 1.5 vs 1.25"),
+    ],
+)  # fmt: skip
+def test_open_inference_width_one_by_datatype(
+    datatype: str, prod: list[Any], shadow: list[Any], comparator: str, detail: str
+) -> None:
+    config = CompareConfig(prediction="open-inference")
+    result = compare(
+        config, make_pair(predict_output(datatype, prod), predict_output(datatype, shadow))
+    )
+    assert (result.comparator, result.agree, result.detail) == (comparator, False, detail)
 
 
 @pytest.mark.parametrize(
@@ -530,9 +641,17 @@ content_types = st.sampled_from([JSON, SSE, None, "text/html"])
 configs = st.builds(
     CompareConfig,
     prediction=st.sampled_from(
-        ["raw", "kserve-v1", "open-inference", "openai-chat", "openai-completions", "$[0]"]
+        [
+            "raw",
+            "kserve-v1",
+            "open-inference",
+            "openai-chat",
+            "openai-completions",
+            "openai-embeddings",
+            "$[0]",
+        ]
     ),
-    kind=st.sampled_from(["auto", "exact", "numeric", "label", "probabilities", "ranking", "text"]),
+    kind=st.sampled_from(KINDS),
     ignore=st.sampled_from([(), ("$.id",), ("$[*]",)]),
 )
 

@@ -10,6 +10,7 @@ that are symmetric by definition give the same verdict both ways round.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -48,6 +49,7 @@ SCORE_RANGE = {
     "ranking": (0.0, 1.0),
     "text": (0.0, 1.0),
     "numeric": (0.0, math.inf),
+    "embedding": (0.0, 2.0),
 }
 """What each comparator documents for ``diff_score``; exact and label give only 0 or 1.
 Each is also symmetric by definition (JSON equality, same class, JS divergence, top-k
@@ -91,6 +93,7 @@ shaped = (
     | st.lists(st.text(" ab.", max_size=20) | st.none(), max_size=4)
     | st.text(" abc.", max_size=40)
     | st.floats()
+    | st.lists(st.binary(max_size=17).map(lambda b: base64.b64encode(b).decode()), max_size=3)
 )
 """Predictions of the shapes the comparators look for, so their real paths run."""
 predictions = json_values | shaped
@@ -253,7 +256,7 @@ def envelopes(value: Any) -> st.SearchStrategy[Any]:
         {"name": st.sampled_from(["probs", "label", "\ud800"]), "data": st.just(value)},
         optional={
             "shape": st.lists(st.integers(0, 4), max_size=3) | json_values,
-            "datatype": st.just("FP32"),
+            "datatype": st.sampled_from(["FP32", "INT64", "BYTES", "BOOL"]),
         },
     )
     return st.one_of(
@@ -262,6 +265,7 @@ def envelopes(value: Any) -> st.SearchStrategy[Any]:
         st.lists(tensor, min_size=1, max_size=3).map(lambda outputs: {"outputs": outputs}),
         st.just({"choices": [{"index": 0, "message": {"content": value}}]}),
         st.just({"choices": [{"text": value}, {"text": "b"}]}),
+        st.just({"object": "list", "data": [{"index": 0, "embedding": value}]}),
     )
 
 

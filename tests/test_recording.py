@@ -786,8 +786,9 @@ async def test_exposures_rotate_like_pairs(tmp_path: Path, metrics: Metrics) -> 
     await recorder.start()
     for n in range(7):
         recorder.submit_exposure(make_exposure(n))
-    await wait_until(lambda: len(parquet_files(tmp_path)) == 2)
-    assert recorder.pending == 1
+    # A file is visible (renamed into place) a moment before the writer counts its rows
+    # as finished: wait for both.
+    await wait_until(lambda: len(parquet_files(tmp_path)) == 2 and recorder.pending == 1)
     await recorder.close()
     assert sorted(pq.read_metadata(p).num_rows for p in parquet_files(tmp_path)) == [1, 3, 3]
 

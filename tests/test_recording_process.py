@@ -53,6 +53,18 @@ def test_pairs_survive_the_wire_unchanged() -> None:
     assert back == pair
 
 
+def test_content_encodings_survive_the_wire() -> None:
+    """The writer process decodes bodies by them: losing one would record gzip bytes."""
+    pair = make_pair(3)
+    pair.request.content_encoding = "gzip"
+    pair.production.content_encoding = "br"
+    pair.result.content_encoding = "gzip, zstd"
+    back = wire.unpack(wire.pack(pair))
+    assert back.request.content_encoding == "gzip"
+    assert back.production.content_encoding == "br"
+    assert back.result.content_encoding == "gzip, zstd"
+
+
 async def test_exposures_survive_the_wire_unchanged() -> None:
     exposures = [make_exposure(1), replace(make_exposure(2), unit=None, status=None, chaos="x")]
     reader = asyncio.StreamReader()

@@ -63,6 +63,18 @@ def test_merged_exposition_adds_amounts_and_takes_the_max_of_flags() -> None:
     assert "_created" not in merged
 
 
+def test_families_are_combined_by_name_wherever_they_appear() -> None:
+    """A family met again, later in one exposition or in another, is one family."""
+    first, second = _exposition(3, [0.05], 0, 2), _exposition(4, [0.5], 1, 5)
+    merged = merge_expositions([first + second, first])
+    for name in ("shadowproxy_requests_total", "shadowproxy_shadow_circuit_open"):
+        assert merged.count(f"# HELP {name} ") == 1
+        assert merged.count(f"# TYPE {name} ") == 1
+    samples = _samples(merged)
+    assert samples[("shadowproxy_requests_total", (("code", "200"), ("route", "r")))] == 10
+    assert samples[("shadowproxy_shadow_circuit_open", (("shadow", "s"),))] == 1
+
+
 def test_label_values_survive_escaping() -> None:
     registry = CollectorRegistry()
     counter = Counter("c", "Help with \\ and\nnewline.", ["v"], registry=registry)

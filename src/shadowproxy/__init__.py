@@ -38,3 +38,6 @@ The tree reads like that path, one package per layer:
 """
 
 __version__ = "0.1.0"
+DISTRIBUTION = "shadowproxy-ml"
+"""The name to install (``pip install 'shadowproxy-ml[report]'``): ``shadowproxy`` on the
+package index is an unrelated project. The import package and the command are shadowproxy."""

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
-from shadowproxy import __version__
+from shadowproxy import DISTRIBUTION, __version__
 from shadowproxy.config import Config, load_config, with_overrides
 from shadowproxy.errors import ConfigError
 from shadowproxy.loop import run_loop
@@ -197,11 +197,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Imported lazily: the proxy itself never loads DuckDB."""
     try:
         from shadowproxy import report
+        from shadowproxy.report import load, table  # noqa: F401  (DuckDB and rich, at import)
     except ImportError as exc:
-        print(
-            f"shadowproxy report needs the report extra (pip install 'shadowproxy[report]'): {exc}",
-            file=sys.stderr,
-        )
+        print(missing_extra("shadowproxy report", "report", exc), file=sys.stderr)
         return EXIT_CONFIG
     try:
         options = report.ReportOptions(
@@ -225,6 +223,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     except report.ReportInputError as exc:
         print(f"shadowproxy report: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def missing_extra(command: str, extra: str, error: ImportError) -> str:
+    """One line that says what to install, instead of a traceback."""
+    missing = error.name.partition(".")[0] if error.name else str(error)
+    return (
+        f"{command} needs the {extra} extra ({missing} is not installed): "
+        f"pip install '{DISTRIBUTION}[{extra}]'"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -263,9 +270,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import sklearn  # noqa: F401
 
         from shadowproxy.demo import run_scenario
-    except ImportError:
-        print("the demo needs scikit-learn: pip install 'shadowproxy[demo]'", file=sys.stderr)
-        return 1
+    except ImportError as exc:
+        print(missing_extra("shadowproxy demo", "demo", exc), file=sys.stderr)
+        return EXIT_CONFIG
     from pathlib import Path
 
     if args.rate is not None and args.rate <= 0:

@@ -211,6 +211,9 @@ class RouteConfig(FrozenModel):
     production only, and the request's shadows are skipped (``body_too_large``)."""
     max_capture_bytes: ByteCount = 1024 * 1024
     """Response bytes kept per side for comparison and recording."""
+    max_decoded_bytes: ByteCount = 16 * 1024 * 1024
+    """Most bytes one compressed body (``Content-Encoding``) may decode to for comparison
+    and recording; past it the pair is incomparable (a 1 MiB gzip can hold 1 GiB)."""
     record: RecordConfig = RecordConfig()
     """What is written to Parquet."""
     compare: CompareConfig = CompareConfig()

@@ -26,7 +26,67 @@ RELOAD_RESULTS = ("success", "failure")
 REJECT_REASONS = ("bad_request", "header_too_large", "header_timeout", "upgrade")
 
 
-class Metrics:
+class RecorderMetrics:
+    """The metrics the recorder produces: verdicts, Parquet output, drops, health.
+
+    The writer process registers only these, so its exposition, served through the
+    proxy's ``/metrics``, adds families the proxy does not have and repeats none.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.comparisons = Counter(
+            "shadowproxy_comparisons",
+            "Compared pairs by result (agree|disagree|incomparable).",
+            ["route", "shadow", "result"],
+            registry=registry,
+        )
+        self.diff_score = Histogram(
+            "shadowproxy_diff_score",
+            "Comparator-specific difference between shadow and production (0 = identical).",
+            ["route", "shadow"],
+            buckets=DIFF_SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.records_written = Counter(
+            "shadowproxy_records_written",
+            "Records that reached a complete Parquet file, by kind (pairs|exposures|feedback).",
+            ["kind"],
+            registry=registry,
+        )
+        self.records_dropped = Counter(
+            "shadowproxy_records_dropped",
+            "Records lost on purpose, by reason (queue_full|write_failed|shutdown|writer_died).",
+            ["reason"],
+            registry=registry,
+        )
+        self.body_decode_failures = Counter(
+            "shadowproxy_body_decode_failures",
+            "Compressed bodies of recorded pairs left as sent, by body (request|production|"
+            "shadow) and reason (too_large|truncated|corrupt|unsupported); each makes its "
+            "pair incomparable.",
+            ["route", "body", "reason"],
+            registry=registry,
+        )
+        self.recorder_pending = Gauge(
+            "shadowproxy_recorder_pending_records",
+            "Records buffered in memory, waiting for the writer.",
+            registry=registry,
+        )
+        self.recorder_write_errors = Counter(
+            "shadowproxy_recorder_write_errors",
+            "Failed attempts to write a Parquet file (retried with backoff).",
+            registry=registry,
+        )
+        self.recorder_degraded = Gauge(
+            "shadowproxy_recorder_degraded",
+            "1 while the recorder cannot write (disk full, permissions, bucket unreachable).",
+            registry=registry,
+        )
+
+
+class Metrics(RecorderMetrics):
+    """Everything one proxy process exports: its own metrics and the recorder's."""
+
     def __init__(
         self,
         registry: CollectorRegistry | None = None,
@@ -145,46 +205,7 @@ class Metrics:
             "When the config now serving was loaded (start or reload), in Unix seconds.",
             registry=r,
         )
-        self.comparisons = Counter(
-            "shadowproxy_comparisons",
-            "Compared pairs by result (agree|disagree|incomparable).",
-            ["route", "shadow", "result"],
-            registry=rr,
-        )
-        self.diff_score = Histogram(
-            "shadowproxy_diff_score",
-            "Comparator-specific difference between shadow and production (0 = identical).",
-            ["route", "shadow"],
-            buckets=DIFF_SCORE_BUCKETS,
-            registry=rr,
-        )
-        self.records_written = Counter(
-            "shadowproxy_records_written",
-            "Records that reached a complete Parquet file, by kind (pairs|exposures|feedback).",
-            ["kind"],
-            registry=rr,
-        )
-        self.records_dropped = Counter(
-            "shadowproxy_records_dropped",
-            "Records lost on purpose, by reason (queue_full|write_failed|shutdown|writer_died).",
-            ["reason"],
-            registry=rr,
-        )
-        self.recorder_pending = Gauge(
-            "shadowproxy_recorder_pending_records",
-            "Records buffered in memory, waiting for the writer.",
-            registry=rr,
-        )
-        self.recorder_write_errors = Counter(
-            "shadowproxy_recorder_write_errors",
-            "Failed attempts to write a Parquet file (retried with backoff).",
-            registry=rr,
-        )
-        self.recorder_degraded = Gauge(
-            "shadowproxy_recorder_degraded",
-            "1 while the recorder cannot write (disk full, permissions, bucket unreachable).",
-            registry=rr,
-        )
+        super().__init__(rr)
 
 
 class WorkerMetrics:

@@ -6,6 +6,9 @@ Every request served on an experiment route becomes one ``Exposure``: the arm th
 answered it. Both are plain data built on the event loop with no parsing; comparison
 and serialisation happen downstream, off the production path.
 
+Bodies are kept as they travelled, compressed or not, with their ``Content-Encoding``;
+the recorder decodes them (``recording.decoding``) before redaction and comparison.
+
 Plain data with no heavy imports: the serving process never loads Arrow. The recorded
 form of a pair (the Parquet schema) is written down once, in ``shadowproxy.recording.schema``.
 """
@@ -39,6 +42,10 @@ class RequestInfo:
     body: bytes
     body_complete: bool
     """False when the body exceeded the route's ``max_body_bytes`` and was streamed."""
+    content_encoding: str | None = None
+    """The request's ``Content-Encoding`` as sent (``gzip``); None when it had none."""
+    decode_error: str | None = None
+    """Set by the recorder when ``body`` could not be decoded (``recording.decoding``)."""
 
 
 @dataclass(slots=True)
@@ -52,6 +59,12 @@ class ProductionResult:
     content_type: str | None
     chaos: str | None = None
     """The faults injected into this answer (``experiments.chaos`` marker); None normally."""
+    content_encoding: str | None = None
+    """``Content-Encoding`` as sent (``gzip``, ``gzip, br``); None when the answer had none.
+    The client gets the bytes as sent; the recorder decodes ``body`` before anything
+    reads it (``recording.decoding``)."""
+    decode_error: str | None = None
+    """Why the recorder could not decode ``body`` (it then holds the bytes as sent)."""
 
 
 @dataclass(slots=True)
@@ -67,6 +80,10 @@ class ShadowResult:
     chaos: str | None = None
     """The faults injected into this copy (``delay_ms=500,corrupt_prediction``); None normally.
     ``corrupt_prediction`` is applied by the recorder, before comparison."""
+    content_encoding: str | None = None
+    """``Content-Encoding`` as sent; decoded by the recorder, like production's."""
+    decode_error: str | None = None
+    """Why the recorder could not decode ``body`` (it then holds the bytes as sent)."""
 
 
 @dataclass(slots=True)

@@ -8,14 +8,14 @@ How one recorded pair is judged::
                   │
                   └─► extract the prediction (JSON path or preset) ──► serialise (record)
                                                                          │
-             comparator (exact | numeric | label | probabilities | ranking | text,
-                         or auto: picked from production's prediction) ◄─┘
+             comparator (exact | numeric | label | probabilities | ranking | text |
+                         embedding, or auto: picked from production's prediction) ◄─┘
                   │
                   └─► records.Comparison(agree, diff_score, detail, batch counts)
 
 Modules follow that path: ``spec`` (the ``compare:`` config block), ``decode`` and
 ``sse``, ``extract``, one module per comparator family (``exact``, ``numeric``,
-``label``, ``scores``, ``text``), ``auto``, ``comparators`` (the registry),
+``label``, ``scores``, ``text``, ``embedding``), ``auto``, ``comparators`` (the registry),
 ``verdict`` (the batch rule), ``pairs`` (the pipeline) and ``describe`` (``/routes``);
 ``corrupt`` changes a shadow's answer for a chaos experiment, before comparison.
 Every failure of the data is a reason in ``Comparison.detail``, never an exception.

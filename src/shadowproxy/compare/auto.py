@@ -30,6 +30,10 @@ RULE: tuple[str, ...] = (
         "an array of numbers with floats: probabilities if it is one distribution "
         f"(2+ values in [0, 1] summing to 1 +- {DISTRIBUTION_SUM_TOLERANCE}), else numeric"
     ),
+    (
+        "an array of one-value arrays (rows of width 1, e.g. [[3], [0]]): label if the values "
+        "are integers, booleans or short tokens (class ids), numeric if they are numbers"
+    ),
     "an array of arrays of numbers: probabilities if every row is a distribution, else numeric",
     "an object of numbers that is a distribution, or an array of such objects: probabilities",
     "anything else (objects, mixed arrays, null, an empty array): exact",
@@ -71,6 +75,8 @@ def _pick_array(items: list[Any]) -> Kind:
 
 def _pick_rows(rows: list[list[Any]]) -> Kind:
     values = list(chain.from_iterable(rows))
+    if len(values) == len(rows) and min(map(len, rows)) == 1:
+        return _pick_width_one(values)
     if not values or type(values[0]) not in _NUMBERS:
         return "exact"
     try:  # min/max compare every value with a number: a string, null or array raises
@@ -81,6 +87,14 @@ def _pick_rows(rows: list[list[Any]]) -> Kind:
         return "numeric"
     near_one = all(abs(total - 1) <= DISTRIBUTION_SUM_TOLERANCE for total in map(math.fsum, rows))
     return "probabilities" if near_one else "numeric"
+
+
+def _pick_width_one(values: list[Any]) -> Kind:
+    """Rows of one value each: class ids (label) unless they are numbers with floats."""
+    types = set(map(type, values))
+    if types <= {int, bool} or (types == {str} and _short_tokens(values)):
+        return "label"
+    return "numeric" if types <= _NUMBERS else "exact"
 
 
 def _is_distribution(values: list[Any]) -> bool:

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from shadowproxy.compare import auto
+from shadowproxy.compare.embedding import embedding
 from shadowproxy.compare.exact import first_difference
 from shadowproxy.compare.label import label
 from shadowproxy.compare.numeric import numeric
 from shadowproxy.compare.scores import probabilities, ranking
-from shadowproxy.compare.spec import CompareConfig, Kind
+from shadowproxy.compare.spec import PRESET_KINDS, RAW, CompareConfig, Kind
 from shadowproxy.compare.text import text
 from shadowproxy.compare.verdict import (
     Incomparable,
@@ -51,14 +52,16 @@ COMPARATORS: dict[str, Comparator] = {
     "probabilities": probabilities,
     "ranking": ranking,
     "text": text,
+    "embedding": embedding,
 }
 
 
-def resolve(kind: Kind, prod: Any) -> tuple[str, str]:
-    """``(comparator to run, name to report)``: ``auto`` becomes e.g. ``auto:numeric``."""
+def resolve(kind: Kind, prod: Any, prediction: str = RAW) -> tuple[str, str]:
+    """``(comparator to run, name to report)``: ``auto`` becomes e.g. ``auto:numeric``;
+    a preset in ``PRESET_KINDS`` decides instead of ``prod``'s types."""
     if kind != "auto":
         return kind, kind
-    picked = auto.pick(prod)
+    picked = PRESET_KINDS.get(prediction) or auto.pick(prod)
     return picked, f"auto:{picked}"
 
 

@@ -17,7 +17,10 @@ changes, each in the way its comparators notice:
   position; the next key by name) raised above the top, so its argmax names another
   class;
 * a boolean flips; null becomes ``"~chaos"``; an empty list or object gets one
-  ``"~chaos"`` entry.
+  ``"~chaos"`` entry;
+* an embedding (``openai-embeddings``: numbers or base64 float32, which stays base64)
+  has every number moved as above and then negated, so it points the other way: its
+  cosine with the original is negative, under any ``min_cosine`` of 0 or more.
 
 A streamed answer (``text/event-stream``) has the text of every event changed
 (``choices[*].delta.content``, ``choices[*].text``: what the reassembled answer is made
@@ -37,7 +40,8 @@ import orjson
 
 from shadowproxy.compare import jsonpath, sse
 from shadowproxy.compare.decode import parse_json
-from shadowproxy.compare.spec import OPEN_INFERENCE, CompareConfig
+from shadowproxy.compare.embedding import decode_vector, encode_vector, is_vector
+from shadowproxy.compare.spec import OPEN_INFERENCE, OPENAI_EMBEDDINGS, CompareConfig
 from shadowproxy.compare.verdict import Incomparable
 
 SUFFIX = "~chaos"
@@ -55,7 +59,8 @@ def corrupt_answer(body: bytes, content_type: str | None, compare: CompareConfig
             corrupted = _open_inference(doc)
         else:
             path = _path(compare.path)
-            corrupted = path.map(doc, corrupt_value) if path.find(doc) else corrupt_value(doc)
+            change = corrupt_embedding if compare.prediction == OPENAI_EMBEDDINGS else corrupt_value
+            corrupted = path.map(doc, change) if path.find(doc) else change(doc)
         return orjson.dumps(corrupted)
     except (Incomparable, orjson.JSONEncodeError, RecursionError):
         return body + SUFFIX.encode()
@@ -78,14 +83,27 @@ def corrupt_value(value: Any) -> Any:
     if kind is list:
         items = [corrupt_value(item) for item in value] or [SUFFIX]
         if _scores(value):
-            _raise_next(items, list(range(len(items))))
+            _raise_next(value, items, list(range(len(items))))
         return items
     if kind is dict:
         fields = {key: corrupt_value(item) for key, item in value.items()} or {SUFFIX: SUFFIX}
         if _scores(list(value.values())):
-            _raise_next(fields, sorted(fields))
+            _raise_next(value, fields, sorted(fields))
         return fields
     return SUFFIX if value is None else value
+
+
+def corrupt_embedding(value: Any) -> Any:
+    """An embedding pointing the other way, in the form it came (see the docstring)."""
+    if type(value) is str:
+        try:
+            vector = decode_vector(value, "shadow")
+        except Incomparable:
+            return corrupt_text(value)
+        return encode_vector([-_number(number) for number in vector])
+    if is_vector(value):
+        return [-_number(number) for number in value]
+    return corrupt_value(value)
 
 
 def corrupt_text(text: str) -> str:
@@ -104,11 +122,13 @@ def _scores(values: list[Any]) -> bool:
     return len(values) >= 2 and all(type(v) is int or type(v) is float for v in values)
 
 
-def _raise_next(scores: Any, keys: list[Any]) -> None:
-    """Make the entry after the (first) top one the only top: the argmax moves on."""
-    top = max(keys, key=scores.__getitem__)
+def _raise_next(before: Any, scores: Any, keys: list[Any]) -> None:
+    """Make the entry after the (first) top one of ``before`` the only top of ``scores``:
+    the argmax moves on. The top is found in ``before``, since moving every number can
+    round two of them to the same value (``1e-51`` and ``0`` both become ``1.0``)."""
+    top = max(keys, key=before.__getitem__)
     following = keys[(keys.index(top) + 1) % len(keys)]
-    best = scores[top]
+    best = max(scores[key] for key in keys)
     scores[following] = best + max(1, abs(best))
 
 

@@ -69,7 +69,13 @@ def _int(text: str) -> int | float:
     return value if _INT64[0] <= value < _INT64[1] else float(text)
 
 
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
 def _hint(body: bytes) -> str:
+    for magic, coding in _COMPRESSED.items():
+        if body.startswith(magic):
+            return f" (looks like {coding}-compressed data)"
     head = body.lstrip()[:64].lower()
     if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
         return " (looks like HTML)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from shadowproxy.compare import auto
-from shadowproxy.compare.spec import OPEN_INFERENCE, PRESETS, CompareConfig
+from shadowproxy.compare.spec import OPEN_INFERENCE, PRESET_KINDS, PRESETS, CompareConfig
 
 _Rule = Callable[[CompareConfig], dict[str, object]]
 
@@ -65,6 +65,14 @@ def _text(config: CompareConfig) -> dict[str, object]:
     }
 
 
+def _embedding(config: CompareConfig) -> dict[str, object]:
+    return {
+        "options": {"min_cosine": config.min_cosine},
+        "agree": f"cosine similarity >= {config.min_cosine} (base64 float32 or number arrays)",
+        "diff_score": "1 - cosine similarity, 0..2",
+    }
+
+
 _RULES: dict[str, _Rule] = {
     "exact": _exact,
     "numeric": _numeric,
@@ -72,7 +80,10 @@ _RULES: dict[str, _Rule] = {
     "probabilities": _probabilities,
     "ranking": _ranking,
     "text": _text,
+    "embedding": _embedding,
 }
+_NEVER_AUTO = ("ranking", "embedding")
+"""Comparators ``auto`` never picks from the JSON types (only a preset picks ``embedding``)."""
 
 
 def describe(config: CompareConfig) -> dict[str, object]:
@@ -89,10 +100,14 @@ def describe(config: CompareConfig) -> dict[str, object]:
         summary["preset"] = config.prediction
     if config.prediction == OPEN_INFERENCE:
         summary["output"] = config.output or "(the first output)"
-    if config.kind == "auto":
+    preset_kind = PRESET_KINDS.get(config.prediction)
+    if config.kind == "auto" and preset_kind:
+        summary["auto"] = f"{preset_kind} (the {config.prediction} preset decides)"
+        summary.update(_RULES[preset_kind](config))
+    elif config.kind == "auto":
         summary["auto_rule"] = list(auto.RULE)
         summary["comparators"] = {
-            name: rule(config) for name, rule in _RULES.items() if name != "ranking"
+            name: rule(config) for name, rule in _RULES.items() if name not in _NEVER_AUTO
         }
     else:
         summary.update(_RULES[config.kind](config))

@@ -11,6 +11,10 @@ text per choice). A path that finds nothing makes the pair incomparable.
 The preset picks the output named by ``compare.output`` (default: the first) and, when
 its ``shape`` has two or more dimensions, cuts ``data`` into ``shape[0]`` rows (each row
 the remaining dimensions, flattened), so a batch compares row by row as in KServe v1.
+A row of one value of a class datatype (an integer, ``BOOL`` or ``BYTES``) is that value:
+MLServer answers a scikit-learn classifier's ``predict`` as ``shape [N, 1]`` ``INT64``,
+and those are N class labels, not N one-score vectors (whose argmax is always 0). A
+floating-point output of width 1 keeps its rows: a regression score stays numeric.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from typing import Any
 from shadowproxy.compare import jsonpath
 from shadowproxy.compare.spec import MAX_ELEMENTS, OPEN_INFERENCE, CompareConfig
 from shadowproxy.compare.verdict import Incomparable
+
+CLASS_DATATYPES = frozenset(
+    {"BOOL", "BYTES", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+)
+"""Open Inference datatypes whose values are classes themselves, never scores."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +74,10 @@ def _open_inference(side: str, answer: Any, name: str | None) -> Any:
     label = f"output {tensor.get('name', 0)!r}"
     if "data" not in tensor:
         raise Incomparable(f"no data in {side} {label}")
-    return _reshape(side, label, tensor["data"], tensor.get("shape"))
+    rows = _reshape(side, label, tensor["data"], tensor.get("shape"))
+    if tensor.get("datatype") in CLASS_DATATYPES:
+        return _labels(rows)
+    return rows
 
 
 def _pick_output(side: str, outputs: list[Any], name: str | None) -> dict[str, Any]:
@@ -99,6 +111,15 @@ def _reshape(side: str, label: str, data: Any, shape: Any) -> Any:
     if rows > MAX_ELEMENTS:
         raise Incomparable(f"{side} {label} has {rows} rows, over the limit of {MAX_ELEMENTS}")
     return [data[row * width : (row + 1) * width] for row in range(rows)]
+
+
+def _labels(rows: Any) -> Any:
+    """Rows of one value as those values (``[[2], [0]]`` -> ``[2, 0]``); else ``rows``."""
+    if not isinstance(rows, list) or not rows:
+        return rows
+    if set(map(type, rows)) == {list} and set(map(len, rows)) == {1}:
+        return [row[0] for row in rows]
+    return rows
 
 
 def _is_shape(shape: Any) -> bool:

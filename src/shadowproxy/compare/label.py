@@ -7,7 +7,11 @@ class is the key of the largest score, the first by name on ties: a JSON object 
 order, so its keys' order must not decide). A top-level array is a batch of items,
 except an array of numbers with at least one float, which is one score vector
 (``[0.1, 0.7, 0.2]`` is one answer, ``[2, 0, 1]`` is three). ``true``/``false`` are
-labels of their own, never ``1``/``0``.
+labels of their own, never ``1``/``0``. An array of one value is that value
+(``[3]``, ``["cat"]``, ``[2.0]``): a row of width 1, as TF Serving, KServe v1 and
+MLServer send a classifier's class ids (``[[3], [0]]``), names a class, and the argmax of
+one score would always be 0, so every pair would agree. One non-integral score
+(``[0.93]``) names no class: the pair is incomparable.
 
 ``diff_score`` is 0 when every item has the same class, else 1 (the batch rule takes the
 largest item score); ``batch_agree`` counts the items with the same class.
@@ -24,6 +28,7 @@ from shadowproxy.compare.verdict import Incomparable, Verdict, index_path, pair_
 
 _NUMBERS = frozenset({int, float})
 _SCORES = frozenset({int, float, bool})
+_LABELS = frozenset({str, int, float, bool})
 
 
 def label(prod: Any, shadow: Any, config: CompareConfig) -> Verdict:
@@ -59,7 +64,7 @@ def _classes(items: list[Any], side: str, is_batch: bool) -> list[Hashable]:
     types = set(map(type, items))
     if types == {int}:
         return items
-    if types == {list} and all(items):
+    if types == {list} and min(map(len, items), default=0) > 1:
         size = sum(map(len, items))
         if size > MAX_ELEMENTS:
             raise Incomparable(f"{side} prediction has {size} scores, limit {MAX_ELEMENTS}")
@@ -100,6 +105,8 @@ def _class(item: Any, side: str, where: str) -> Hashable:
         return ("bool", item)  # never equal to 1 or 0
     if kind is float and item.is_integer():
         return int(item)
+    if kind is list and len(item) == 1 and type(item[0]) in _LABELS:
+        return _one(item, side, where)
     if kind is list and item and set(map(type, item)) <= _SCORES:
         return _argmax(item)
     if kind is dict and item and set(map(type, item.values())) <= _SCORES:
@@ -111,11 +118,25 @@ def _class(item: Any, side: str, where: str) -> Hashable:
     )
 
 
+def _one(row: list[Any], side: str, where: str) -> Hashable:
+    """The class of a row of one value: the value, when it names a class."""
+    value = row[0]
+    if type(value) is not float or value.is_integer():
+        return _class(value, side, where)
+    at = f" {where}" if where else ""
+    raise Incomparable(
+        f"{side} prediction{at}: one score is not a class (kind: numeric compares it), "
+        f"got {show(row)}"
+    )
+
+
 def _argmax(scores: list[Any]) -> int:
     return scores.index(max(scores))
 
 
 def _show(item: Any, key: Hashable) -> str:
+    if isinstance(item, list) and len(item) == 1:
+        return show(item[0])
     if isinstance(item, list):
         return f"class {key}"
     return show(key if isinstance(item, dict) else item)

@@ -1,6 +1,7 @@
 """From a ``records.Pair`` to a ``records.Comparison``: the whole comparison of one pair.
 
-For each side: is there an answer worth reading (shadow outcome, HTTP status), decode
+For each side: is there an answer worth reading (shadow outcome, HTTP status), was its
+``Content-Encoding`` undone (the recorder decodes bodies first: ``content_coding``), decode
 the body (``decode``), extract the prediction (``extract``) and serialise it for the
 record; then judge both predictions with the route's comparator. The first reason the
 pair cannot be judged wins, in this order: a client that abandoned production's stream
@@ -78,7 +79,7 @@ class Plan:
         kind: str = self.config.kind
         name: str = kind
         if prod.reason is None:
-            kind, name = resolve(self.config.kind, prod.value)
+            kind, name = resolve(self.config.kind, prod.value, self.config.prediction)
         reason = (
             abandoned or outcome or prod_status or shadow_status or prod.reason or shadow.reason
         )
@@ -102,6 +103,8 @@ class Plan:
 
     def _read(self, side: str, pair: Pair) -> _Side:
         result = pair.production if side == "production" else pair.result
+        if result.decode_error is not None:  # a compressed body the recorder could not decode
+            return _Side(reason=f"{side} body {result.decode_error}")
         try:
             answer = decode(side, result.body, result.content_type, result.body_truncated)
             value = self.extract(side, answer)

@@ -14,10 +14,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from shadowproxy.compare import jsonpath
 from shadowproxy.validation import check_choice, did_you_mean
 
-Kind = Literal["auto", "exact", "numeric", "label", "probabilities", "ranking", "text"]
+Kind = Literal["auto", "exact", "numeric", "label", "probabilities", "ranking", "text", "embedding"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 OPEN_INFERENCE = "open-inference"
+OPENAI_EMBEDDINGS = "openai-embeddings"
 RAW = "raw"
 
 PRESETS: dict[str, str] = {
@@ -28,9 +29,14 @@ PRESETS: dict[str, str] = {
     OPEN_INFERENCE: "$.outputs",
     "openai-chat": "$.choices[*].message.content",
     "openai-completions": "$.choices[*].text",
+    OPENAI_EMBEDDINGS: "$.data[*].embedding",
 }
 """Serving protocols by name -> where their prediction lives (``open-inference`` then
 picks one output by name and reshapes its ``data``, see ``extract``)."""
+
+PRESET_KINDS: dict[str, Kind] = {OPENAI_EMBEDDINGS: "embedding"}
+"""Presets whose predictions ``auto`` cannot tell by their JSON types: an embedding sent
+as base64 is a string, and as floats looks like any batch of numbers."""
 
 # Bounds: a comparison runs on every sampled pair, so its cost must not depend on how
 # strange an answer is. Past these, a pair is incomparable with a reason that says so.
@@ -67,9 +73,10 @@ class CompareConfig(_Model):
 
     prediction: str = RAW
     """A preset (``raw``, ``kserve-v1``, ``tfserving``, ``mlflow``, ``open-inference``,
-    ``openai-chat``, ``openai-completions``) or a JSON path into the body: ``$``, ``.key``,
-    ``['any key']``, ``[N]``, ``[-N]``, ``[*]``. A path with ``[*]`` yields the list of
-    every match (a batch); a path that finds nothing makes the pair incomparable."""
+    ``openai-chat``, ``openai-completions``, ``openai-embeddings``) or a JSON path into the
+    body: ``$``, ``.key``, ``['any key']``, ``[N]``, ``[-N]``, ``[*]``. A path with ``[*]``
+    yields the list of every match (a batch); a path that finds nothing makes the pair
+    incomparable."""
     output: str | None = None
     """``open-inference`` only: the output to compare, by name (default: the first)."""
     kind: Kind = "auto"
@@ -93,6 +100,8 @@ class CompareConfig(_Model):
     """``ranking``: agree when the top-k overlap is at least this (0..1)."""
     rbo_p: Annotated[float, Field(gt=0, lt=1)] = 0.9
     """``ranking``: RBO persistence (0 < p < 1; higher weighs deeper ranks more)."""
+    min_cosine: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] = 0.99
+    """``embedding``: agree when the cosine similarity is at least this."""
 
     @field_validator("prediction")
     @classmethod

@@ -34,7 +34,7 @@ from shadowproxy.metrics import UNMATCHED_ROUTE, Metrics
 from shadowproxy.proxy.arms import Choice
 from shadowproxy.proxy.runtime import ProductionChaos, RouteMetrics, RouteRuntime, Snapshot
 from shadowproxy.proxy.tee import Exchange, Tee
-from shadowproxy.proxy.upstream import header
+from shadowproxy.proxy.upstream import header, header_list
 from shadowproxy.records import (
     CLIENT_ABANDONED,
     Exposure,
@@ -158,6 +158,7 @@ class ProxyHandler:
             headers=headers,
             body=body,
             body_complete=complete,
+            content_encoding=header_list(headers, "content-encoding"),
         )
         return self._tee.start(answering.shadows, info, headers, request.target, request.headers)
 
@@ -216,6 +217,7 @@ class ProxyHandler:
             return
         outcome.status = upstream.status
         outcome.content_type = header(upstream.headers, "content-type")
+        outcome.content_encoding = header_list(upstream.headers, "content-encoding")
         reply_headers = client_response_headers(upstream.headers, request_id)
         if outcome.arm_header is not None:
             reply_headers.append(outcome.arm_header)
@@ -253,6 +255,7 @@ class _Production:
         "cap",
         "captured",
         "chaos",
+        "content_encoding",
         "content_type",
         "error",
         "size",
@@ -264,6 +267,7 @@ class _Production:
         self.status: int | None = None
         self.error: str | None = None
         self.content_type: str | None = None
+        self.content_encoding: str | None = None
         self.captured: list[bytes] = []
         self.size = 0
         self.chaos: str | None = None
@@ -286,6 +290,7 @@ class _Production:
             body_truncated=self.size > self.cap,
             content_type=self.content_type,
             chaos=self.chaos,
+            content_encoding=self.content_encoding,
         )
 
 

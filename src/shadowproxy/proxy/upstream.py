@@ -36,6 +36,13 @@ def header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+def header_list(headers: list[tuple[str, str]], name: str) -> str | None:
+    """Every value of a list header (``Content-Encoding``), joined as one; None when absent.
+    A header sent as several lines means the same as one line with commas."""
+    values = [value for key, value in headers if key.lower() == name]
+    return ", ".join(values) if values else None
+
+
 class Pools:
     """Every open upstream pool of one server, so none is left open at the end.
 
@@ -83,6 +90,7 @@ async def fetch_shadow(
             response = await pool.request(method, target, headers, body)
             status = response.status
             content_type = header(response.headers, "content-type")
+            encoding = header_list(response.headers, "content-encoding")
             try:
                 captured, truncated = await response.read_capped(capture_bytes)
             finally:
@@ -94,7 +102,7 @@ async def fetch_shadow(
     latency = (time.perf_counter() - started) * 1000.0
     return ShadowResult(
         outcome="ok", status=status, latency_ms=latency, error=None, body=captured,
-        body_truncated=truncated, content_type=content_type,
+        body_truncated=truncated, content_type=content_type, content_encoding=encoding,
     )  # fmt: skip
 
 

@@ -3,18 +3,19 @@
 ::
 
     event loop                         writer thread (one)
-    Recorder.submit(pair) ─► deque ─►  redact ─► compare ─► rows ─► part file per
-      (bounded, O(1), drops counted)                               (route, UTC date)
-                                                                        │ sealed by rows,
-                                                                        ▼ age or shutdown
+    Recorder.submit(pair) ─► deque ─►  decode ─► redact ─► compare ─► rows ─► part file per
+      (bounded, O(1), drops counted)                                         (route, UTC date)
+                                                                                  │ sealed by rows,
+                                                                                  ▼ age or shutdown
     <root>/pairs/route=<r>/date=<d>/<host>-<pid>-<token>-<seq>.parquet  (atomic, zstd)
 
 Feedback (``submit_feedback``) and experiment exposures (``submit_exposure``) take the
 same path without redaction or comparison, to ``feedback/`` and ``exposures/``.
 
 ``recorder`` holds the event-loop side and the thread, ``writer`` the thread's work,
-``storage`` the layout, atomic writes and reading back; ``schema`` the rows and
-``redact`` the redaction. By default the recorder
+``storage`` the layout, atomic writes and reading back; ``schema`` the rows,
+``redact`` the redaction and ``decoding`` undoes compressed bodies (``Content-Encoding``)
+first. By default the recorder
 runs in a writer process (``process`` and ``child``, talking over ``wire``).
 
 The exports load lazily: the serving process imports ``recording.process`` and must

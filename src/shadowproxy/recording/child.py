@@ -1,9 +1,10 @@
 """The writer process: runs the recorder (redact, compare, write Parquet) off the proxy.
 
 Started by ``RecorderProcess`` as ``python -m shadowproxy.recording.child``. It reads
-frames from stdin (``wire``), feeds them to a ``Recorder`` with its own metrics, and
-every ``STATUS_INTERVAL_S`` writes a status frame to stdout: records finished, health,
-the metrics exposition, what ``auto`` picked and the comparison verdicts so far. End of
+frames from stdin (``wire``), feeds them to a ``Recorder`` and every
+``STATUS_INTERVAL_S`` writes a status frame to stdout: records finished, health, the
+exposition of the recorder's metrics (only those: the proxy's own metrics are the
+proxy's to export), what ``auto`` picked and the comparison verdicts so far. End of
 stdin means "flush and exit": it ignores SIGINT and SIGTERM, so a Ctrl-C on the terminal
 cannot cut the flush short; the proxy decides when recording ends.
 """
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from shadowproxy.compare import Comparer
 from shadowproxy.config import Config
 from shadowproxy.errors import ConfigError
-from shadowproxy.metrics import Metrics
+from shadowproxy.metrics import RecorderMetrics
 from shadowproxy.recording import wire
 from shadowproxy.recording.recorder import Recorder
 from shadowproxy.tasks import TaskSet
@@ -48,7 +49,7 @@ class Child:
         self.registry = CollectorRegistry()
         self.comparer = Comparer(config.routes)
         self.recorder = Recorder(
-            config.main.recording, config.routes, Metrics(self.registry), self.comparer
+            config.main.recording, config.routes, RecorderMetrics(self.registry), self.comparer
         )
         self.received = 0
         self.out = out

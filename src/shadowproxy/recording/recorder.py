@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.errors import ConfigError
-from shadowproxy.metrics import Metrics
+from shadowproxy.metrics import RecorderMetrics
 from shadowproxy.recording.storage import Storage
 from shadowproxy.recording.writer import Comparer, Feedback, Item, Routes, Writer
 from shadowproxy.records import Exposure, Pair, VerdictCounts
@@ -62,7 +62,7 @@ class Recorder:
         self,
         recording: RecordingConfig,
         routes: Sequence[RouteConfig],
-        metrics: Metrics,
+        metrics: RecorderMetrics,
         comparer: Comparer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -84,6 +84,24 @@ PAIR_COLUMNS: tuple[Column, ...] = (
     Column("batch_agree", pa.int32(), "predictions of the batch that agree"),
     Column("chaos", pa.string(), "faults injected into the shadow copy; null when none"),
     Column("prod_chaos", pa.string(), "faults injected into production's call; null when none"),
+    Column("request_content_encoding", pa.string(), "the request's Content-Encoding as sent"),
+    Column("prod_content_encoding", pa.string(), "production's Content-Encoding as sent"),
+    Column("shadow_content_encoding", pa.string(), "shadow's Content-Encoding as sent"),
+    Column(
+        "request_body_decode_error",
+        pa.string(),
+        "why request_body could not be decoded and is stored as sent; null when it was",
+    ),
+    Column(
+        "prod_body_decode_error",
+        pa.string(),
+        "why prod_body could not be decoded and is stored as sent; null when it was",
+    ),
+    Column(
+        "shadow_body_decode_error",
+        pa.string(),
+        "why shadow_body could not be decoded and is stored as sent; null when it was",
+    ),
 )
 PAIRS_SCHEMA = _schema(PAIR_COLUMNS)
 
@@ -148,7 +166,8 @@ def pair_row(
 ) -> dict[str, object]:
     """The row of one pair, keyed by ``PAIRS_SCHEMA`` names.
 
-    ``pair`` must already be redacted: this only caps bodies, it never inspects them.
+    ``pair`` must already be decoded and redacted: this only caps bodies, it never
+    inspects them.
     ``compare_detail`` stands in for the comparison's detail when none exists (e.g.
     why the comparator failed).
     """
@@ -206,6 +225,12 @@ def pair_row(
         "batch_agree": c.batch_agree if c else None,
         "chaos": result.chaos,
         "prod_chaos": prod.chaos,
+        "request_content_encoding": request.content_encoding,
+        "prod_content_encoding": prod.content_encoding,
+        "shadow_content_encoding": result.content_encoding,
+        "request_body_decode_error": request.decode_error,
+        "prod_body_decode_error": prod.decode_error,
+        "shadow_body_decode_error": result.decode_error,
     }
 
 

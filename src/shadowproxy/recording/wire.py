@@ -45,36 +45,41 @@ def pack(pair: Pair) -> PackedPair:
     request, production, result = pair.request, pair.production, pair.result
     return (
         request.request_id, request.ts, request.route, request.method, request.path,
-        request.query, request.body, request.body_complete,
+        request.query, request.body, request.body_complete, request.content_encoding,
         pair.shadow, pair.role,
         production.status, production.latency_ms, production.error, production.body,
         production.body_truncated, production.content_type, production.chaos,
+        production.content_encoding,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
-        result.body_truncated, result.content_type, result.chaos,
+        result.body_truncated, result.content_type, result.chaos, result.content_encoding,
     )  # fmt: skip
 
 
 def unpack(packed: PackedPair) -> Pair:
     (
-        request_id, ts, route, method, path, query, body, body_complete,
+        request_id, ts, route, method, path, query, body, body_complete, request_encoding,
         shadow, role,
         prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
-        outcome, status, latency, error, shadow_body, truncated, content_type, chaos,
+        prod_encoding,
+        outcome, status, latency, error, shadow_body, truncated, content_type, chaos, encoding,
     ) = packed  # fmt: skip
     return Pair(
         request=RequestInfo(
             request_id=request_id, ts=ts, route=route, method=method, path=path, query=query,
             headers=[], body=body, body_complete=body_complete,
+            content_encoding=request_encoding,
         ),
         shadow=shadow,
         role=role,
         production=ProductionResult(
             status=prod_status, latency_ms=prod_latency, error=prod_error, body=prod_body,
             body_truncated=prod_truncated, content_type=prod_type, chaos=prod_chaos,
+            content_encoding=prod_encoding,
         ),
         result=ShadowResult(
             outcome=outcome, status=status, latency_ms=latency, error=error, body=shadow_body,
             body_truncated=truncated, content_type=content_type, chaos=chaos,
+            content_encoding=encoding,
         ),
     )  # fmt: skip
 

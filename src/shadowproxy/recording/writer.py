@@ -1,11 +1,11 @@
 """The writer thread's work: queued pairs in, complete Parquet files out.
 
-Everything here runs on the one writer thread, never on the event loop: redaction,
-comparison, row and Arrow batch building, zstd encoding and file I/O. Per item::
+Everything here runs on the one writer thread, never on the event loop: decoding,
+redaction, comparison, row and Arrow batch building, zstd encoding and file I/O. Per item::
 
-    Pair ─► redact bodies ─► comparer(redacted pair) ─► pair_row ─► part file of
-            (route policy)   (errors become the row's      (capped     (route, date)
-                              compare_detail)               bodies)
+    Pair ─► decode ─► redact bodies ─► comparer(redacted pair) ─► pair_row ─► part file of
+            (gzip,    (route policy)   (errors become the row's      (capped     (route, date)
+             br, …)                     compare_detail)               bodies)
 
 Feedback and exposures are neither redacted nor compared: their rows go straight to
 part files of ``feedback/`` and ``exposures/``.
@@ -37,7 +37,9 @@ from shadowproxy.compare.corrupt import corrupt_answer
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.experiments.chaos import corrupts
-from shadowproxy.metrics import Metrics
+from shadowproxy.metrics import RecorderMetrics
+from shadowproxy.recording.decoding import Memo as DecodeMemo
+from shadowproxy.recording.decoding import decode_pair
 from shadowproxy.recording.redact import Memo, Redactor
 from shadowproxy.recording.schema import (
     exposure_row,
@@ -117,11 +119,19 @@ class RoutePolicy:
     max_body_bytes: int
     redactor: Redactor
     compare: CompareConfig
+    max_decoded_bytes: int | None
+    """Bound on each decoded body; None: compressed bodies are not decoded."""
 
     @classmethod
     def from_config(cls, route: RouteConfig) -> RoutePolicy:
         record = route.record
-        return cls(record.bodies, record.max_body_bytes, Redactor(record.redact), route.compare)
+        return cls(
+            record.bodies,
+            record.max_body_bytes,
+            Redactor(record.redact),
+            route.compare,
+            route.max_decoded_bytes,
+        )
 
     def corrupt(self, pair: Pair) -> Pair:
         """The pair with the shadow's answer corrupted (a chaos ``corrupt_prediction``)."""
@@ -139,9 +149,10 @@ UNKNOWN_ROUTE = RoutePolicy(
     max_body_bytes=0,
     redactor=Redactor(withhold_all=True),
     compare=CompareConfig(),
+    max_decoded_bytes=None,
 )
 """A pair from a route the recorder was not configured with: it cannot know what to
-redact, so it keeps metadata only and the comparator sees no bodies."""
+redact, so it keeps metadata only and the comparator sees no bodies (none is decoded)."""
 
 
 class PartFile:
@@ -226,7 +237,7 @@ class Writer:
         storage: Storage,
         recording: RecordingConfig,
         routes: Iterable[RouteConfig],
-        metrics: Metrics,
+        metrics: RecorderMetrics,
         comparer: Comparer | None,
         clock: Callable[[], float],
     ) -> None:
@@ -252,6 +263,7 @@ class Writer:
     def take(self, items: Sequence[Item]) -> None:
         now = self._clock()
         memo: Memo = {}
+        decoded: DecodeMemo = {}
         for item in items:
             if isinstance(item, Exposure):
                 self._add_exposure(item, now)
@@ -260,18 +272,18 @@ class Writer:
                     self._add_feedback(request_id, label, ts, now)
             elif isinstance(item, Routes):
                 self._use_routes(item.routes)
-                memo = {}  # bodies redacted under the old rules are not reused
+                memo, decoded = {}, {}  # bodies redacted under the old rules are not reused
             else:
-                self._add_pair(item, now, memo)
+                self._add_pair(item, now, memo, decoded)
 
     def _use_routes(self, routes: tuple[RouteConfig, ...]) -> None:
         self._policies = _route_policies(routes)
         if isinstance(self._comparer, RouteComparer):
             self._comparer.update_routes(routes)
 
-    def _add_pair(self, pair: Pair, now: float, memo: Memo) -> None:
+    def _add_pair(self, pair: Pair, now: float, memo: Memo, decoded: DecodeMemo) -> None:
         try:
-            row = self._pair_row(pair, memo)
+            row = self._pair_row(pair, memo, decoded)
             directory = pairs_directory(pair.request.route, utc_date(pair.request.ts))
         except Exception:
             self._unbuildable(PAIRS)
@@ -320,11 +332,13 @@ class Writer:
         self._open.pop(directory, None)
         self._drop("write_failed", part.rows + part.take_rejected())
 
-    def _pair_row(self, pair: Pair, memo: Memo) -> dict[str, object]:
+    def _pair_row(self, pair: Pair, memo: Memo, decoded: DecodeMemo) -> dict[str, object]:
         policy = self._policies.get(pair.request.route, UNKNOWN_ROUTE)
         if not policy.bodies and self._comparer is None:
             # Nothing will read a body: skip the parsing redaction would cost.
             return pair_row(pair, None, bodies=False, max_body_bytes=0)
+        if policy.max_decoded_bytes is not None:
+            pair = self._decode(pair, policy.max_decoded_bytes, decoded)
         if pair.result.chaos and pair.result.body and corrupts(pair.result.chaos):
             pair = policy.corrupt(pair)
         redacted, withheld = policy.redactor.pair(pair, memo)
@@ -337,6 +351,14 @@ class Writer:
             withheld=withheld,
             compare_detail=failure,
         )
+
+    def _decode(self, pair: Pair, limit: int, memo: DecodeMemo) -> Pair:
+        """The pair with its compressed bodies decoded; those that cannot be are counted
+        (once per recorded row) and make the pair incomparable."""
+        decoded, failures = decode_pair(pair, limit, memo)
+        for body, failure in failures:
+            self._metrics.body_decode_failures.labels(pair.request.route, body, failure).inc()
+        return decoded
 
     def _compare(self, pair: Pair) -> tuple[Comparison | None, str | None]:
         """The comparison of a redacted pair, or (None, why it failed)."""

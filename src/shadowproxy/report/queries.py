@@ -71,11 +71,15 @@ CLEAN = "chaos IS NULL AND prod_chaos IS NULL"
 """A row without injected faults: the only kind the figures of each pair count."""
 
 MACROS = (
-    # A prediction or label as JSON, with a one-element list unwrapped ("[3]" -> "3").
-    """CREATE OR REPLACE TEMP MACRO sp_unwrap(j) AS
-       CASE WHEN NOT json_valid(j) THEN NULL
-            WHEN json_type(j) = 'ARRAY' AND json_array_length(j) = 1 THEN json_extract(j, '$[0]')
+    # A one-element list as its element ("[3]" -> "3"); anything else as it is.
+    """CREATE OR REPLACE TEMP MACRO sp_unwrap_one(j) AS
+       CASE WHEN json_type(j) = 'ARRAY' AND json_array_length(j) = 1 THEN json_extract(j, '$[0]')
             ELSE j::JSON END""",
+    # A prediction or label as JSON, unwrapped twice: a batch of one ("[3]") and a batch
+    # of one row of width 1 ("[[3]]", a classifier's [N, 1] output) both name class 3,
+    # as the label comparator reads them; "[[0.1, 0.9]]" stays a score vector.
+    """CREATE OR REPLACE TEMP MACRO sp_unwrap(j) AS
+       CASE WHEN NOT json_valid(j) THEN NULL ELSE sp_unwrap_one(sp_unwrap_one(j)) END""",
     # The class a prediction or label names, as comparable text: strings as themselves,
     # integral numbers without ".0" (so "2", 2 and 2.0 meet), a score vector's argmax.
     """CREATE OR REPLACE TEMP MACRO sp_class_of(u) AS
