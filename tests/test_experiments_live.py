@@ -20,7 +20,7 @@ from shadowproxy.app import Server
 from shadowproxy.compare import Comparer
 from shadowproxy.config import load_config
 from shadowproxy.metrics import Metrics
-from shadowproxy.proxy.handler import arms
+from shadowproxy.proxy import arms
 from shadowproxy.recording import Recorder, read_dataset
 from shadowproxy.recording.process import RecorderProcess
 from tests.support import RunningProxy, route, running_proxy, upstream, write_config
