@@ -5,6 +5,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shadowproxy.config import MainConfig, RecordingConfig
 
@@ -13,6 +14,13 @@ DEFAULT_DIRS = (MainConfig.model_fields["state_dir"].default, RecordingConfig().
 """Where a config that names no directory writes, relative to the working directory."""
 
 Snapshot = tuple[tuple[str, int], ...] | None
+
+# Property tests judge the code, not the machine: on a loaded 2-core runner input
+# generation is slow and per-example timings jitter, which says nothing about a defect.
+settings.register_profile(
+    "shadowproxy", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("shadowproxy")
 
 
 def _snapshot(path: Path) -> Snapshot:

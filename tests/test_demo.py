@@ -34,3 +34,11 @@ def test_demo_trains_serves_shadows_and_reports(tmp_path: Path) -> None:
     assert pairs["candidate-v2"]["labels"]["task"] == "classification"
     assert pairs["candidate-v2"]["labels"]["n"] > 0
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    # It ends with a decision for its candidate, reached through --gate as CD would.
+    assert "--config" in result.stdout and "--gate" in result.stdout
+    status = pairs["candidate-v2"]["decision"]["status"]
+    assert status in ("PROMOTE", "HOLD", "REJECT")
+    assert f"decision digits / candidate-v2: {status}" in result.stdout
+    assert pairs["baseline-v1"]["decision"] is None
+    code = {"PROMOTE": 0, "HOLD": 3, "REJECT": 4}[status]
+    assert f"gate: exit status {code} ({status}" in result.stdout

@@ -53,6 +53,12 @@ def test_a_failing_canary_is_rolled_back_by_the_proxy_with_its_evidence(tmp_path
     assert guardrail["metric"] == "error_rate" and guardrail["verdict"] == "fail"
     assert guardrail["lower"] > canary.MAX_INCREASE
     assert written_route(out)["mode"] == "canary"
+    # The report shows the canary's recorded decisions, not only "no outcomes".
+    assert "canary digits: v2 rolled_back at 0%" in result.stdout
+    (history,) = json.loads((out / "summary.json").read_text())["canaries"]
+    assert [d["action"] for d in history["decisions"]] == ["rollback"]
+    assert history["decisions"][0]["guardrails"][0]["verdict"] == "fail"
+    assert '<section id="canaries">' in (out / "report.html").read_text()
 
 
 @pytest.mark.timeout(120)

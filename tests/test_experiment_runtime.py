@@ -118,3 +118,38 @@ async def test_without_a_verdict_source_the_guardrail_is_said_to_stay_undecided(
         quiet.start(None)
     await quiet.stop()
     assert caplog.text == ""
+
+
+async def test_a_normal_advance_is_logged_at_info_and_a_rollback_at_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    route = RouteConfig.model_validate(
+        {
+            "name": "price",
+            "match": {"path_prefix": "/price"},
+            "production": {"url": "http://127.0.0.1:1"},
+            "mode": "canary",
+            "canary": {
+                "candidate": {"name": "v2", "url": "http://127.0.0.1:2"},
+                "steps": [10, 50, 100],
+                "step_min_requests": 40,
+                "step_min_duration_s": 0,
+                "guardrail_min_samples": 20,
+                "guardrails": [{"metric": "error_rate", "max_increase": 0.5}],
+            },
+        }
+    )
+    control = controller(tmp_path, route)
+    for _ in range(200):
+        control.window.record("candidate", error=False, latency_ms=10.0)
+        control.window.record("production", error=False, latency_ms=10.0)
+    with caplog.at_level(logging.INFO, logger="shadowproxy.proxy.arms"):
+        decision = control.tick(10.0)
+    assert decision.action == "advance"
+    (record,) = [r for r in caplog.records if "canary price" in r.getMessage()]
+    assert record.levelno == logging.INFO
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="shadowproxy.proxy.arms"):
+        control.act("rollback", by="test")
+    (record,) = [r for r in caplog.records if "canary price" in r.getMessage()]
+    assert record.levelno == logging.WARNING

@@ -27,7 +27,7 @@ import pytest
         "shadowproxy.experiments.guardrails",
         "shadowproxy.experiments.canary",
         "shadowproxy.stats",
-        "shadowproxy.stats.inference",
+        "shadowproxy.stats",
         "shadowproxy.stats.distributions",
     ],
 )

@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats as sp
 
+from shadowproxy import stats
 from shadowproxy.compare import jsonpath
 from shadowproxy.report import (
     Filters,
@@ -29,7 +30,6 @@ from shadowproxy.report import (
     verdict,
 )
 from shadowproxy.report.model import Interval, Latency, PairReport, Percentiles, Report
-from shadowproxy.stats import inference as stats
 from tests import synthetic
 from tests.synthetic import DatasetSpec, RouteSpec, ShadowSpec
 
@@ -165,10 +165,18 @@ def test_regression_errors_match_a_brute_force_computation(
     assert labels.production["mae"] == pytest.approx(sum(prod_err) / n, rel=1e-12)
     assert labels.shadow["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in shadow_err) / n))
     diffs = [s - p for p, s in zip(prod_err, shadow_err, strict=True)]
-    expected = sp.wilcoxon(diffs, zero_method="wilcox", correction=False, method="approx")
-    assert labels.test.p_value == pytest.approx(float(expected.pvalue), rel=1e-9)
+    expected = sp.ttest_1samp(diffs, 0.0)
+    assert labels.test.name == "paired t"
+    assert labels.test.p_value == pytest.approx(float(expected.pvalue), rel=1e-6, abs=1e-300)
+    # The MAE difference is the mean error difference, over every labelled row, with the
+    # t interval the test inverts.
+    assert labels.difference == pytest.approx(sum(diffs) / n, rel=1e-12)
+    ci = expected.confidence_interval(0.95)
+    assert labels.difference_ci is not None
+    assert labels.difference_ci.lo == pytest.approx(float(ci.low), rel=1e-9)
+    assert labels.difference_ci.hi == pytest.approx(float(ci.high), rel=1e-9)
     assert labels.difference < 0  # the shadow fixes 100 requests
-    assert labels.difference_ci is not None and labels.difference_ci.hi < 0
+    assert labels.difference_ci.hi < 0
 
 
 def _latest_labels(root: Path) -> dict[str, float]:
@@ -248,12 +256,15 @@ def test_latency_percentiles_and_paired_test(
     assert latency.production.p50 == pytest.approx(prod_sorted[1000], rel=0.02)
     assert latency.production.p99 == pytest.approx(prod_sorted[1980], rel=0.02)
     diffs = [s - p for p, s in both]
-    expected = sp.wilcoxon(diffs, zero_method="wilcox", correction=False, method="approx")
-    assert latency.test is not None
-    assert latency.test.p_value == pytest.approx(float(expected.pvalue), rel=1e-9)
-    assert latency.median_diff_ci is not None
-    assert latency.median_diff_ci.lo <= latency.median_diff <= latency.median_diff_ci.hi
-    assert 6.0 < latency.median_diff < 8.0  # the shadow is 5 ms slower plus 2.5 ms by design
+    expected = sp.ttest_1samp(diffs, 0.0)
+    assert latency.test is not None and latency.test.name == "paired t"
+    assert latency.test.statistic == pytest.approx(float(expected.statistic), rel=1e-6)
+    ci = expected.confidence_interval(0.95)
+    assert latency.mean_diff == pytest.approx(sum(diffs) / len(diffs), rel=1e-9)
+    assert latency.mean_diff_ci is not None
+    assert latency.mean_diff_ci.lo == pytest.approx(float(ci.low), rel=1e-6)
+    assert latency.mean_diff_ci.hi == pytest.approx(float(ci.high), rel=1e-6)
+    assert 6.0 < latency.mean_diff < 8.0  # the shadow is 5 ms slower plus 2.5 ms by design
     assert sum(b.count for b in latency.production_hist) == 2000
     assert len(latency.production_hist) == len(latency.shadow_hist)
 
@@ -405,7 +416,7 @@ def test_verdicts_state_the_evidence(report: Report) -> None:
     candidate = pair(report, "churn", "candidate").verdict
     assert candidate.startswith("candidate: disagrees on 10.0% [")
     assert "noise floor 1.0%" in candidate
-    assert "accuracy +3.0 pts [1.6, 4.4], McNemar p<0.0001" in candidate
+    assert "accuracy +3.0 pts [1.4, 4.4], McNemar p<0.0001" in candidate
     assert "on 1,000 labels" in candidate
     baseline = pair(report, "churn", "baseline").verdict
     assert "noise floor" in baseline and "not significant" in baseline
@@ -509,8 +520,10 @@ def _append_row(root: Path, **fields: Any) -> None:
 def test_analysis_builders_handle_empty_inputs() -> None:
     assert analysis.segment_tests("$.a", []) == []
     assert analysis.latency_bins([]) == {}
-    assert analysis.class_order({("a", "b"): 2, ("(other)", "a"): 5}) == ("a", "b", "(other)")
-    assert analysis.choose_bucket(NOW, NOW) == 60
+    assert analysis.class_order({("b", "a"): 2, ("(other)", "b"): 5}) == ("a", "b", "(other)")
+    assert analysis.class_order({("10", "9"): 1, ("(none)", "2"): 5}) == ("2", "9", "10", "(none)")
+    assert analysis.choose_bucket(NOW, NOW) == 1
+    assert analysis.choose_bucket(NOW, NOW + timedelta(minutes=2)) == 5
 
 
 # --- verdict wording (pure) ----------------------------------------------------------
@@ -571,10 +584,13 @@ def test_latency_clause_only_claims_what_the_test_supports() -> None:
         Percentiles(10, 20, 31),
         500,
         500,
-        stats.TestResult("Wilcoxon signed-rank", 1.0, 0.4),
+        stats.TestResult("paired t", 1.0, 0.4),
         0.1,
         Interval(-0.2, 0.3),
     )
     text = verdict.verdict(_bare_pair(latency=flat))
-    assert "latency: no significant difference (Wilcoxon p=0.40); p99 +1 ms" in text
+    assert (
+        "latency mean +0.1 ms [-0.2, +0.3], no significant difference "
+        "(paired t p=0.40 on 500 requests); p99 +1 ms"
+    ) in text
     assert "median" not in text

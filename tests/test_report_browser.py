@@ -33,12 +33,19 @@ PROBE = """<script>
   var svgs = Array.prototype.slice.call(document.querySelectorAll('svg'));
   var blank = svgs.filter(function (s) {
     var box = s.getBoundingClientRect(), inner = s.getBBox();
-    var marks = s.querySelectorAll('rect,path,polyline,polygon,line,circle').length;
+    // Data marks only: grid and axis lines alone are not a drawn chart.
+    var marks = s.querySelectorAll('rect,path,polyline,polygon,circle').length;
     return !(box.width > 50 && box.height > 20 && inner.width > 0 && inner.height > 0 && marks);
   });
   document.body.setAttribute('data-svg-count', svgs.length);
   document.body.setAttribute('data-svg-blank', blank.length);
   document.body.setAttribute('data-width', document.documentElement.scrollWidth);
+  var card = document.querySelector('.card');
+  var cardBox = card ? card.getBoundingClientRect() : null;
+  document.body.setAttribute('data-cards', document.querySelectorAll('.card').length);
+  document.body.setAttribute('data-card-top', cardBox ? Math.round(cardBox.top) : 99999);
+  document.body.setAttribute('data-card-bottom', cardBox ? Math.round(cardBox.bottom) : 99999);
+  document.body.setAttribute('data-viewport', window.innerHeight);
 })();
 </script>"""
 
@@ -53,7 +60,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
             "--disable-gpu",
             "--no-first-run",
             f"--user-data-dir={profile}",
-            "--window-size=1366,900",
+            "--window-size=1366,768",
             "--enable-logging=stderr",
             "--v=0",
             *args,
@@ -92,6 +99,10 @@ def test_charts_render_without_console_errors(page: Path, tmp_path: Path) -> Non
     assert int(attributes["width"]) <= 1366  # no horizontal scrolling on a laptop screen
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []
+    # The first decision card (a candidate's) is on screen without scrolling at 1366x768.
+    assert int(attributes["cards"]) == 2, attributes
+    assert int(attributes["card-top"]) >= 0
+    assert int(attributes["card-bottom"]) <= min(768, int(attributes["viewport"])), attributes
 
 
 def test_report_prints_to_pdf(page: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sp
 
-from shadowproxy.stats import inference as stats
+from shadowproxy import stats
 
 REL = 1e-9
 EXTREME_DF = [1.0, 2.0, 3.0, 2.5, 7.3, 30.0, 1e3, 1e6]

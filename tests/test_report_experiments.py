@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from shadowproxy import stats
 from shadowproxy.app import Server
 from shadowproxy.compare import Comparer
 from shadowproxy.config import load_config
@@ -53,7 +54,6 @@ from shadowproxy.report import (
     table,
 )
 from shadowproxy.report.model import Experiment, Report
-from shadowproxy.stats import inference as stats
 from tests.support import route, upstream, write_config
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)

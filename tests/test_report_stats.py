@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sp
 
-from shadowproxy.stats import inference as stats
+from shadowproxy import stats
 
 REL = 1e-9
 
@@ -256,7 +256,7 @@ def test_paired_means_mde() -> None:
 def test_pure_modules_import_without_heavy_dependencies() -> None:
     code = (
         "import sys\n"
-        "import shadowproxy.stats.inference, shadowproxy.report.verdict, shadowproxy.report.svg\n"
+        "import shadowproxy.stats, shadowproxy.report.verdict, shadowproxy.report.svg\n"
         "heavy = {'scipy', 'numpy', 'duckdb', 'aiohttp', 'rich'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

@@ -11,6 +11,8 @@ from typing import TypeVar
 from shadowproxy import DISTRIBUTION, __version__
 from shadowproxy.config import Config, load_config, with_overrides
 from shadowproxy.errors import ConfigError
+from shadowproxy.experiments.canary import state_path
+from shadowproxy.experiments.promotion import Promotion, for_canary
 from shadowproxy.loop import run_loop
 
 EXIT_CONFIG = 2
@@ -183,6 +185,17 @@ def _parser() -> argparse.ArgumentParser:
         default="0.05",
         help="experiments: the relative effect to plan sample sizes for (default 0.05 = 5%%)",
     )
+    report.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the proxy's main YAML file: each route's promotion: criteria (default: the "
+        "documented defaults)",
+    )
+    report.add_argument(
+        "--gate",
+        action="store_true",
+        help="exit 0 on PROMOTE, 3 on HOLD, 4 on REJECT (the worst candidate decides)",
+    )
     report.set_defaults(func=cmd_report)
     return parser
 
@@ -201,6 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(missing_extra("shadowproxy report", "report", exc), file=sys.stderr)
         return EXIT_CONFIG
+    promotions, canary_states = _route_settings(args.config)
     try:
         options = report.ReportOptions(
             root=args.root,
@@ -218,6 +232,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             outcome=args.outcome,
             mde=report.parse_mde(args.mde),
+            promotions=promotions,
+            canary_states=canary_states,
+            gate=args.gate,
         )
         return report.run_report(options)
     except report.ReportInputError as exc:
@@ -232,6 +249,26 @@ def missing_extra(command: str, extra: str, error: ImportError) -> str:
         f"{command} needs the {extra} extra ({missing} is not installed): "
         f"pip install '{DISTRIBUTION}[{extra}]'"
     )
+
+
+def _route_settings(
+    path: str | None,
+) -> tuple[tuple[tuple[str, Promotion], ...], tuple[tuple[str, str], ...]]:
+    """Each route's promotion criteria and each canary route's state file, from the
+    config (none without ``--config``). A canary route's criteria take their margins
+    from its guardrails where the two overlap. A bad config raises ``ConfigError``
+    (exit 2, naming the file and the field)."""
+    if path is None:
+        return (), ()
+    config = load_config(path)
+    promotions, states = [], []
+    for route in config.routes:
+        promotion = route.promotion
+        if route.canary is not None:
+            promotion = for_canary(promotion, route.canary.guardrails)
+            states.append((route.name, state_path(config.main.state_dir, route.name)))
+        promotions.append((route.name, promotion))
+    return tuple(promotions), tuple(states)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from shadowproxy.compare import jsonpath
 from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.chaos import ChaosRule, FieldError, unknown_target
+from shadowproxy.experiments.promotion import Promotion
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
 from shadowproxy.validation import (
     NAME_PATTERN,
@@ -227,6 +228,9 @@ class RouteConfig(FrozenModel):
     """Required with ``mode: canary``, refused otherwise."""
     ab: ABSpec | None = None
     """Required with ``mode: ab``, refused otherwise."""
+    promotion: Promotion = Promotion()
+    """The pre-registered criteria ``shadowproxy report`` decides on (see
+    ``experiments.promotion``); the documented defaults when absent."""
 
     @model_validator(mode="after")
     def _mode_block(self) -> RouteConfig:

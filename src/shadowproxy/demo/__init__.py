@@ -51,6 +51,8 @@ SCENARIOS: dict[str, str] = {
     "ab-skewed": "the A/B test with treatment users lost: the report flags the split",
     "chaos": "the shadow demo with injected delays, aborts and corruptions",
 }
+GATE_MEANING = {0: "PROMOTE", 3: "HOLD: more evidence needed", 4: "REJECT"}
+"""``report --gate`` exit statuses: each is a decision the demo shows, not a failure."""
 RATE = 100.0
 """Requests per second of the shadow scenario (each other scenario's module has its own)."""
 
@@ -98,6 +100,14 @@ def shadow_route(stack: Stack, rules: Sequence[dict[str, Any]] = ()) -> dict[str
             {"name": "baseline-v1", "url": stack.models["v1-replica"], "role": "baseline"},
         ],
         "compare": {"prediction": "kserve-v1", "kind": "label"},
+        # Written down before the run: what v2 must show to replace v1 (the defaults).
+        "promotion": {
+            "min_labels": 500,
+            "accuracy": {"non_inferiority_margin": 0.01},
+            "disagreement": {"max_excess_over_baseline": 0.02},
+            "latency_p99": {"max_ratio": 1.2},
+            "error_rate": {"max_increase": 0.005},
+        },
     }
     if rules:
         route["chaos"] = list(rules)
@@ -205,9 +215,11 @@ def run_demo(out: Path, rate: float = RATE, keep_running: bool = False) -> int:
             print("\nstopping...")
         if not stop_proxy(proxy):
             return 1
-    code = run_report(out)
+    # As a CD pipeline would call it: --gate makes the exit status the decision.
+    code = run_report(out, "--config", str(out / "shadowproxy.yaml"), "--gate")
     print(
         f"\nreport: {out / 'report.html'}\nsummary: {out / 'summary.json'}\n"
+        f"gate: exit status {code} ({GATE_MEANING.get(code, 'bad input')})\n"
         f"demo took {time.monotonic() - began:.0f}s"
     )
-    return code
+    return 0 if code in GATE_MEANING else code

@@ -32,6 +32,7 @@ from shadowproxy.demo.stack import (
     Stack,
     prepare,
     processes,
+    run_report,
     start_model,
     start_proxy,
     steady,
@@ -111,7 +112,9 @@ def run(out: Path, *, bad: bool, rate: float = RATE, seed: int = 1) -> int:
         watch = run_loop(drive(stack, data, rate))
         stopped = stop_proxy(proxy)
     ok = conclude(watch, bad=bad) and stopped
-    print(f"scenario took {time.monotonic() - began:.0f}s")
+    # The report reads the decisions back from the state file (found through --config).
+    ok = run_report(out, "--config", str(config)) == 0 and ok
+    print(f"report: {out / 'report.html'}\nscenario took {time.monotonic() - began:.0f}s")
     return 0 if ok else 1
 
 

@@ -174,8 +174,11 @@ async def steady(
     return index
 
 
-def run_report(out: Path) -> int:
-    """``shadowproxy report`` on the recording, as a user would run it."""
+def run_report(out: Path, *extra: str) -> int:
+    """``shadowproxy report`` on the recording, as a user would run it (``extra``: more
+    arguments, e.g. ``--config`` and ``--gate``)."""
     command = [sys.executable, "-m", "shadowproxy", "report", str(out / "shadow-logs"),
-               "--out", str(out / "report.html"), "--json", str(out / "summary.json")]  # fmt: skip
+               "--out", str(out / "report.html"), "--json", str(out / "summary.json"),
+               *extra]  # fmt: skip
+    print("$ shadowproxy report " + " ".join(command[4:]), flush=True)
     return subprocess.run(command, env={**os.environ, "COLUMNS": "160"}).returncode

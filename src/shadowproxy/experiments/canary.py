@@ -73,6 +73,12 @@ _WATCHED: tuple[Status, ...] = ("running", "paused", "completed")
 watching it; ``promoted`` is the operator's call and is never undone automatically."""
 
 
+def state_path(state_dir: str, route: str) -> str:
+    """Where a route's canary state (status, step, decisions) is kept: the proxy writes
+    it, ``shadowproxy report --config`` reads the decisions back."""
+    return f"{state_dir.rstrip('/')}/canary-{route}.json"
+
+
 class CanaryActionError(ShadowproxyError):
     """An operator action that is unknown or not allowed in the current state (the
     admin endpoint answers 4xx with this message; the state is unchanged)."""

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from shadowproxy.experiments.spec import GuardrailSpec, Metric
 from shadowproxy.experiments.window import SideStats, Window
-from shadowproxy.stats.inference import wilson_interval
+from shadowproxy.stats import wilson_interval
 
 Verdict = Literal["pass", "fail", "undecided"]
 P99 = 0.99

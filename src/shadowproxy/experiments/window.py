@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shadowproxy.stats.inference import binom_cdf
+from shadowproxy.stats import binom_cdf
 
 Side = Literal["candidate", "production"]
 

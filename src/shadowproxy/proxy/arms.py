@@ -35,7 +35,7 @@ import orjson
 
 from shadowproxy.config import RouteConfig, ShadowConfig
 from shadowproxy.experiments.assign import assign_arm, in_canary
-from shadowproxy.experiments.canary import Canary, CanaryActionError, Decision
+from shadowproxy.experiments.canary import Canary, CanaryActionError, Decision, state_path
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec
 from shadowproxy.experiments.window import Side
 from shadowproxy.http.client import Pool
@@ -46,6 +46,8 @@ from shadowproxy.tasks import TaskSet
 log = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S = 1.0
+ALARMING = ("rollback", "pause")
+"""Canary decisions logged as warnings; a step forward is logged at INFO."""
 PRODUCTION_ARM = "production"
 """The arm name recorded when production answered (outside an A/B share, or the
 canary's non-candidate side)."""
@@ -186,7 +188,7 @@ class CanaryController:
     ) -> None:
         self.route = route
         self.spec = spec
-        self.path = Path(state_dir) / f"canary-{route}.json"
+        self.path = Path(state_path(state_dir, route))
         self.canary = self._load(now)
         self.window = self.canary.new_window()
         self._metrics = metrics
@@ -283,7 +285,10 @@ class CanaryController:
         return decision
 
     def _decided(self, decision: Decision) -> None:
-        log.warning("canary %s: %s", self.route, decision.describe())
+        # A step forward is the canary working as planned; a rollback or a pause is what
+        # an operator must see.
+        level = logging.WARNING if decision.action in ALARMING else logging.INFO
+        log.log(level, "canary %s: %s", self.route, decision.describe())
         self._metrics.canary_decisions.labels(self.route, decision.action).inc()
         if self.window.epoch != self.canary.epoch:
             self.window = self.canary.new_window()

@@ -9,7 +9,7 @@ How the report is made::
             │  queries: every aggregation as SQL, one streaming scan each;
             │           only aggregates and capped hash samples reach Python
             ▼
-    analysis (+ groundtruth, chaos,  ──► stats (pure: Wilson, z, McNemar, Wilcoxon,
+    analysis (+ groundtruth, chaos,  ──► stats, intervals (pure: Wilson, z, McNemar,
             │                                    bootstrap, Holm, power)
             │  experiments)
             │  ──► verdict (pure: one line per shadow, no claim beyond its test)
@@ -58,9 +58,10 @@ MAX_RETRIES = 20
 
 
 def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
-    """Build the report, write the requested files and print the summary table.
-    Raises :class:`ReportInputError` on bad input (the CLI exits 2 with its message)."""
-    from shadowproxy.report import render, summary, table
+    """Build the report, write the requested files and print the summary table; the exit
+    status is 0, or with ``gate`` the worst candidate's decision (0 PROMOTE, 3 HOLD,
+    4 REJECT). Raises :class:`ReportInputError` on bad input (the CLI exits 2)."""
+    from shadowproxy.report import decision, render, summary, table
 
     report = build_report(options, now=now or datetime.now(UTC))
     if options.out:
@@ -68,7 +69,12 @@ def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
     if options.json_out:
         _write(options.json_out, summary.dumps(report))
     table.print_summary(report)
-    return 0
+    if not options.gate:
+        return 0
+    status = decision.worst(p.decision.status for p in report.pairs if p.decision)
+    if status is None:
+        raise ReportInputError("--gate: no candidate shadow in the recording to decide on")
+    return decision.EXIT_CODES[status]
 
 
 def build_report(options: ReportOptions, *, now: datetime, progress: bool | None = None) -> Report:
@@ -101,8 +107,22 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
             skipped[exc.path] = exc.reason
             continue
         report.skipped_files = sorted(skipped.items())
+        add_canaries(report, options)
         return report
     raise ReportInputError(f"gave up after skipping {len(skipped)} corrupt files")
+
+
+def add_canaries(report: Report, options: ReportOptions) -> None:
+    """The canary routes' recorded decisions (``--config``); a route whose state file is
+    not there yet is said so."""
+    from shadowproxy.report import canary
+
+    for route, path in options.canary_states:
+        found = canary.read(route, path)
+        if found is None:
+            report.warnings.append(f"canary {route}: no recorded decisions at {path}")
+        else:
+            report.canaries.append(found)
 
 
 def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:

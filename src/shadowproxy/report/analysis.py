@@ -2,7 +2,7 @@
 
 :func:`analyze` is the only function here that runs queries; it hands their rows
 (lists of dicts) to pure builders, one per report section, which call
-:mod:`~shadowproxy.stats.inference`. The builders are tested with hand-made rows.
+:mod:`~shadowproxy.stats`. The builders are tested with hand-made rows.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from shadowproxy.report import chaos, experiments, groundtruth, queries, verdict
+from shadowproxy import stats
+from shadowproxy.report import (
+    chaos,
+    decision,
+    experiments,
+    groundtruth,
+    intervals,
+    queries,
+    verdict,
+)
 from shadowproxy.report.load import Rows, Runner
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
@@ -33,11 +42,10 @@ from shadowproxy.report.model import (
     TimePoint,
 )
 from shadowproxy.report.options import ReportInputError, ReportOptions, duckdb_path
-from shadowproxy.stats import inference as stats
 
 Key = tuple[str, str]
 
-BUCKETS_S = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+BUCKETS_S = (1, 5, 10, 30, 60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 MAX_BUCKETS = 72
 DIFF_BINS = 30
 CONTINUOUS_KINDS = ("numeric", "probabilities")
@@ -83,6 +91,8 @@ def analyze(
     add_noise_floors(list(pairs.values()))
     for pair in pairs.values():
         pair.verdict = verdict.verdict(pair)
+    decision.decide_all(pairs.values(), dict(options.promotions))
+    warnings = input_warnings(pairs.values())
     return Report(
         generated_at=now,
         root=options.root,
@@ -93,7 +103,27 @@ def analyze(
         labels_available=has_labels,
         chaos=chaos.checks(runner.rows(queries.chaos_checks())) if excluded else [],
         experiments=trials,
+        warnings=warnings,
     )
+
+
+def input_warnings(pairs: Iterable[PairReport]) -> list[str]:
+    """What the reader must know before trusting a figure: rows left out for a NaN or
+    infinite latency, and label rows folded because their request was already counted."""
+    out = []
+    for pair in pairs:
+        if pair.nonfinite_latency:
+            out.append(
+                f"{pair.route} / {pair.shadow}: {pair.nonfinite_latency:,} row(s) with a NaN "
+                "or infinite latency, left out of the latency figures"
+            )
+        if pair.labels is not None and pair.labels.duplicates:
+            out.append(
+                f"{pair.route} / {pair.shadow}: {pair.labels.duplicates:,} duplicate row(s) of "
+                "already counted requests folded (retries keep their request id); each "
+                "labelled request counts once"
+            )
+    return out
 
 
 def run_experiments(runner: Runner, options: ReportOptions, has_labels: bool) -> list[Experiment]:
@@ -146,12 +176,21 @@ def _pair(row: dict[str, Any]) -> PairReport:
             pairs=int(row["latency_pairs"]),
             sample=0,
             test=None,
-            median_diff=None,
-            median_diff_ci=None,
+            mean_diff=None,
+            mean_diff_ci=None,
         ),
         first_ts=row["first_ts"],
         last_ts=row["last_ts"],
         diff_range=(row["diff_min"], row["diff_p99"], row["diff_max"]),
+        nonfinite_latency=int(row.get("nonfinite_latency") or 0),
+        latency_diff=intervals.moments(
+            int(row["latency_pairs"]), row.get("latency_d_sum"), row.get("latency_d_sq")
+        ),
+        errors=(
+            int(row.get("sent") or 0),
+            int(row.get("shadow_failed") or 0),
+            int(row.get("prod_failed") or 0),
+        ),
     )
 
 
@@ -166,8 +205,9 @@ def _percentiles(values: Sequence[float] | None) -> Percentiles:
 
 
 def choose_bucket(first: datetime, last: datetime) -> int:
-    """Bucket width in seconds: the finest that keeps the chart under ``MAX_BUCKETS``
-    points, which is hourly for a recording of up to three days."""
+    """Bucket width in seconds that suits the run's length: the finest that keeps the
+    chart under ``MAX_BUCKETS`` points: 5 seconds for a two-minute demo, hourly for a
+    recording of up to three days."""
     span = max((last - first).total_seconds(), 0.0)
     for width in BUCKETS_S:
         if span / width < MAX_BUCKETS:
@@ -208,27 +248,51 @@ def add_latency(pairs: dict[Key, PairReport], runner: Runner, options: ReportOpt
             )
     for key, pair in pairs.items():
         prod_hist, shadow_hist = histograms.get(key, ((), ()))
+        sample = samples.get(key, [])
         pair.latency = replace(
-            latency_test(pair.latency, samples.get(key, [])),
+            latency_test(pair.latency, sample, pair.latency_diff),
             production_hist=prod_hist,
             shadow_hist=shadow_hist,
+            p99_log_se=p99_log_se(sample, pair.latency.pairs),
         )
 
 
-def latency_test(base: Latency, sample: Sequence[tuple[float, float]]) -> Latency:
-    """Wilcoxon signed-rank on per-request (shadow - production) latency and a bootstrap
-    interval for the median difference (exact, so it uses the whole sample)."""
-    diffs = [shadow - prod for prod, shadow in sample]
-    if len(diffs) < 2:
-        return replace(base, sample=len(diffs))
-    test = stats.wilcoxon_signed_rank(diffs)
-    ci = stats.bootstrap_median_ci(diffs)
+MIN_P99_SAMPLE = 100
+"""Below this many sampled pairs the p99's order-statistic interval is too coarse to
+give its spread: the latency criterion stays open."""
+
+
+def p99_log_se(sample: Sequence[tuple[float, float]], pairs: int) -> float | None:
+    """Standard error of log(shadow p99 / production p99): each side's from the width of
+    its distribution-free 95% interval in the sample (on the log scale, divided by
+    2 x 1.96), scaled by sqrt(sample / pairs) to the full count, the two added in
+    quadrature (sides treated as independent: conservative when they move together)."""
+    if len(sample) < MIN_P99_SAMPLE or pairs <= 0:
+        return None
+    total = 0.0
+    for side in (sorted(p for p, _ in sample), sorted(s for _, s in sample)):
+        lo, hi = intervals.quantile_ci(side, 0.99)
+        if lo <= 0.0:
+            return None
+        total += ((math.log(hi) - math.log(lo)) / (2.0 * stats.z_for(0.95))) ** 2
+    return math.sqrt(total * len(sample) / pairs)
+
+
+def latency_test(
+    base: Latency, sample: Sequence[tuple[float, float]], diff: tuple[float, float] | None
+) -> Latency:
+    """The paired t test of the mean per-request (shadow - production) latency and the t
+    interval it inverts, from the mean and variance over every pair (``diff``); the
+    hash ``sample`` is kept for the p99 ratio's interval."""
+    if diff is None or base.pairs < 2:
+        return replace(base, sample=len(sample))
+    paired = intervals.paired_t(diff[0], diff[1], base.pairs)
     return replace(
         base,
-        sample=len(diffs),
-        test=test,
-        median_diff=stats.median(diffs),
-        median_diff_ci=Interval(*ci),
+        sample=len(sample),
+        test=paired.test,
+        mean_diff=paired.mean,
+        mean_diff_ci=Interval(*paired.ci),
     )
 
 
@@ -290,13 +354,21 @@ def add_confusions(pairs: dict[Key, PairReport], rows: Rows) -> None:
 
 
 def class_order(cells: dict[tuple[str, str], int]) -> tuple[str, ...]:
-    """Classes by total frequency (ties by name), ``(other)`` last."""
-    totals: dict[str, int] = defaultdict(int)
-    for (p, s), n in cells.items():
-        totals[p] += n
-        totals[s] += n
-    ordered = sorted((c for c in totals if c != "(other)"), key=lambda c: (-totals[c], c))
-    return (*ordered, "(other)") if "(other)" in totals else tuple(ordered)
+    """The classes in a stable order: by name (numbers by value), ``(none)`` and then
+    ``(other)`` last. Which classes are kept when there are more than the limit is the
+    query's choice (by volume); their order here does not depend on volume, so the
+    same classes always draw the same matrix."""
+    names = {c for pair in cells for c in pair}
+    special = [c for c in ("(none)", "(other)") if c in names]
+    return (*sorted(names - set(special), key=_class_key), *special)
+
+
+def _class_key(name: str) -> tuple[int, float, str]:
+    try:
+        value = float(name)
+    except ValueError:
+        return (1, 0.0, name)
+    return (0, value, name) if math.isfinite(value) else (1, 0.0, name)
 
 
 # --- examples ------------------------------------------------------------------------

@@ -41,9 +41,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shadowproxy import stats
 from shadowproxy.report.load import Rows
 from shadowproxy.report.model import Experiment, ExperimentArm, Interval, Power, SampleRatio
-from shadowproxy.stats import inference as stats
 
 PRODUCTION = "production"
 CONTROL = "control"

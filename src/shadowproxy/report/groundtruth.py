@@ -1,25 +1,25 @@
 """Ground truth: production and each shadow against the labels, paired per request.
 
 Classification (labels are class names or ids) compares accuracy on the same labeled
-requests with an exact McNemar test; regression (numeric labels and predictions)
-compares MAE and RMSE with a Wilcoxon signed-rank test on paired absolute errors and a
-bootstrap interval of the MAE difference. Both report the minimum detectable difference
-at 80% power and, when the result is not significant, how many more labels would
-detect a difference of the observed size.
+requests with an exact McNemar test and the interval built from it
+(:func:`~shadowproxy.report.intervals.paired_accuracy_ci`); regression (numeric labels
+and predictions) compares MAE and RMSE with a paired t test on the per-request
+difference of absolute errors, whose mean is the MAE difference, and its t interval,
+over every labelled request. Each request counts once (see ``queries.labeled_pairs``).
+Both report the minimum detectable difference at 80% power and, when the result is not
+significant, how many more labels would detect a difference of the observed size.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
-from shadowproxy.report import queries
+from shadowproxy import stats
+from shadowproxy.report import intervals, queries
 from shadowproxy.report.load import Runner
 from shadowproxy.report.model import Interval, Labels, PairReport
 from shadowproxy.report.options import ReportOptions
-from shadowproxy.stats import inference as stats
 
 Key = tuple[str, str]
 
@@ -29,21 +29,14 @@ CLASS_KINDS = ("label", "probabilities")
 
 def add_labels(pairs: dict[Key, PairReport], runner: Runner, options: ReportOptions) -> None:
     rows = {(r["route"], r["shadow"]): r for r in runner.rows(queries.labeled_pairs())}
-    tasks = {
-        key: choose_task(pairs[key].comparator, row) for key, row in rows.items() if key in pairs
-    }
-    regression = {k: int(rows[k]["n_reg"]) for k, task in tasks.items() if task == "regression"}
-    samples: dict[Key, list[tuple[float, float]]] = defaultdict(list)
-    thresholds = queries.hash_thresholds(regression, options.sample_size)
-    if thresholds:
-        for row in runner.rows(queries.regression_sample(thresholds, options.sample_size)):
-            samples[(row["route"], row["shadow"])].append((row["pe"], row["se"]))
-    for key, task in tasks.items():
-        row = rows[key]
+    for key, row in rows.items():
+        if key not in pairs:
+            continue
+        task = choose_task(pairs[key].comparator, row)
         if task == "classification":
             pairs[key].labels = classification_result(row)
-        else:
-            pairs[key].labels = regression_result(row, samples.get(key, []), options.bootstrap_size)
+        elif task == "regression":
+            pairs[key].labels = regression_result(row)
 
 
 def choose_task(comparator: str, row: dict[str, Any]) -> str | None:
@@ -78,9 +71,11 @@ def classification_result(row: dict[str, Any]) -> Labels:
         shadow=_accuracy(shadow_right, n),
         test=test,
         difference=difference,
-        difference_ci=Interval(*stats.paired_proportion_diff_ci(b, c, n)),
+        difference_ci=Interval(*intervals.paired_accuracy_ci(b, c, n)),
         mde=_finite(mde),
         more_labels_needed=needed,
+        duplicates=int(row.get("duplicates") or 0),
+        discordant=(b, c),
     )
 
 
@@ -92,30 +87,31 @@ def _accuracy(right: int, n: int) -> dict[str, float | list[float] | None]:
     }
 
 
-def regression_result(
-    row: dict[str, Any], sample: Sequence[tuple[float, float]], boot_n: int
-) -> Labels:
+def regression_result(row: dict[str, Any]) -> Labels:
     n = int(row["n_reg"])
     prod_mae, shadow_mae = row["prod_abs"] / n, row["shadow_abs"] / n
-    differences = [se - pe for pe, se in sample]
-    test = stats.wilcoxon_signed_rank(differences)
-    d_sum, d_sq = float(row["d_sum"]), float(row["d_sq"])
-    sd = math.sqrt(max(d_sq - d_sum * d_sum / n, 0.0) / (n - 1)) if n > 1 else math.nan
-    difference = shadow_mae - prod_mae
+    mean, variance = intervals.moments(n, row["d_sum"], row["d_sq"]) or (
+        float(row["d_sum"] or 0.0) / max(n, 1),
+        0.0,
+    )
+    paired = intervals.paired_t(mean, variance, n)
+    sd = math.sqrt(variance) if n > 1 else math.nan
+    difference = paired.mean
     needed = None
-    if not test.p_value < ALPHA and difference and sd > 0:
+    if not paired.test.p_value < ALPHA and difference and sd > 0:
         needed = _more(stats.n_paired_means(sd, abs(difference)), n)
-    ci = stats.bootstrap_ci(differences[:boot_n], stats.mean) if len(differences) > 1 else None
     return Labels(
         task="regression",
         n=n,
         production={"mae": prod_mae, "rmse": math.sqrt(row["prod_sq"] / n)},
         shadow={"mae": shadow_mae, "rmse": math.sqrt(row["shadow_sq"] / n)},
-        test=test,
+        test=paired.test,
         difference=difference,
-        difference_ci=Interval(*ci) if ci else None,
+        difference_ci=Interval(*paired.ci) if n > 1 else None,
         mde=_finite(stats.mde_paired_means(sd, n)) if sd > 0 else None,
         more_labels_needed=needed,
+        duplicates=int(row.get("duplicates") or 0),
+        error_sd=sd if n > 1 else None,
     )
 
 

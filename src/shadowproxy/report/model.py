@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shadowproxy.stats.inference import TestResult
+from shadowproxy.stats import TestResult
 
 OUTCOME_NAMES = ("ok", "error", "timeout", "dropped", "skipped")
 
@@ -90,13 +90,51 @@ class Latency:
     pairs: int
     """Requests both sides answered (the percentiles are over these)."""
     sample: int
-    """Pairs in the hash sample the test and the bootstrap used."""
+    """Pairs in the hash sample behind the p99 ratio's interval (all pairs when fewer)."""
     test: TestResult | None
-    median_diff: float | None
-    """Median over requests of (shadow - production) latency, ms."""
-    median_diff_ci: Interval | None
+    """Paired t test of the mean per-request difference, over every pair."""
+    mean_diff: float | None
+    """Mean over requests of (shadow - production) latency, ms."""
+    mean_diff_ci: Interval | None
+    """The t interval :attr:`test` inverts: it excludes 0 exactly when p < 0.05."""
     production_hist: tuple[Bin, ...] = ()
     shadow_hist: tuple[Bin, ...] = ()
+    p99_log_se: float | None = None
+    """Standard error of log(shadow p99 / production p99), from each side's
+    order-statistic interval in the hash sample, scaled to all pairs."""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One promotion criterion, judged (see ``report.decision``)."""
+
+    name: str
+    """``accuracy`` (``mae`` on a regression route), ``disagreement``, ``latency_p99``
+    or ``error_rate``."""
+    estimate: float | None
+    interval: Interval | None
+    """The one-sided 95% bounds (together, the 90% two-sided interval)."""
+    p_value: float | None
+    """Non-inferiority: small when the worse-side bound is inside the margin."""
+    p_fail: float | None
+    """Inferiority beyond the margin, Holm-adjusted across the candidate's criteria."""
+    margin: float
+    result: str
+    """``pass``, ``fail`` or ``open``."""
+    test: str
+    unit: str
+    """What more of would settle an open criterion: ``labels`` or ``requests``."""
+    needed: int | None
+    """For an open criterion: about how many more ``unit`` would settle it."""
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str
+    """``PROMOTE``, ``HOLD`` or ``REJECT``."""
+    criteria: tuple[Criterion, ...]
+    sentence: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +165,14 @@ class Labels:
     """Smallest difference detectable at 80% power on ``n`` labels."""
     more_labels_needed: int | None
     """Extra labels to detect a difference of the observed size, when not significant."""
+    duplicates: int = 0
+    """Rows folded because their request was already counted (client retries keep the
+    request id): each request counts once, with its first answered row."""
+    discordant: tuple[int, int] | None = None
+    """Classification: ``(b, c)``, requests only production got right and those only
+    the shadow got right (McNemar's cells)."""
+    error_sd: float | None = None
+    """Regression: the standard deviation of the per-request error differences."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +280,52 @@ class Experiment:
     """Users seen in more than one arm: left out of every figure."""
 
 
+@dataclass(frozen=True)
+class GuardrailFigure:
+    """One guardrail's figure at one canary decision, as the proxy recorded it."""
+
+    metric: str
+    verdict: str
+    """``pass``, ``fail`` or ``undecided``."""
+    value: float | None
+    """The error-rate increase, the p99 ratio or the disagreement rate."""
+    lower: float | None
+    upper: float | None
+    limit: float | None
+    observations: str
+    """What it was measured on, e.g. ``candidate 512 / production 4,877 requests``."""
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    """One recorded canary decision and the evidence it was taken on."""
+
+    at: datetime
+    action: str
+    by: str
+    from_percent: float
+    percent: float
+    status: str
+    reasons: tuple[str, ...]
+    candidate_requests: int | None
+    production_requests: int | None
+    guardrails: tuple[GuardrailFigure, ...]
+
+
+@dataclass(frozen=True)
+class CanaryHistory:
+    """A canary route's state file, read back: where it is and how it got there."""
+
+    route: str
+    candidate: str
+    status: str
+    percent: float
+    steps: tuple[CanaryStep, ...]
+    """The decisions that changed something, oldest first."""
+    last_evaluation: CanaryStep | None
+    source: str
+
+
 @dataclass
 class PairReport:
     route: str
@@ -264,6 +356,16 @@ class PairReport:
     verdict: str = ""
     chaos_excluded: int = 0
     """Rows with injected faults, left out of every figure above (see ``Report.chaos``)."""
+    decision: Decision | None = None
+    """Candidates only: PROMOTE, HOLD or REJECT on the route's promotion criteria."""
+    nonfinite_latency: int = 0
+    """Rows with a NaN or infinite latency: left out of the latency figures, warned about."""
+    latency_diff: tuple[float, float] | None = None
+    """Mean and sample variance of the per-request latency difference (shadow minus
+    production, ms) over every pair; None below two pairs."""
+    errors: tuple[int, int, int] = (0, 0, 0)
+    """Copies sent, the shadow's failures among them (error, timeout, 5xx) and
+    production's 5xx answers on the same requests: the error-rate criterion's counts."""
 
 
 @dataclass
@@ -278,3 +380,7 @@ class Report:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     chaos: list[ChaosCheck] = field(default_factory=list)
     experiments: list[Experiment] = field(default_factory=list)
+    canaries: list[CanaryHistory] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Problems with the input that every reader must see (printed first, a banner in
+    the HTML, ``warnings`` in summary.json)."""

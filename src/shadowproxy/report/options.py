@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from shadowproxy.compare import jsonpath
 from shadowproxy.errors import ShadowproxyError
+from shadowproxy.experiments.promotion import Promotion
 
 
 class ReportInputError(ShadowproxyError):
@@ -65,17 +66,24 @@ class ReportOptions:
     temp_directory: str | None = None
     """Where DuckDB spills; a fresh temporary directory when None."""
     examples_per_pair: int = 5
-    top_classes: int = 8
+    top_classes: int = 20
+    """Confusion matrices show every class up to this many; beyond it, the most frequent
+    ones and ``(other)``."""
     top_segments: int = 12
     sample_size: int = 20_000
-    """Per-request pairs fetched for the Wilcoxon tests and bootstraps."""
+    """Per-request latency pairs fetched (a hash sample) for the p99 ratio's interval."""
     outcome: str = "auto"
     """The experiments' outcome kind: ``auto``, ``binary``, ``continuous``, ``ordinal``."""
     mde: float = 0.05
     """The effect the experiments' power figures plan for, relative to the control."""
-    bootstrap_size: int = 2_000
-    """Paired errors the MAE bootstrap resamples (1,000 times, in pure Python: a larger
-    set would cost seconds per shadow for a barely narrower interval estimate)."""
+    promotions: tuple[tuple[str, Promotion], ...] = ()
+    """Each route's ``promotion:`` block from ``--config``; routes not listed (and every
+    route without ``--config``) are decided on the documented defaults."""
+    canary_states: tuple[tuple[str, str], ...] = ()
+    """``(route, state file)`` of each canary route in ``--config``: the canary section
+    reads the decisions the proxy recorded there."""
+    gate: bool = False
+    """``--gate``: exit 0 on PROMOTE, 3 on HOLD, 4 on REJECT (the worst candidate)."""
 
 
 OUTCOME_KINDS = ("auto", "binary", "continuous", "ordinal")

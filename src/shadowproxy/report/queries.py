@@ -29,10 +29,18 @@ KINDS = "regexp_replace(coalesce(comparator, ''), '^auto:', '')"
 CLASS_KINDS = "('label', 'probabilities')"
 """Comparators whose predictions name a class (a score vector's class is its argmax)."""
 
-LATENCY_PAIR = (
-    "shadow_outcome = 'ok' AND prod_latency_ms IS NOT NULL AND shadow_latency_ms IS NOT NULL"
-)
-"""Latencies are compared only on requests both sides answered."""
+LATENCY_PAIR = "shadow_outcome = 'ok' AND isfinite(prod_latency_ms) AND isfinite(shadow_latency_ms)"
+"""Latencies are compared only on requests both sides answered, with finite latencies
+(``isfinite`` of NULL is NULL, so missing ones are out too)."""
+
+LATENCY_DIFF = "(shadow_latency_ms - prod_latency_ms)"
+"""One request's latency difference, shadow minus production (ms)."""
+
+SENT = "shadow_outcome IN ('ok', 'error', 'timeout')"
+"""Rows whose copy reached the shadow (or was meant to and failed)."""
+
+NONFINITE_LATENCY = "(NOT isfinite(prod_latency_ms) OR NOT isfinite(shadow_latency_ms))"
+"""A NaN or infinite latency: counted, warned about and left out of latency figures."""
 
 LATENCY_BUCKETS_PER_DOUBLING = 8
 HASH_MODULUS = 1_000_000
@@ -132,6 +140,14 @@ def _string_list(values: Sequence[str]) -> str:
 
 
 # --- sources -------------------------------------------------------------------------
+
+
+def exact(expression: str) -> str:
+    """A per-row value as a fixed-point decimal, so that its ``sum`` is exact: a sum of
+    doubles depends on the order DuckDB's threads add them in, and the same recording
+    must always give the same report, to the last digit. Non-finite values become NULL
+    (DuckDB casts before it filters, and a NaN has no decimal)."""
+    return f"CAST(CASE WHEN isfinite({expression}) THEN {expression} END AS DECIMAL(38, 12))"
 
 
 def parquet_source(paths: Sequence[str], *, hive: bool) -> str:
@@ -234,8 +250,12 @@ def create_labels(feedback_source: str | None, file_source: str | None) -> str:
 def pair_summary() -> Query:
     """Volume, outcomes, agreement, HTTP errors and latency percentiles per pair.
 
-    Percentiles are t-digest approximations: exact ones would hold every latency in
-    memory, which the report must not need for any dataset size.
+    Percentiles are exact (``quantile_cont``: linear interpolation between order
+    statistics, type 7 of Hyndman and Fan, numpy's default). The per-request latency
+    difference's mean and variance feed the paired t test, over every pair. ``sent``,
+    ``shadow_failed`` and ``prod_failed`` are the error-rate criterion's counts: copies
+    sent, those the shadow failed (error, timeout or 5xx) and, on the same requests,
+    production's 5xx answers.
     """
     outcomes = ",\n".join(
         f"count(*) FILTER (WHERE shadow_outcome = '{o}') AS {o}"
@@ -254,6 +274,14 @@ def pair_summary() -> Query:
         mode({KINDS}) FILTER (WHERE agree IS NOT NULL) AS comparator,
         min(ts) AS first_ts, max(ts) AS last_ts,
         count(*) FILTER (WHERE {LATENCY_PAIR}) AS latency_pairs,
+        count(*) FILTER (WHERE {NONFINITE_LATENCY}) AS nonfinite_latency,
+        sum({exact(LATENCY_DIFF)}) FILTER (WHERE {LATENCY_PAIR}) AS latency_d_sum,
+        sum({exact(f"{LATENCY_DIFF} * {LATENCY_DIFF}")})
+            FILTER (WHERE {LATENCY_PAIR}) AS latency_d_sq,
+        count(*) FILTER (WHERE {SENT}) AS sent,
+        count(*) FILTER (WHERE {SENT} AND (shadow_outcome <> 'ok' OR shadow_status >= 500))
+            AS shadow_failed,
+        count(*) FILTER (WHERE {SENT} AND coalesce(prod_status >= 500, true)) AS prod_failed,
         quantile_cont(prod_latency_ms, [0.5, 0.95, 0.99])
             FILTER (WHERE {LATENCY_PAIR}) AS prod_q,
         quantile_cont(shadow_latency_ms, [0.5, 0.95, 0.99])
@@ -429,21 +457,31 @@ def segments(duck_path: str, wildcard: bool, top_n: int) -> Query:
 def labeled_pairs() -> Query:
     """Ground-truth aggregates per pair over the requests with a label and both answers:
     classification counts (both right, McNemar's discordant cells) and regression sums,
-    plus what the labels look like so the caller can tell the task."""
-    sql = """
+    plus what the labels look like so the caller can tell the task.
+
+    A request counts once: a client retry keeps its ``X-Request-Id``, so one request can
+    have several rows per shadow; the first answered row (by ``ts``) is kept and the
+    others are counted as ``duplicates``. The paired error differences' exact sum and sum
+    of squares (``d_sum``, ``d_sq``) feed the paired t test of the MAE difference, over
+    every labelled request."""
+    sql = f"""
     WITH joined AS (
         SELECT s.route, s.shadow, l.label,
                sp_class(l.label) AS lc, sp_class(s.prod_prediction) AS pc,
                sp_class(s.shadow_prediction) AS sc,
                sp_number(l.label) AS ln, sp_number(s.prod_prediction) AS pn,
-               sp_number(s.shadow_prediction) AS sn
+               sp_number(s.shadow_prediction) AS sn,
+               count(*) OVER (PARTITION BY s.route, s.shadow, s.request_id) AS copies
         FROM scope s JOIN labels l ON s.request_id = l.request_id
-        WHERE s.prod_prediction IS NOT NULL AND s.shadow_prediction IS NOT NULL),
+        WHERE s.prod_prediction IS NOT NULL AND s.shadow_prediction IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY s.route, s.shadow, s.request_id
+                                   ORDER BY s.ts, s.prod_prediction, s.shadow_prediction) = 1),
     scored AS (
         SELECT *, coalesce(pc = lc, false) AS pr, coalesce(sc = lc, false) AS sr,
                abs(pn - ln) AS pe, abs(sn - ln) AS se
         FROM joined)
     SELECT route, shadow, count(*) AS n,
+           sum(copies - 1) AS duplicates,
            count(ln) AS numeric_labels,
            count(*) FILTER (WHERE ln <> floor(ln)) AS fractional_labels,
            count(*) FILTER (WHERE pr) AS prod_right,
@@ -455,29 +493,10 @@ def labeled_pairs() -> Query:
            sum(pe * pe) FILTER (WHERE se IS NOT NULL) AS prod_sq,
            sum(se) FILTER (WHERE pe IS NOT NULL) AS shadow_abs,
            sum(se * se) FILTER (WHERE pe IS NOT NULL) AS shadow_sq,
-           sum(se - pe) AS d_sum,
-           sum((se - pe) * (se - pe)) AS d_sq
+           sum({exact("se - pe")}) AS d_sum,
+           sum({exact("(se - pe) * (se - pe)")}) AS d_sq
     FROM scored GROUP BY route, shadow ORDER BY route, shadow"""
     return Query("ground truth", sql)
-
-
-def regression_sample(thresholds: Sequence[tuple[str, str, int]], per_pair: int) -> Query:
-    """Per-request absolute errors of both models, hash-sampled like latencies."""
-    table, params = _pair_table("thresholds", thresholds)
-    sql = f"""
-    WITH {table},
-    joined AS (
-        SELECT s.route, s.shadow, s.request_id,
-               abs(sp_number(s.prod_prediction) - sp_number(l.label)) AS pe,
-               abs(sp_number(s.shadow_prediction) - sp_number(l.label)) AS se
-        FROM scope s JOIN labels l ON s.request_id = l.request_id
-        JOIN thresholds t ON s.route = t.route AND s.shadow = t.shadow
-        WHERE hash(s.request_id) % {HASH_MODULUS} < t.v)
-    SELECT route, shadow, pe, se FROM joined
-    WHERE pe IS NOT NULL AND se IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY route, shadow
-                               ORDER BY hash(request_id), request_id) <= ?"""
-    return Query("regression sample", sql, (*params, per_pair))
 
 
 # --- chaos ---------------------------------------------------------------------------

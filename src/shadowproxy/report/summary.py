@@ -12,7 +12,11 @@ import math
 from typing import Any
 
 from shadowproxy.report.model import (
+    CanaryHistory,
+    CanaryStep,
     ChaosCheck,
+    Criterion,
+    Decision,
     Experiment,
     ExperimentArm,
     Interval,
@@ -24,7 +28,7 @@ from shadowproxy.report.model import (
     Report,
     Segment,
 )
-from shadowproxy.stats.inference import TestResult
+from shadowproxy.stats import TestResult
 
 
 def summary(report: Report) -> dict[str, Any]:
@@ -38,6 +42,8 @@ def summary(report: Report) -> dict[str, Any]:
             "pairs": [_pair(p) for p in report.pairs],
             "chaos": [_chaos(c) for c in report.chaos],
             "experiments": [_experiment(e) for e in report.experiments],
+            "canaries": [_canary(c) for c in report.canaries],
+            "warnings": list(report.warnings),
         }
     )
     return data
@@ -68,7 +74,74 @@ def _pair(pair: PairReport) -> dict[str, Any]:
         "labels": _labels(pair.labels),
         "segments": [_segment(s) for s in pair.segments],
         "verdict": pair.verdict,
+        "decision": _decision(pair.decision),
         "chaos_excluded": pair.chaos_excluded,
+        "nonfinite_latency_rows": pair.nonfinite_latency,
+    }
+
+
+def _decision(decision: Decision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {
+        "status": decision.status,
+        "sentence": decision.sentence,
+        "criteria": [_criterion(c) for c in decision.criteria],
+    }
+
+
+def _criterion(c: Criterion) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "estimate": c.estimate,
+        "interval": _interval(c.interval),
+        "p_value": c.p_value,
+        "p_value_fail": c.p_fail,
+        "margin": c.margin,
+        "result": c.result,
+        "test": c.test,
+        "needed": c.needed,
+        "unit": c.unit,
+    }
+
+
+def _canary(history: CanaryHistory) -> dict[str, Any]:
+    steps = [*history.steps]
+    return {
+        "route": history.route,
+        "candidate": history.candidate,
+        "status": history.status,
+        "percent": history.percent,
+        "source": history.source,
+        "decisions": [_canary_step(s) for s in steps],
+        "last_evaluation": _canary_step(history.last_evaluation)
+        if history.last_evaluation
+        else None,
+    }
+
+
+def _canary_step(step: CanaryStep) -> dict[str, Any]:
+    return {
+        "at": step.at.isoformat(),
+        "action": step.action,
+        "by": step.by,
+        "from_percent": step.from_percent,
+        "percent": step.percent,
+        "status": step.status,
+        "reasons": list(step.reasons),
+        "candidate_requests": step.candidate_requests,
+        "production_requests": step.production_requests,
+        "guardrails": [
+            {
+                "metric": g.metric,
+                "verdict": g.verdict,
+                "value": g.value,
+                "lower": g.lower,
+                "upper": g.upper,
+                "limit": g.limit,
+            }
+            for g in step.guardrails
+        ],
     }
 
 
@@ -157,16 +230,15 @@ def _test(test: TestResult | None) -> dict[str, Any] | None:
 
 
 def _latency_test(latency: Latency) -> dict[str, Any]:
-    test = _test(latency.test) or {
-        "name": "Wilcoxon signed-rank",
-        "statistic": None,
-        "p_value": None,
-    }
+    """The paired t test over every pair and the mean difference with the t interval it
+    inverts (``mean_diff_ms``, ``mean_diff_ci95``): they never disagree about zero."""
+    test = _test(latency.test) or {"name": "paired t", "statistic": None, "p_value": None}
     return test | {
+        "df": getattr(latency.test, "df", None),
         "pairs": latency.pairs,
         "sample": latency.sample,
-        "median_diff_ms": latency.median_diff,
-        "median_diff_ci95": _interval(latency.median_diff_ci),
+        "mean_diff_ms": latency.mean_diff,
+        "mean_diff_ci95": _interval(latency.mean_diff_ci),
     }
 
 
@@ -196,6 +268,7 @@ def _labels(labels: Labels | None) -> dict[str, Any] | None:
         "difference_ci95": _interval(labels.difference_ci),
         "mde": labels.mde,
         "more_labels_needed": labels.more_labels_needed,
+        "duplicate_rows_folded": labels.duplicates,
     }
 
 

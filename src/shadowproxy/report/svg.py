@@ -140,12 +140,18 @@ def rate_over_time(
 
 
 def _time_labels(frame: Frame, first: datetime, last: datetime) -> str:
-    fmt = "%Y-%m-%d %H:%M" if (last - first).days < 2 else "%Y-%m-%d"
+    """Start, middle and end, in a format that suits the span (seconds for a run of
+    minutes), anchored so that none runs past the chart's edge."""
+    span = (last - first).total_seconds()
+    fmt = "%H:%M:%S" if span < 3600 else "%m-%d %H:%M" if span < 2 * 86400 else "%Y-%m-%d"
     y = HEIGHT - BOTTOM + 16
     if first == last:
         return _text(frame.x(first.timestamp()), y, first.strftime(fmt) + " UTC")
-    return _text(LEFT, y, first.strftime(fmt), "start") + _text(
-        WIDTH - RIGHT, y, last.strftime(fmt) + " UTC", "end"
+    middle = first + (last - first) / 2
+    return (
+        _text(LEFT, y, first.strftime(fmt), "start")
+        + _text(frame.x(middle.timestamp()), y, middle.strftime(fmt))
+        + _text(WIDTH - RIGHT, y, last.strftime(fmt) + " UTC", "end")
     )
 
 
@@ -226,8 +232,10 @@ def heatmap(title: str, classes: Sequence[str], cells: dict[tuple[str, str], int
     so a class's disagreements show whatever its frequency."""
     if not classes:
         return empty(title, "no label predictions")
-    cell, label_w, head_h = 46, 110, 70
-    size_w = label_w + cell * len(classes) + 10
+    cell = 46 if len(classes) <= 8 else max(24, 368 // len(classes))
+    label_w, head_h = 110, 80
+    # Column names are rotated up and to the right: room for the last one's tail.
+    size_w = label_w + cell * len(classes) + 90
     size_h = head_h + cell * len(classes) + 10
     parts = [_open(title, size_w, size_h, max_width=round(size_w * 1.25))]
     for j, name in enumerate(classes):
@@ -245,10 +253,16 @@ def heatmap(title: str, classes: Sequence[str], cells: dict[tuple[str, str], int
             count = cells.get((row, col), 0)
             share = count / total
             colour = BAND if row == col else BAD
+            # An empty cell is unshaded: a tint would read as "a few".
+            fill = (
+                f'fill="{colour}" fill-opacity="{0.08 + 0.92 * share:.3f}"'
+                if count
+                else 'fill="none" stroke="#ddd"'
+            )
             parts.append(
                 f'<rect x="{label_w + j * cell}" y="{y}" width="{cell - 2}" height="{cell - 2}" '
-                f'fill="{colour}" fill-opacity="{0.08 + 0.92 * share:.3f}">'
-                f"<title>production {escape(row)} / shadow {escape(col)}: {count:,}</title></rect>"
+                f"{fill}><title>production {escape(row)} / shadow {escape(col)}: {count:,}"
+                "</title></rect>"
             )
             parts.append(
                 _text(label_w + j * cell + cell / 2 - 1, y + cell / 2 + 4, _count(count), size=10)

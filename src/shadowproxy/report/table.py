@@ -8,75 +8,128 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shadowproxy.report.model import ChaosCheck, Experiment, PairReport, Report
-from shadowproxy.report.render import (
+from shadowproxy.report.decision import criterion_text
+from shadowproxy.report.formatting import interval, pct
+from shadowproxy.report.model import CanaryHistory, ChaosCheck, Experiment, PairReport, Report
+from shadowproxy.report.render import ordered
+from shadowproxy.report.run_sections import (
     arm_columns,
     arm_row,
     chaos_value,
     experiment_lines,
     experiment_title,
     fault_text,
-    interval,
-    ms,
-    pct,
+    guardrail_text,
 )
+
+TABLE_WIDTH = 100
+"""The summary table fits this many columns (cells wrap inside it); the verdict and
+decision lines stay one line each, so a pipeline can grep them."""
 
 
 def print_summary(report: Report, out: TextIO | None = None) -> None:
     stream = out or sys.stdout
-    # A pipe gets a wide, colourless table so that no column is folded.
-    console = Console(file=stream, width=None if stream.isatty() else 160, highlight=False)
+    console = Console(file=stream, width=_width(stream), highlight=False)
     console.print(f"shadowproxy report: {report.root}", soft_wrap=True, markup=False)
+    for warning in report.warnings:
+        console.print(f"WARNING: {warning}", style="bold red", soft_wrap=True, markup=False)
     if report.pairs:  # a recording of experiments without shadows has none
         console.print(summary_table(report))
-    for pair in report.pairs:
+    for pair in ordered(report.pairs):
         console.print(f"{pair.route} / {pair.verdict}", soft_wrap=True, markup=False)
     for check in report.chaos:
         console.print(chaos_line(check), soft_wrap=True, markup=False)
     for trial in report.experiments:
         print_experiment(console, trial)
+    for history in report.canaries:
+        for line in canary_lines(history):
+            console.print(line, soft_wrap=True, markup=False)
     for path, reason in report.skipped_files:
         console.print(f"skipped unreadable file {path}: {reason}", soft_wrap=True, markup=False)
+    for pair in report.pairs:
+        for criterion in pair.decision.criteria if pair.decision else ():
+            text = criterion_text(criterion, detail=True)
+            console.print(f"criterion {pair.route} / {pair.shadow}: {text}", soft_wrap=True,
+                          markup=False)  # fmt: skip
+    for line in decision_lines(report):
+        console.print(line, soft_wrap=True, markup=False)
+
+
+def _width(stream: TextIO) -> int:
+    """At most ``TABLE_WIDTH``, less on a narrower terminal."""
+    if stream.isatty():
+        return min(TABLE_WIDTH, Console(file=stream).width)
+    return TABLE_WIDTH
+
+
+def decision_lines(report: Report) -> list[str]:
+    """One line per candidate, printed last: what a CD pipeline greps.
+    ``decision churn / candidate: HOLD: not enough evidence yet: accuracy needs ...``"""
+    return [
+        f"decision {p.route} / {p.shadow}: {p.decision.sentence}"
+        for p in report.pairs
+        if p.decision is not None
+    ]
 
 
 def summary_table(report: Report) -> Table:
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for name, justify in (
-        ("route", "left"),
-        ("shadow", "left"),
-        ("role", "left"),
+        ("route / shadow", "left"),
         ("rows", "right"),
-        ("ok", "right"),
         ("agreement [95% CI]", "right"),
-        ("noise floor", "right"),
-        ("labels", "right"),
-        ("p50 prod→shadow", "right"),
-        ("p99 prod→shadow", "right"),
+        ("floor", "right"),
+        ("labels: Δ", "right"),
+        ("p99 ms", "right"),
+        ("decision", "left"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for pair in report.pairs:
+        # Only the names wrap: a number split over two lines misreads.
+        table.add_column(name, justify=justify, no_wrap=name != "route / shadow")  # type: ignore[arg-type]
+    for pair in ordered(report.pairs):
         table.add_row(*_row(pair))
     return table
 
 
 def _row(pair: PairReport) -> list[str]:
     lat = pair.latency
+    name = f"{pair.route} / {pair.shadow}"
+    p99 = "no answered requests"
+    if lat.production.p99 is not None and lat.shadow.p99 is not None:
+        p99 = f"{lat.production.p99:,.1f} → {lat.shadow.p99:,.1f}"
     return [
-        pair.route,
-        pair.shadow,
-        pair.role,
+        name,
         f"{pair.rows:,}",
-        pct(pair.outcomes["ok"] / pair.rows) if pair.rows else "-",
         f"{pct(pair.agreement_rate)} {interval(pair.agreement_ci)}",
-        pct(pair.noise_floor.rate) if pair.noise_floor else "-",
+        _floor(pair),
         _labels(pair),
-        f"{ms(lat.production.p50)} → {ms(lat.shadow.p50)}",
-        f"{ms(lat.production.p99)} → {ms(lat.shadow.p99)}",
+        p99,
+        pair.decision.status if pair.decision else "baseline",
     ]
+
+
+def canary_lines(history: CanaryHistory) -> list[str]:
+    """``canary price: 2024-05-01 06:00:12 advance by auto 1% -> 5% (running): ...``"""
+    lines = [
+        f"canary {history.route}: {history.candidate} {history.status} at {history.percent:g}%"
+    ]
+    for step in history.steps:
+        lines.append(
+            f"canary {history.route}: {step.at:%Y-%m-%d %H:%M:%S} {step.action} by {step.by} "
+            f"{step.from_percent:g}% -> {step.percent:g}% ({step.status}): "
+            + "; ".join(guardrail_text(g) for g in step.guardrails)
+        )
+    return lines
+
+
+def _floor(pair: PairReport) -> str:
+    if pair.role == "baseline":
+        return "(itself)"
+    return pct(pair.noise_floor.rate) if pair.noise_floor else "none"
 
 
 def chaos_line(check: ChaosCheck) -> str:
@@ -110,9 +163,9 @@ def print_experiment(console: Console, trial: Experiment) -> None:
 def _labels(pair: PairReport) -> str:
     labels = pair.labels
     if labels is None:
-        return "-"
+        return "no labels"
     if labels.task == "classification":
-        return f"{labels.n:,}: acc {100 * labels.difference:+.1f} pts"
+        return f"{labels.n:,}: {100 * labels.difference:+.1f} pts"
     return f"{labels.n:,}: MAE {labels.difference:+.3g}"
 
 

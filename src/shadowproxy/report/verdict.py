@@ -6,7 +6,7 @@ test is called too small. Example::
 
     candidate-v2: disagrees on 7.1% [6.6, 7.7] (noise floor 0.4%, excess p<0.0001);
     accuracy +1.8 pts [0.9, 2.7], McNemar p=0.0003 on 12,400 labels;
-    latency median +3.1 ms [2.8, 3.4], Wilcoxon p<0.0001; p99 +14 ms
+    latency mean +3.1 ms [+2.8, +3.4], paired t p<0.0001 on 12,400 requests; p99 +14 ms
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from shadowproxy.report.model import Labels, Latency, NoiseFloor, PairReport
 ALPHA = 0.05
 MIN_LABELS = 30
 MIN_LATENCY_PAIRS = 20
+TEST_NAMES = {"McNemar exact": "McNemar", "paired t": "paired t"}
+"""How a clause names its test."""
 NOTABLE_SHARE = 0.01
 """Failed or unsent copies are mentioned from this share of rows on."""
 
@@ -90,7 +92,9 @@ def _labels(labels: Labels | None) -> str:
     estimate, size = (
         _accuracy_estimate(labels) if labels.task == "classification" else _mae_estimate(labels)
     )
-    test = f"{labels.test.name.split()[0]} {p_text(labels.test.p_value)} on {labels.n:,} labels"
+    folded = f", {labels.duplicates:,} duplicate rows folded" if labels.duplicates else ""
+    test = f"{TEST_NAMES.get(labels.test.name, labels.test.name)} {p_text(labels.test.p_value)}"
+    test += f" on {labels.n:,} labels{folded}"
     if labels.test.p_value < ALPHA:
         return f"{estimate}, {test}"
     extra = ""
@@ -108,7 +112,9 @@ def _accuracy_estimate(labels: Labels) -> tuple[str, str]:
 
 
 def _mae_estimate(labels: Labels) -> tuple[str, str]:
-    """``MAE -0.135 (-9.6%) [-0.15, -0.108]``: absolute and relative to production."""
+    """``MAE -0.135 (-9.6%) [-0.15, -0.108]``: absolute and relative to production; the
+    interval is the paired t interval of the mean error difference, which is the MAE
+    difference, so it agrees with the paired t test quoted beside it."""
     text = f"MAE {labels.difference:+.3g}"
     prod_mae = labels.production.get("mae")
     if isinstance(prod_mae, float) and prod_mae > 0:
@@ -123,14 +129,18 @@ def _signed(value: float, digits: int = 1) -> str:
 
 
 def _latency(latency: Latency) -> str:
-    if latency.test is None or latency.sample < MIN_LATENCY_PAIRS:
+    """The mean per-request difference with the t interval its paired t test inverts:
+    the interval excludes 0 exactly when the test is significant, so the clause can
+    never quote an estimate pointing one way and a test pointing the other."""
+    if latency.test is None or latency.pairs < MIN_LATENCY_PAIRS or latency.mean_diff is None:
         return "latency: too few answered requests to compare"
     p99 = ""
     if latency.production.p99 is not None and latency.shadow.p99 is not None:
         p99 = f"; p99 {_signed(latency.shadow.p99 - latency.production.p99, 0)} ms"
-    if latency.median_diff is None or not latency.test.p_value < ALPHA:
-        return f"latency: no significant difference (Wilcoxon {p_text(latency.test.p_value)}){p99}"
-    text = f"latency median {_signed(latency.median_diff)} ms"
-    if latency.median_diff_ci is not None:
-        text += f" [{latency.median_diff_ci.lo:.1f}, {latency.median_diff_ci.hi:.1f}]"
-    return f"{text}, Wilcoxon {p_text(latency.test.p_value)}{p99}"
+    text = f"latency mean {_signed(latency.mean_diff)} ms"
+    if latency.mean_diff_ci is not None:
+        text += f" [{latency.mean_diff_ci.lo:+.1f}, {latency.mean_diff_ci.hi:+.1f}]"
+    test = f"paired t {p_text(latency.test.p_value)} on {latency.pairs:,} requests"
+    if latency.test.p_value < ALPHA:
+        return f"{text}, {test}{p99}"
+    return f"{text}, no significant difference ({test}){p99}"

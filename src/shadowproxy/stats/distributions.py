@@ -2,7 +2,7 @@
 
 Pure Python and accurate in the far tails (agreeing with scipy to about 1e-13
 relative, p-values down to 1e-300), so a test's p-value of 1e-20 is reported as such
-rather than rounded to 0. ``shadowproxy.stats.inference`` builds the tests on top.
+rather than rounded to 0. ``shadowproxy.stats`` builds the tests on top.
 """
 
 from __future__ import annotations
