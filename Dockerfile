@@ -8,13 +8,13 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[report,compression]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[report,compression,grpc]'
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --home-dir /var/lib/shadowproxy --create-home shadowproxy
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels 'shadowproxy-ml[report,compression]' \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels 'shadowproxy-ml[report,compression,grpc]' \
     && rm -rf /wheels
 USER 10001
 WORKDIR /var/lib/shadowproxy

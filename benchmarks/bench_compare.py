@@ -176,10 +176,37 @@ def text_scenarios(rng: random.Random) -> list[Scenario]:
 
 
 def make_pair(scenario: Scenario) -> Pair:
-    request = RequestInfo("r", 0.0, "bench", "POST", "/predict", "", [], b"{}", True)
-    production = ProductionResult(200, 1.0, None, scenario.prod, False, scenario.content_type)
-    shadow = ShadowResult("ok", 200, 1.0, None, scenario.shadow, False, "application/json")
-    return Pair(request, "candidate", "candidate", production, shadow)
+    request = RequestInfo(
+        request_id="r",
+        ts=0.0,
+        route="bench",
+        method="POST",
+        path="/predict",
+        query="",
+        headers=[],
+        body=b"{}",
+        body_complete=True,
+    )
+    production = ProductionResult(
+        status=200,
+        latency_ms=1.0,
+        error=None,
+        body=scenario.prod,
+        body_truncated=False,
+        content_type=scenario.content_type,
+    )
+    shadow = ShadowResult(
+        outcome="ok",
+        status=200,
+        latency_ms=1.0,
+        error=None,
+        body=scenario.shadow,
+        body_truncated=False,
+        content_type="application/json",
+    )
+    return Pair(
+        request=request, shadow="candidate", role="candidate", production=production, result=shadow
+    )
 
 
 def best_us(run: Callable[[], object], seconds: float, repeat: int) -> float:

@@ -53,14 +53,36 @@ def make_pairs(count: int, seed: int = 7) -> list[Pair]:
     pairs = []
     for n in range(count):
         info = RequestInfo(
-            f"req-{n:08d}", now, "price", "POST", "/v1/predict", "",
-            [], requests[n % VARIANTS], True,
-        )  # fmt: skip
-        prod = ProductionResult(200, 4.2, None, answers[n % VARIANTS], False, "application/json")
-        shadow = ShadowResult(
-            "ok", 200, 5.1, None, answers[(n + 1) % VARIANTS], False, "application/json"
+            request_id=f"req-{n:08d}",
+            ts=now,
+            route="price",
+            method="POST",
+            path="/v1/predict",
+            query="",
+            headers=[],
+            body=requests[n % VARIANTS],
+            body_complete=True,
         )
-        pairs.append(Pair(info, "candidate", "candidate", prod, shadow))
+        prod = ProductionResult(
+            status=200,
+            latency_ms=4.2,
+            error=None,
+            body=answers[n % VARIANTS],
+            body_truncated=False,
+            content_type="application/json",
+        )
+        shadow = ShadowResult(
+            outcome="ok",
+            status=200,
+            latency_ms=5.1,
+            error=None,
+            body=answers[(n + 1) % VARIANTS],
+            body_truncated=False,
+            content_type="application/json",
+        )
+        pairs.append(
+            Pair(request=info, shadow="candidate", role="candidate", production=prod, result=shadow)
+        )
     return pairs
 
 

@@ -194,6 +194,8 @@ class RunningProxy:
         return f"http://{host}:{port}"
 
     def metric(self, name: str, **labels: str) -> float:
+        if name == "shadowproxy_requests_total":
+            labels.setdefault("grpc_status", "")  # HTTP requests: the label is empty
         return self.registry.get_sample_value(name, labels) or 0.0
 
 

@@ -40,13 +40,38 @@ def as_tuple(verdict: Verdict) -> tuple[Any, ...]:
 
 
 def pair_of(prod: bytes, shadow: bytes) -> Pair:
-    request = RequestInfo("r", 0.0, "route", "POST", "/p", "", [], b"", True)
+    request = RequestInfo(
+        request_id="r",
+        ts=0.0,
+        route="route",
+        method="POST",
+        path="/p",
+        query="",
+        headers=[],
+        body=b"",
+        body_complete=True,
+    )
     return Pair(
-        request,
-        "shadow",
-        "candidate",
-        ProductionResult(200, 1.0, None, prod, False, "application/json"),
-        ShadowResult("ok", 200, 1.0, None, shadow, False, "application/json"),
+        request=request,
+        shadow="shadow",
+        role="candidate",
+        production=ProductionResult(
+            status=200,
+            latency_ms=1.0,
+            error=None,
+            body=prod,
+            body_truncated=False,
+            content_type="application/json",
+        ),
+        result=ShadowResult(
+            outcome="ok",
+            status=200,
+            latency_ms=1.0,
+            error=None,
+            body=shadow,
+            body_truncated=False,
+            content_type="application/json",
+        ),
     )
 
 

@@ -213,13 +213,38 @@ def route(name: str, **compare: Any) -> RouteConfig:
 
 
 def pair_for(route_name: str, prod: Any, shadow: Any) -> Pair:
-    request = RequestInfo("r", 0.0, route_name, "POST", "/p", "", [], b"{}", True)
+    request = RequestInfo(
+        request_id="r",
+        ts=0.0,
+        route=route_name,
+        method="POST",
+        path="/p",
+        query="",
+        headers=[],
+        body=b"{}",
+        body_complete=True,
+    )
     return Pair(
-        request,
-        "v2",
-        "candidate",
-        ProductionResult(200, 1.0, None, orjson.dumps(prod), False, "application/json"),
-        ShadowResult("ok", 200, 1.0, None, orjson.dumps(shadow), False, "application/json"),
+        request=request,
+        shadow="v2",
+        role="candidate",
+        production=ProductionResult(
+            status=200,
+            latency_ms=1.0,
+            error=None,
+            body=orjson.dumps(prod),
+            body_truncated=False,
+            content_type="application/json",
+        ),
+        result=ShadowResult(
+            outcome="ok",
+            status=200,
+            latency_ms=1.0,
+            error=None,
+            body=orjson.dumps(shadow),
+            body_truncated=False,
+            content_type="application/json",
+        ),
     )
 
 

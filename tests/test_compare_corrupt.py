@@ -21,10 +21,35 @@ JSON = "application/json"
 
 
 def pair(prod: bytes, shadow: bytes, content_type: str = JSON) -> Pair:
-    request = RequestInfo("r", 0.0, "m", "POST", "/", "", [], b"{}", True)
-    production = ProductionResult(200, 1.0, None, prod, False, content_type)
-    result = ShadowResult("ok", 200, 1.0, None, shadow, False, content_type)
-    return Pair(request, "s", "candidate", production, result)
+    request = RequestInfo(
+        request_id="r",
+        ts=0.0,
+        route="m",
+        method="POST",
+        path="/",
+        query="",
+        headers=[],
+        body=b"{}",
+        body_complete=True,
+    )
+    production = ProductionResult(
+        status=200,
+        latency_ms=1.0,
+        error=None,
+        body=prod,
+        body_truncated=False,
+        content_type=content_type,
+    )
+    result = ShadowResult(
+        outcome="ok",
+        status=200,
+        latency_ms=1.0,
+        error=None,
+        body=shadow,
+        body_truncated=False,
+        content_type=content_type,
+    )
+    return Pair(request=request, shadow="s", role="candidate", production=production, result=result)
 
 
 CASES: list[tuple[dict[str, Any], Any]] = [

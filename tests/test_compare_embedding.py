@@ -55,13 +55,38 @@ def pair_of(prod: Any, shadow: Any) -> Pair:
     def body(value: Any) -> bytes:
         return value if isinstance(value, bytes) else orjson.dumps(value)
 
-    request = RequestInfo("r", 0.0, "embed", "POST", "/v1/embeddings", "", [], b"{}", True)
+    request = RequestInfo(
+        request_id="r",
+        ts=0.0,
+        route="embed",
+        method="POST",
+        path="/v1/embeddings",
+        query="",
+        headers=[],
+        body=b"{}",
+        body_complete=True,
+    )
     return Pair(
-        request,
-        "v2",
-        "candidate",
-        ProductionResult(200, 1.0, None, body(prod), False, "application/json"),
-        ShadowResult("ok", 200, 1.0, None, body(shadow), False, "application/json"),
+        request=request,
+        shadow="v2",
+        role="candidate",
+        production=ProductionResult(
+            status=200,
+            latency_ms=1.0,
+            error=None,
+            body=body(prod),
+            body_truncated=False,
+            content_type="application/json",
+        ),
+        result=ShadowResult(
+            outcome="ok",
+            status=200,
+            latency_ms=1.0,
+            error=None,
+            body=body(shadow),
+            body_truncated=False,
+            content_type="application/json",
+        ),
     )
 
 

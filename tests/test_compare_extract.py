@@ -47,12 +47,37 @@ def make_pair(
     shadow_truncated: bool = False,
     error: str | None = None,
 ) -> Pair:
-    request = RequestInfo("req-1", 0.0, "route", "POST", "/predict", "", [], b"{}", True)
-    production = ProductionResult(prod_status, 1.0, None, body_of(prod), prod_truncated, prod_type)
-    result = ShadowResult(
-        outcome, shadow_status, 2.0, error, body_of(shadow), shadow_truncated, shadow_type
+    request = RequestInfo(
+        request_id="req-1",
+        ts=0.0,
+        route="route",
+        method="POST",
+        path="/predict",
+        query="",
+        headers=[],
+        body=b"{}",
+        body_complete=True,
     )
-    return Pair(request, "candidate", "candidate", production, result)
+    production = ProductionResult(
+        status=prod_status,
+        latency_ms=1.0,
+        error=None,
+        body=body_of(prod),
+        body_truncated=prod_truncated,
+        content_type=prod_type,
+    )
+    result = ShadowResult(
+        outcome=outcome,
+        status=shadow_status,
+        latency_ms=2.0,
+        error=error,
+        body=body_of(shadow),
+        body_truncated=shadow_truncated,
+        content_type=shadow_type,
+    )
+    return Pair(
+        request=request, shadow="candidate", role="candidate", production=production, result=result
+    )
 
 
 def extract(config: CompareConfig, answer: Any, side: str = "shadow") -> Any:

@@ -320,11 +320,38 @@ def pair_of(
     shadow_outcome: ShadowOutcome = "ok",
     truncated: tuple[bool, bool] = (False, False),
 ) -> Pair:
-    request = RequestInfo("r", 0.0, route, "POST", "/p", "", [], b"", True)
-    production = ProductionResult(statuses[0], 1.0, None, prod, truncated[0], types[0])
+    request = RequestInfo(
+        request_id="r",
+        ts=0.0,
+        route=route,
+        method="POST",
+        path="/p",
+        query="",
+        headers=[],
+        body=b"",
+        body_complete=True,
+    )
+    production = ProductionResult(
+        status=statuses[0],
+        latency_ms=1.0,
+        error=None,
+        body=prod,
+        body_truncated=truncated[0],
+        content_type=types[0],
+    )
     error = None if shadow_outcome == "ok" else "connection reset by peer é " * 30
-    result = ShadowResult(shadow_outcome, statuses[1], 1.0, error, shadow, truncated[1], types[1])
-    return Pair(request, "shadow", "candidate", production, result)
+    result = ShadowResult(
+        outcome=shadow_outcome,
+        status=statuses[1],
+        latency_ms=1.0,
+        error=error,
+        body=shadow,
+        body_truncated=truncated[1],
+        content_type=types[1],
+    )
+    return Pair(
+        request=request, shadow="shadow", role="candidate", production=production, result=result
+    )
 
 
 PATHS = [

@@ -420,7 +420,7 @@ async def test_admin_endpoints(tmp_path: Path, client: aiohttp.ClientSession) ->
             async with client.get(proxy.admin_url + "/metrics") as response:
                 metrics = await response.text()
         for name in (
-            'shadowproxy_requests_total{code="200",route="m"} 1.0',
+            'shadowproxy_requests_total{code="200",grpc_status="",route="m"} 1.0',
             'shadowproxy_request_duration_seconds_count{route="m"} 1.0',
             'shadowproxy_upstream_duration_seconds_count{role="production",route="m",target="production"}',
             'shadowproxy_upstream_duration_seconds_count{role="shadow",route="m",target="s"}',

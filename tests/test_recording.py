@@ -71,7 +71,17 @@ def make_request(
     n: int = 0, *, route: str = "price", ts: float = TS, body: bytes | None = None
 ) -> RequestInfo:
     payload = body if body is not None else orjson.dumps({"x": n})
-    return RequestInfo(f"req-{n}", ts, route, "POST", f"/{route}", "", [], payload, True)
+    return RequestInfo(
+        request_id=f"req-{n}",
+        ts=ts,
+        route=route,
+        method="POST",
+        path=f"/{route}",
+        query="",
+        headers=[],
+        body=payload,
+        body_complete=True,
+    )
 
 
 def make_pair(
@@ -86,15 +96,39 @@ def make_pair(
     request: RequestInfo | None = None,
 ) -> Pair:
     info = request or make_request(n, route=route, ts=ts, body=body)
-    production = ProductionResult(200, 5.0, None, prod_body, False, "application/json")
-    result = ShadowResult("ok", 200, 7.0, None, shadow_body, False, "application/json")
-    return Pair(info, shadow, "candidate", production, result)
+    production = ProductionResult(
+        status=200,
+        latency_ms=5.0,
+        error=None,
+        body=prod_body,
+        body_truncated=False,
+        content_type="application/json",
+    )
+    result = ShadowResult(
+        outcome="ok",
+        status=200,
+        latency_ms=7.0,
+        error=None,
+        body=shadow_body,
+        body_truncated=False,
+        content_type="application/json",
+    )
+    return Pair(request=info, shadow=shadow, role="candidate", production=production, result=result)
 
 
 def make_exposure(
     n: int = 0, *, route: str = "price", ts: float = TS, arm: str = "canary"
 ) -> Exposure:
-    return Exposure(f"req-{n}", ts, route, arm, f"unit-{n % 7}", 200, 3.5, None)
+    return Exposure(
+        request_id=f"req-{n}",
+        ts=ts,
+        route=route,
+        arm=arm,
+        unit=f"unit-{n % 7}",
+        status=200,
+        latency_ms=3.5,
+        error=None,
+    )
 
 
 def settings(root: Path | str, **overrides: Any) -> RecordingConfig:
@@ -739,7 +773,16 @@ async def test_exposure_files(tmp_path: Path, registry: CollectorRegistry) -> No
     await recorder.start()
     for n in range(40):
         recorder.submit_exposure(make_exposure(n, arm="canary" if n % 4 else "control"))
-    next_day = Exposure("req-x", TS + 86_400, "churn", "b", None, None, None, "reset")
+    next_day = Exposure(
+        request_id="req-x",
+        ts=TS + 86_400,
+        route="churn",
+        arm="b",
+        unit=None,
+        status=None,
+        latency_ms=None,
+        error="reset",
+    )
     recorder.submit_exposure(next_day)
     recorder.submit(make_pair())
     await recorder.close()

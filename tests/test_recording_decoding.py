@@ -53,15 +53,39 @@ def make_pair(
     prod_truncated: bool = False,
 ) -> Pair:
     info = RequestInfo(
-        f"req-{n}", TS, "iris", "POST", "/iris", "", [], request[0], True, request[1]
+        request_id=f"req-{n}",
+        ts=TS,
+        route="iris",
+        method="POST",
+        path="/iris",
+        query="",
+        headers=[],
+        body=request[0],
+        body_complete=True,
+        content_encoding=request[1],
     )
     production = ProductionResult(
-        200, 5.0, None, prod[0], prod_truncated, "application/json", None, prod[1]
+        status=200,
+        latency_ms=5.0,
+        error=None,
+        body=prod[0],
+        body_truncated=prod_truncated,
+        content_type="application/json",
+        chaos=None,
+        content_encoding=prod[1],
     )
     result = ShadowResult(
-        "ok", 200, 7.0, None, shadow[0], False, "application/json", None, shadow[1]
+        outcome="ok",
+        status=200,
+        latency_ms=7.0,
+        error=None,
+        body=shadow[0],
+        body_truncated=False,
+        content_type="application/json",
+        chaos=None,
+        content_encoding=shadow[1],
     )
-    return Pair(info, "tree", "candidate", production, result)
+    return Pair(request=info, shadow="tree", role="candidate", production=production, result=result)
 
 
 # --- decode_pair: the pure step -----------------------------------------------------------

@@ -80,17 +80,33 @@ def make_pair(
     shadow_body: bytes = b'{"y": 2}',
     shadow_truncated: bool = False,
 ) -> Pair:
-    request = RequestInfo("req-1", TS, "price", "POST", "/v1/predict", "a=1", [], body, complete)
+    request = RequestInfo(
+        request_id="req-1",
+        ts=TS,
+        route="price",
+        method="POST",
+        path="/v1/predict",
+        query="a=1",
+        headers=[],
+        body=body,
+        body_complete=complete,
+    )
     production = ProductionResult(
-        prod_status, 12.5, None if prod_status else "upstream timeout", prod_body,
-        prod_truncated, "application/json",
+        status=prod_status, latency_ms=12.5, error=None if prod_status else "upstream timeout", body=prod_body,
+        body_truncated=prod_truncated, content_type="application/json",
     )  # fmt: skip
     result = ShadowResult(
-        outcome,  # type: ignore[arg-type]
-        shadow_status, 20.0 if shadow_status else None, None if shadow_status else "timed out",
-        shadow_body, shadow_truncated, "application/json" if shadow_status else None,
+        outcome=outcome,  # type: ignore[arg-type]
+        status=shadow_status, latency_ms=20.0 if shadow_status else None, error=None if shadow_status else "timed out",
+        body=shadow_body, body_truncated=shadow_truncated, content_type="application/json" if shadow_status else None,
     )  # fmt: skip
-    return Pair(request, "candidate-v2", "candidate", production, result)
+    return Pair(
+        request=request,
+        shadow="candidate-v2",
+        role="candidate",
+        production=production,
+        result=result,
+    )
 
 
 def row(pair: Pair, comparison: Comparison | None = None, **options: object) -> dict[str, object]:
@@ -248,8 +264,28 @@ def test_exposure_schema_holds_the_contract_names_types_and_nullability() -> Non
 
 
 def test_exposure_rows() -> None:
-    served = Exposure("req-1", TS, "price", "canary", "u-9f", 200, 12.5, None, "delay_ms=5", 0.05)
-    failed = Exposure("req-2", TS, "price", "control", None, None, None, "upstream timeout")
+    served = Exposure(
+        request_id="req-1",
+        ts=TS,
+        route="price",
+        arm="canary",
+        unit="u-9f",
+        status=200,
+        latency_ms=12.5,
+        error=None,
+        chaos="delay_ms=5",
+        share=0.05,
+    )
+    failed = Exposure(
+        request_id="req-2",
+        ts=TS,
+        route="price",
+        arm="control",
+        unit=None,
+        status=None,
+        latency_ms=None,
+        error="upstream timeout",
+    )
     assert list(exposure_row(served)) == EXPOSURES_SCHEMA.names
     batch = to_record_batch([exposure_row(served), exposure_row(failed)], EXPOSURES_SCHEMA)
     assert batch.schema.equals(EXPOSURES_SCHEMA)
@@ -265,7 +301,19 @@ def test_exposure_rows() -> None:
 
 @pytest.mark.parametrize("missing", ["request_id", "arm"])
 def test_an_exposure_without_its_required_cells_is_refused(missing: str) -> None:
-    exposure = replace(Exposure("r", TS, "price", "a", None, 200, 1.0, None), **{missing: None})
+    exposure = replace(
+        Exposure(
+            request_id="r",
+            ts=TS,
+            route="price",
+            arm="a",
+            unit=None,
+            status=200,
+            latency_ms=1.0,
+            error=None,
+        ),
+        **{missing: None},
+    )
     with pytest.raises(ValueError, match="request_id or arm"):
         exposure_row(exposure)
 

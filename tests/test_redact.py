@@ -91,10 +91,34 @@ def test_invalid_path_raises() -> None:
 
 
 def _pair(body: bytes, prod: bytes, shadow: bytes) -> tuple[RequestInfo, ProductionResult, Pair]:
-    request = RequestInfo("r", 0.0, "price", "POST", "/", "", [], body, True)
-    production = ProductionResult(200, 1.0, None, prod, False, None)
-    result = ShadowResult("ok", 200, 1.0, None, shadow, False, None)
-    return request, production, Pair(request, "s", "candidate", production, result)
+    request = RequestInfo(
+        request_id="r",
+        ts=0.0,
+        route="price",
+        method="POST",
+        path="/",
+        query="",
+        headers=[],
+        body=body,
+        body_complete=True,
+    )
+    production = ProductionResult(
+        status=200, latency_ms=1.0, error=None, body=prod, body_truncated=False, content_type=None
+    )
+    result = ShadowResult(
+        outcome="ok",
+        status=200,
+        latency_ms=1.0,
+        error=None,
+        body=shadow,
+        body_truncated=False,
+        content_type=None,
+    )
+    return (
+        request,
+        production,
+        Pair(request=request, shadow="s", role="candidate", production=production, result=result),
+    )
 
 
 def test_pair_redacts_all_three_bodies_and_reports_withheld() -> None:
@@ -116,7 +140,9 @@ def test_pair_without_rules_is_returned_as_is() -> None:
 
 def test_memo_redacts_a_shared_request_once() -> None:
     request, production, pair = _pair(b'{"customer": {"ssn": "1"}}', b"{}", b"{}")
-    other = Pair(request, "t", "candidate", production, pair.result)
+    other = Pair(
+        request=request, shadow="t", role="candidate", production=production, result=pair.result
+    )
     memo: dict[int, tuple[object, bytes | None]] = {}
     first, _ = Redactor(PATHS).pair(pair, memo)
     second, _ = Redactor(PATHS).pair(other, memo)

@@ -506,12 +506,39 @@ async def test_the_thread_recorder_uses_the_new_settings_from_the_reload_on(
     )
     await recorder.start()
     # Two shadows' pairs of one request, one on each side of the reload.
-    request = RequestInfo("r", 1e9, "m", "POST", "/m", "", [], b'{"secret": "x"}', True)
-    answer = ProductionResult(200, 1.0, None, b'"a"', False, "application/json")
+    request = RequestInfo(
+        request_id="r",
+        ts=1e9,
+        route="m",
+        method="POST",
+        path="/m",
+        query="",
+        headers=[],
+        body=b'{"secret": "x"}',
+        body_complete=True,
+    )
+    answer = ProductionResult(
+        status=200,
+        latency_ms=1.0,
+        error=None,
+        body=b'"a"',
+        body_truncated=False,
+        content_type="application/json",
+    )
 
     def pair(shadow: str) -> Pair:
-        result = ShadowResult("ok", 200, 1.0, None, b'"a"', False, "application/json")
-        return Pair(request, shadow, "candidate", answer, result)
+        result = ShadowResult(
+            outcome="ok",
+            status=200,
+            latency_ms=1.0,
+            error=None,
+            body=b'"a"',
+            body_truncated=False,
+            content_type="application/json",
+        )
+        return Pair(
+            request=request, shadow=shadow, role="candidate", production=answer, result=result
+        )
 
     recorder.submit(pair("s1"))
     recorder.update_routes([after])

@@ -78,13 +78,38 @@ def iris() -> tuple[Any, Any, Any, list[str]]:
 
 
 def pair_of(i: int, prod: dict[str, Any], shadow: dict[str, Any]) -> Pair:
-    request = RequestInfo(f"req-{i:04d}", TS + i, "model", "POST", "/predict", "", [], b"{}", True)
+    request = RequestInfo(
+        request_id=f"req-{i:04d}",
+        ts=TS + i,
+        route="model",
+        method="POST",
+        path="/predict",
+        query="",
+        headers=[],
+        body=b"{}",
+        body_complete=True,
+    )
     return Pair(
-        request,
-        "tree",
-        "candidate",
-        ProductionResult(200, 5.0, None, orjson.dumps(prod), False, "application/json"),
-        ShadowResult("ok", 200, 6.0, None, orjson.dumps(shadow), False, "application/json"),
+        request=request,
+        shadow="tree",
+        role="candidate",
+        production=ProductionResult(
+            status=200,
+            latency_ms=5.0,
+            error=None,
+            body=orjson.dumps(prod),
+            body_truncated=False,
+            content_type="application/json",
+        ),
+        result=ShadowResult(
+            outcome="ok",
+            status=200,
+            latency_ms=6.0,
+            error=None,
+            body=orjson.dumps(shadow),
+            body_truncated=False,
+            content_type="application/json",
+        ),
     )
 
 

@@ -1,8 +1,9 @@
 """Composition root: builds the objects, runs the listeners, shuts down in order.
 
 Shutdown, step by step (SIGTERM or SIGINT):
-1. stop accepting new connections on the proxy listener;
-2. let in-flight production requests finish (up to ``shutdown_timeout_s``);
+1. the gRPC health service answers ``NOT_SERVING``; stop accepting new connections on
+   the proxy listener and new calls on the gRPC listener;
+2. let in-flight production requests and calls finish (up to ``shutdown_timeout_s``);
 3. give in-flight shadow copies up to ``drain_timeout_s``, then cancel the rest
    (their pairs are still emitted, as errors);
 4. flush the sink (the recorder writes everything buffered);
@@ -23,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -41,6 +42,9 @@ from shadowproxy.proxy.tee import Tee
 from shadowproxy.proxy.upstream import Pools
 from shadowproxy.records import Exposure, ExposureSink, Pair, Sink, VerdictCounts, VerdictSource
 from shadowproxy.tasks import TaskSet
+
+if TYPE_CHECKING:  # imported at start only when grpc_listen is set (the grpc extra)
+    from shadowproxy.proxy.grpc_listener import GrpcListener
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,8 @@ class Server:
         """Every route ever configured, last version: a pair of a route a reload removed
         may still be in flight, and is recorded with that route's settings."""
         self._proxy_server: HttpServer | None = None
+        self._grpc: GrpcListener | None = None
+        self.grpc_address: tuple[str, int] | None = None
         self._admin_runner: web.AppRunner | None = None
         self.proxy_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -158,10 +164,17 @@ class Server:
         app = admin_app(admin, lambda: self.config.main.admin_token)
         self._admin_runner = web.AppRunner(app, access_log=None)
         await self._admin_runner.setup()
+        if main.grpc_listen is not None:
+            from shadowproxy.proxy.grpc_listener import GrpcListener
+
+            self._grpc = GrpcListener(self.config, self.metrics, self.tee)
+            admin.grpc_runners = self._grpc.runners
         host, _, port = main.listen.rpartition(":")
         self.proxy_address = await self._proxy_server.listen(
             host.strip("[]"), int(port), reuse_port=self.reuse_port
         )
+        if self._grpc is not None:
+            self.grpc_address = await self._grpc.start()
         self.admin_address = await bind(self._admin_runner, main.admin_listen)
         self.ready = True
         log.info(
@@ -170,6 +183,8 @@ class Server:
             *self.admin_address,
             len(self.config.routes),
         )
+        if self.grpc_address is not None:
+            log.info("gRPC listening on %s:%d", *self.grpc_address)
 
     # --- reload -----------------------------------------------------------------
 
@@ -187,6 +202,8 @@ class Server:
                 # In a thread: parsing and validating must not hold up the event loop.
                 config = await asyncio.to_thread(self._load)
                 check_reloadable(self.config, config)
+                if self._grpc is not None:
+                    self._grpc.check_reloadable(config)
                 if not self.ready:
                     return ReloadResult(False, error="stopping", status=503)
                 self._swap(config)
@@ -215,6 +232,8 @@ class Server:
         self._recorded_routes.update((route.name, route) for route in config.routes)
         if isinstance(self.sink, RouteAwareSink):
             self.sink.update_routes(tuple(self._recorded_routes.values()))
+        if self._grpc is not None:
+            self._grpc.swap(config)
         self._handler.snapshot = new
         self.config = config
         self._retirer.retire(old, new)
@@ -246,9 +265,14 @@ class Server:
         if self._handler is not None:
             for controller in self._handler.snapshot.canaries.values():
                 await controller.stop()
+        # Steps 1 and 2: stop accepting, wait for in-flight handlers (both listeners).
+        grace = self.config.main.shutdown_timeout_s
+        closing = []
         if self._proxy_server is not None:
-            # Steps 1 and 2: stop accepting, wait for in-flight handlers.
-            await self._proxy_server.close(self.config.main.shutdown_timeout_s)
+            closing.append(self._proxy_server.close(grace))
+        if self._grpc is not None:
+            closing.append(self._grpc.close(grace))
+        await asyncio.gather(*closing)
         # Step 3: drain shadows.
         cancelled = await self.tee.drain(self.config.main.drain_timeout_s)
         if cancelled:
@@ -258,6 +282,8 @@ class Server:
         # Step 5: pools (those a reload left behind too) and admin.
         await self._retirer.close()
         await self._pools.close()
+        if self._grpc is not None:
+            await self._grpc.close_channels()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
 

@@ -289,6 +289,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if args.workers > 1 and config.main.grpc_listen is not None:
+        print(
+            "shadowproxy: grpc_listen is served by one process (its port is not shared "
+            "between workers): serve it with --workers 1",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if args.workers > 1:
         from shadowproxy.admin.supervisor import Supervisor
 
@@ -325,17 +332,18 @@ def summary(config: Config) -> str:
     main = config.main
     lines = [
         f"config {config.source}: OK",
-        f"  listen {main.listen}, admin {main.admin_listen}",
+        f"  listen {main.listen}, admin {main.admin_listen}"
+        + (f", gRPC {main.grpc_listen}" if main.grpc_listen else ""),
         f"  default upstream: {main.default_upstream or 'none (unmatched requests get 404)'}",
         f"  recording to {main.recording.dir}",
         f"  {len(config.routes)} route(s):",
     ]
     for route, source in zip(config.routes, config.route_sources, strict=True):
         methods = ",".join(route.match.methods) if route.match.methods else "all methods"
-        lines.append(
-            f"    {route.name}: {route.match.path_prefix} ({methods}) -> "
-            f"{route.production.url}  [{source}]"
-        )
+        matched = f"{route.match.path_prefix} ({methods})"
+        if route.match.grpc is not None:
+            matched = f"gRPC {route.match.grpc}"
+        lines.append(f"    {route.name}: {matched} -> {route.production.url}  [{source}]")
         for shadow in route.shadows:
             lines.append(
                 f"      shadow {shadow.name} ({shadow.role}): {shadow.url} "

@@ -13,6 +13,7 @@ No code below this module reads YAML, environment variables or defaults.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import typing
@@ -37,9 +38,11 @@ from shadowproxy.experiments.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.experiments.promotion import Promotion
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode, check_layers
 from shadowproxy.validation import (
+    GRPC_SCHEMES,
     NAME_PATTERN,
     FrozenModel,
     check_unique,
+    check_upstream_url,
     check_url,
     did_you_mean,
     is_header_name,
@@ -85,7 +88,7 @@ class UpstreamConfig(FrozenModel):
     timeout_s: Seconds = 10.0
     """Time to production's response headers (else 504), then per read."""
 
-    _url = field_validator("url")(check_url)
+    _url = field_validator("url")(check_upstream_url)
 
 
 def _check_methods(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -158,24 +161,53 @@ class ShadowConfig(FrozenModel):
     headers: ShadowHeadersConfig = ShadowHeadersConfig()
     """Header rules for this shadow's copies only; ``X-Shadow-Request: true`` is always set."""
 
-    _url = field_validator("url")(check_url)
+    _url = field_validator("url")(check_upstream_url)
     _rate = field_validator("sample_rate")(_check_rate)
     _methods = field_validator("methods")(_check_methods)
 
 
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_GRPC_NAME = re.compile(rf"{_IDENT}(\.{_IDENT})*(/{_IDENT})?")
+
+
 class MatchConfig(FrozenModel):
-    path_prefix: str
-    """Requests whose path starts with this; the longest matching prefix wins."""
+    """HTTP: ``path_prefix`` (and ``methods``). gRPC: ``grpc``, a service
+    (``inference.GRPCInferenceService``: every method) or one method
+    (``inference.GRPCInferenceService/ModelInfer``), served on ``grpc_listen``."""
+
+    path_prefix: str | None = None
+    """HTTP: requests whose path starts with this; the longest matching prefix wins."""
     methods: tuple[str, ...] | None = None
-    """Only these methods (default: all). Among routes with the same prefix, one naming the
-    method beats one taking all methods."""
+    """HTTP: only these methods (default: all). Among routes with the same prefix, one
+    naming the method beats one taking all methods."""
+    grpc: str | None = None
+    """gRPC: a service (every method) or one ``service/method``, served on
+    ``grpc_listen``."""
 
     @field_validator("path_prefix")
     @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not value.startswith("/"):
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
             raise ValueError(f"must start with '/', got {value!r}")
         return value
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc(cls, value: str | None) -> str | None:
+        if value is not None and not _GRPC_NAME.fullmatch(value):
+            raise ValueError(
+                "must be package.Service or package.Service/Method "
+                f"(e.g. inference.GRPCInferenceService/ModelInfer), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MatchConfig:
+        if (self.path_prefix is None) == (self.grpc is None):
+            raise ValueError("needs exactly one of path_prefix (HTTP) or grpc (gRPC)")
+        if self.grpc is not None and self.methods is not None:
+            raise FieldError(("methods",), "applies to HTTP routes only; grpc names the method")
+        return self
 
     _methods = field_validator("methods")(_check_methods)
 
@@ -231,6 +263,32 @@ class RouteConfig(FrozenModel):
     promotion: Promotion = Promotion()
     """The pre-registered criteria ``shadowproxy report`` decides on (see
     ``experiments.promotion``); the documented defaults when absent."""
+    grpc_max_message_bytes: Annotated[int, Field(ge=1)] = 4 * 1024 * 1024
+    """gRPC routes: the largest message taken from the client or an upstream (gRPC's own
+    default); a larger request is refused with ``RESOURCE_EXHAUSTED`` before any
+    upstream sees it."""
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.match.grpc is not None
+
+    @model_validator(mode="after")
+    def _protocol(self) -> RouteConfig:
+        """A gRPC route calls gRPC upstreams and an HTTP route HTTP ones: the proxy does
+        not translate between the two."""
+        grpc = self.is_grpc
+        urls: list[tuple[tuple[str | int, ...], str]] = [
+            (("production", "url"), self.production.url)
+        ]
+        urls += [(("shadows", i, "url"), shadow.url) for i, shadow in enumerate(self.shadows)]
+        for loc, url in urls:
+            if url.partition(":")[0] in GRPC_SCHEMES and not grpc:
+                raise FieldError(loc, f"a grpc:// upstream needs match.grpc, got {url!r}")
+            if url.partition(":")[0] not in GRPC_SCHEMES and grpc:
+                raise FieldError(loc, f"a gRPC route needs a grpc:// or grpcs:// URL, got {url!r}")
+        if grpc and self.mode != "shadow":
+            raise FieldError(("mode",), f"gRPC routes serve in mode shadow only, got {self.mode}")
+        return self
 
     @model_validator(mode="after")
     def _mode_block(self) -> RouteConfig:
@@ -302,6 +360,13 @@ class PoolConfig(FrozenModel):
     """Idle keep-alive time of pooled production connections."""
 
 
+class GrpcTlsConfig(FrozenModel):
+    cert_file: str
+    """PEM certificate chain the gRPC listener presents (relative to the main file)."""
+    key_file: str
+    """PEM private key of that certificate (relative to the main file)."""
+
+
 class MainConfig(FrozenModel):
     listen: str = "127.0.0.1:8080"
     """Where clients send requests (``host:port``)."""
@@ -343,8 +408,22 @@ class MainConfig(FrozenModel):
     upstream_pool: PoolConfig = PoolConfig()
     """Connection pool of the production upstreams (each shadow has its own, sized by
     ``max_in_flight``)."""
+    grpc_listen: str | None = None
+    """Where gRPC routes are served (HTTP/2); required as soon as one route matches gRPC."""
+    grpc_tls: GrpcTlsConfig | None = None
+    """Serve ``grpc_listen`` with TLS (cert and key files); cleartext HTTP/2 without it."""
+    grpc_max_concurrent_calls: Annotated[int, Field(ge=1)] = 1000
+    """Calls the gRPC listener serves at once, all connections together; more are
+    refused with ``RESOURCE_EXHAUSTED`` and counted."""
+    grpc_max_concurrent_streams: Annotated[int, Field(ge=1)] = 1000
+    """HTTP/2 streams one client connection may open at once (the client queues more)."""
 
     _listen = field_validator("listen", "admin_listen")(_check_listen)
+
+    @field_validator("grpc_listen")
+    @classmethod
+    def _grpc_listen(cls, value: str | None) -> str | None:
+        return None if value is None else _check_listen(value)
 
     @field_validator("default_upstream")
     @classmethod
@@ -395,6 +474,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             fields.append("")
 
     _check_route_set(routes, sources, fields)
+    _check_grpc_listener(main, routes, sources, fields)
     if not routes and main.default_upstream is None:
         raise ConfigError(source, None, "no routes and no default_upstream: nothing to proxy")
     return Config(source=source, main=main, routes=tuple(routes), route_sources=tuple(sources))
@@ -615,6 +695,17 @@ def _check_route_set(routes: list[RouteConfig], sources: list[str], fields: list
                 f"route name {route.name!r} is already used in {names[route.name]}",
             )
         names[route.name] = source
+        if route.match.grpc is not None:
+            grpc_key: tuple[str, str | None] = ("grpc:" + route.match.grpc, None)
+            if grpc_key in claims:
+                raise ConfigError(
+                    source,
+                    _join(field, "match.grpc"),
+                    f"{route.match.grpc!r} is already matched by {claims[grpc_key]}",
+                )
+            claims[grpc_key] = f"route {route.name!r} ({source})"
+            continue
+        assert route.match.path_prefix is not None
         methods: tuple[str | None, ...] = route.match.methods or (None,)
         for method in methods:
             key = (route.match.path_prefix, method)
@@ -627,6 +718,36 @@ def _check_route_set(routes: list[RouteConfig], sources: list[str], fields: list
                     f"matched by {claims[key]}",
                 )
             claims[key] = f"route {route.name!r} ({source})"
+
+
+def _check_grpc_listener(
+    main: MainConfig, routes: list[RouteConfig], sources: list[str], fields: list[str]
+) -> None:
+    """A gRPC route is served only on ``grpc_listen`` (one without it would never
+    match), and needs the ``grpc`` extra installed."""
+    for route, source, field in zip(routes, sources, fields, strict=True):
+        if not route.is_grpc:
+            continue
+        if main.grpc_listen is None:
+            raise ConfigError(
+                source,
+                _join(field, "match.grpc"),
+                "a gRPC route needs grpc_listen (host:port) in the main config",
+            )
+        missing = [name for name in ("grpc", "google.protobuf") if not _importable(name)]
+        if missing:
+            raise ConfigError(
+                source,
+                _join(field, "match.grpc"),
+                f"gRPC routes need {' and '.join(missing)}: pip install 'shadowproxy-ml[grpc]'",
+            )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def with_overrides(config: Config, **fields: str | None) -> Config:

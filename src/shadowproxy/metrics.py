@@ -24,6 +24,9 @@ RELOAD_RESULTS = ("success", "failure")
 
 
 REJECT_REASONS = ("bad_request", "header_too_large", "header_timeout", "upgrade")
+GRPC_REJECT_REASONS = ("grpc_max_concurrent_calls",)
+"""Refusals of the gRPC listener before routing (those gRPC's core makes of bytes that
+are not HTTP/2 never reach Python and are not counted)."""
 
 
 class RecorderMetrics:
@@ -101,8 +104,9 @@ class Metrics(RecorderMetrics):
             "shadowproxy_requests",
             "Client requests answered, by route and HTTP status sent to the client (route "
             "_default: the default upstream, _unmatched: no route (404); code 499: the client "
-            "left before its answer ended, mid-stream included).",
-            ["route", "code"],
+            "left before its answer ended, mid-stream included; gRPC calls: the HTTP "
+            "equivalent, and grpc_status the code name; empty for HTTP).",
+            ["route", "code", "grpc_status"],
             registry=r,
         )
         self.request_duration = Histogram(
@@ -129,7 +133,7 @@ class Metrics(RecorderMetrics):
         )
         self.shadow_skipped = Counter(
             "shadowproxy_shadow_skipped",
-            "Sampled copies not sent, by reason (circuit_open|body_too_large|shutdown).",
+            "Sampled copies not sent, by reason (circuit_open|body_too_large|shutdown|streaming).",
             ["route", "shadow", "reason"],
             registry=r,
         )
@@ -162,7 +166,7 @@ class Metrics(RecorderMetrics):
             "shadowproxy_rejected_requests",
             "Client requests refused before routing, by reason (bad_request: 400, "
             "header_too_large: 431, header_timeout: 408, upgrade: 501, a WebSocket upgrade "
-            "or CONNECT).",
+            "or CONNECT; grpc_max_concurrent_calls: a gRPC call over the limit).",
             ["reason"],
             registry=r,
         )

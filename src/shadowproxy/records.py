@@ -29,7 +29,7 @@ reads), so production's answer is partial: the pair is never compared, and the r
 is counted as 499 like any client that leaves before its answer."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class RequestInfo:
     request_id: str
     ts: float
@@ -46,9 +46,12 @@ class RequestInfo:
     """The request's ``Content-Encoding`` as sent (``gzip``); None when it had none."""
     decode_error: str | None = None
     """Set by the recorder when ``body`` could not be decoded (``recording.decoding``)."""
+    protocol: str = "http"
+    """``http``, or ``grpc``: then ``path`` is ``/package.Service/Method`` and bodies are
+    the message bytes."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ProductionResult:
     status: int | None
     """None when no response arrived (the client got a 502/504 from the proxy)."""
@@ -65,9 +68,12 @@ class ProductionResult:
     reads it (``recording.decoding``)."""
     decode_error: str | None = None
     """Why the recorder could not decode ``body`` (it then holds the bytes as sent)."""
+    grpc_status: str | None = None
+    """gRPC calls: the status code's name (``OK``, ``UNAVAILABLE``); ``status`` holds
+    its HTTP equivalent."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ShadowResult:
     outcome: ShadowOutcome
     status: int | None
@@ -84,9 +90,11 @@ class ShadowResult:
     """``Content-Encoding`` as sent; decoded by the recorder, like production's."""
     decode_error: str | None = None
     """Why the recorder could not decode ``body`` (it then holds the bytes as sent)."""
+    grpc_status: str | None = None
+    """gRPC calls: the status code's name; ``status`` holds its HTTP equivalent."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Pair:
     request: RequestInfo
     shadow: str
@@ -114,7 +122,7 @@ class Comparison:
     batch_agree: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Exposure:
     """One client request served on an experiment route (canary, A/B): which arm answered.
 

@@ -29,12 +29,25 @@ class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
+GRPC_SCHEMES = ("grpc", "grpcs")
+
+
 def check_url(value: str) -> str:
     """An upstream: ``scheme://host[:port]``, nothing else (the request path is the
     client's, forwarded as is)."""
+    return _check_url(value, ("http", "https"))
+
+
+def check_upstream_url(value: str) -> str:
+    """A route's upstream: HTTP, or gRPC (``grpc://``, ``grpcs://`` with TLS)."""
+    return _check_url(value, ("http", "https", *GRPC_SCHEMES))
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    if parts.scheme not in schemes:
+        listed = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ValueError(f"must be an {listed} URL, got {value!r}")
     if not parts.hostname:
         raise ValueError(f"has no host, got {value!r}")
     try:

@@ -186,8 +186,8 @@ def incident(m: Metrics) -> dict[str, str]:
         series(m.recorder_degraded): "1x40",
         series(m.shadow_circuit_open, **pair): "1x40",
         series(m.shadow_circuit_open, **other): "0x40",
-        series(m.requests, route=ROUTE, code="200"): "0+90x40",
-        series(m.requests, route=ROUTE, code="502"): "0+10x40",
+        series(m.requests, route=ROUTE, code="200", grpc_status=""): "0+90x40",
+        series(m.requests, route=ROUTE, code="502", grpc_status=""): "0+10x40",
         series(m.config_last_reload_successful): "1 1 0x38",
     }
 
@@ -204,8 +204,8 @@ def healthy(m: Metrics) -> dict[str, str]:
         series(m.records_dropped, reason="queue_full"): "0x40",
         series(m.recorder_degraded): "0x40",
         series(m.shadow_circuit_open, **pair): "0x40",
-        series(m.requests, route=ROUTE, code="200"): "0+100x40",
-        series(m.requests, route=ROUTE, code="502"): "0x40",
+        series(m.requests, route=ROUTE, code="200", grpc_status=""): "0+100x40",
+        series(m.requests, route=ROUTE, code="502", grpc_status=""): "0x40",
         series(m.config_last_reload_successful): "1x40",
     }
 

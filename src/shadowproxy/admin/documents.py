@@ -35,7 +35,7 @@ def routes_document(
         "config": config.source,
         "default_upstream": redact_url(main.default_upstream) if main.default_upstream else None,
         "routes": [
-            _route_entry(route, source, runners[route.name], auto_choices)
+            _route_entry(route, source, runners.get(route.name, []), auto_choices)
             for route, source in zip(config.routes, config.route_sources, strict=True)
         ],
     }
@@ -98,7 +98,11 @@ def _route_entry(
     return {
         "name": route.name,
         "source": source,
-        "match": {"path_prefix": route.match.path_prefix, "methods": route.match.methods},
+        "match": (
+            {"grpc": route.match.grpc}
+            if route.match.grpc is not None
+            else {"path_prefix": route.match.path_prefix, "methods": route.match.methods}
+        ),
         "production": {
             "url": redact_url(route.production.url),
             "timeout_s": route.production.timeout_s,

@@ -16,6 +16,7 @@ from shadowproxy.admin.documents import experiments_document, routes_document, s
 from shadowproxy.admin.feedback import FeedbackError, FeedbackItem, parse_feedback
 from shadowproxy.experiments.canary import OPERATOR_ACTIONS, CanaryActionError
 from shadowproxy.proxy.runtime import Snapshot
+from shadowproxy.proxy.tee import ShadowRunner
 
 
 class FeedbackSink(Protocol):
@@ -45,6 +46,8 @@ class LocalAdmin:
     feedback_sink: FeedbackSink | None
     auto_choices: Callable[[], dict[str, dict[str, int]]] | None
     do_reload: Callable[[], Awaitable[ReloadResult]]
+    grpc_runners: Callable[[], dict[str, list[ShadowRunner]]] = dict
+    """The gRPC routes' shadow runners (their listener keeps its own snapshot)."""
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return json_response({"status": "ok"})
@@ -66,7 +69,8 @@ class LocalAdmin:
     async def routes(self, request: web.Request) -> web.StreamResponse:
         choices = self.auto_choices() if self.auto_choices is not None else {}
         snapshot = self.snapshot()
-        return json_response(routes_document(snapshot.config, snapshot_runners(snapshot), choices))
+        runners = {**snapshot_runners(snapshot), **self.grpc_runners()}
+        return json_response(routes_document(snapshot.config, runners, choices))
 
     async def feedback(self, request: web.Request) -> web.StreamResponse:
         """Ground-truth labels by request id, recorded next to the pairs."""

@@ -29,7 +29,13 @@ from shadowproxy.compare.decode import decode
 from shadowproxy.compare.extract import Extractor
 from shadowproxy.compare.spec import MAX_DEPTH, CompareConfig
 from shadowproxy.compare.verdict import Incomparable, Verdict, clip, identical
-from shadowproxy.records import CLIENT_ABANDONED, Comparison, Pair
+from shadowproxy.records import (
+    CLIENT_ABANDONED,
+    Comparison,
+    Pair,
+    ProductionResult,
+    ShadowResult,
+)
 
 
 class ComparedRoute(Protocol):
@@ -69,16 +75,19 @@ class Plan:
     def __call__(self, pair: Pair) -> Comparison:
         abandoned = ABANDONED_REASON if pair.production.error == CLIENT_ABANDONED else None
         outcome = _outcome_reason(pair)
+        production, result = pair.production, pair.result
         prod_status = abandoned or _status_reason(
-            "production", pair.production.status, pair.production.error
+            "production", production.status, production.error, production.grpc_status
         )
-        shadow_status = _status_reason("shadow", pair.result.status, pair.result.error)
+        shadow_status = _status_reason("shadow", result.status, result.error, result.grpc_status)
         prod = _Side(reason=prod_status) if prod_status else self._read("production", pair)
         skip_shadow = outcome or shadow_status
         shadow = _Side(reason=skip_shadow) if skip_shadow else self._read("shadow", pair)
         kind: str = self.config.kind
         name: str = kind
-        if prod.reason is None:
+        if _whole_message(pair):
+            kind = name = "exact"  # no prediction in it: the message is equal or not
+        elif prod.reason is None:
             kind, name = resolve(self.config.kind, prod.value, self.config.prediction)
         reason = (
             abandoned or outcome or prod_status or shadow_status or prod.reason or shadow.reason
@@ -106,6 +115,9 @@ class Plan:
         if result.decode_error is not None:  # a compressed body the recorder could not decode
             return _Side(reason=f"{side} body {result.decode_error}")
         try:
+            if pair.request.protocol == "grpc":
+                value = _grpc_prediction(side, pair.request.path, result, self.extract)
+                return _Side(value, _serialise(side, value))
             answer = decode(side, result.body, result.content_type, result.body_truncated)
             value = self.extract(side, answer)
             return _Side(value, _serialise(side, value))
@@ -120,9 +132,40 @@ def _outcome_reason(pair: Pair) -> str | None:
     return f"shadow {result.outcome}{_because(result.error)}"
 
 
-def _status_reason(side: str, status: int | None, error: str | None) -> str | None:
+def _whole_message(pair: Pair) -> bool:
+    """gRPC answers other than ``ModelInfer`` (metadata, liveness, other services)
+    carry no prediction: they compare whole, exactly."""
+    if pair.request.protocol != "grpc":
+        return False
+    # Imported here: protobuf is needed only once gRPC routes are served.
+    from shadowproxy.compare.inference_grpc import is_infer
+
+    return not is_infer(pair.request.path)
+
+
+def _grpc_prediction(
+    side: str, path: str, result: ProductionResult | ShadowResult, extract: Extractor
+) -> Any:
+    """A gRPC answer's prediction: ``ModelInfer`` decoded to its REST form (so the
+    route's extraction applies), the service's other answers decoded whole, any other
+    message as its bytes."""
+    from shadowproxy.compare.inference_grpc import decode_response, decodes, is_infer, raw_bytes
+
+    if result.body_truncated:
+        raise Incomparable(f"{side} message truncated")
+    if not decodes(path):
+        return raw_bytes(result.body)
+    answer = decode_response(side, path, result.body)
+    return extract(side, answer) if is_infer(path) else answer
+
+
+def _status_reason(
+    side: str, status: int | None, error: str | None, grpc_status: str | None = None
+) -> str | None:
     if status is None:
         return f"{side} gave no answer{_because(error)}"
+    if grpc_status is not None and grpc_status != "OK":
+        return f"{side} gRPC status {grpc_status}{_because(error)}"
     if not 200 <= status < 300:
         return f"{side} status {status}"
     return None

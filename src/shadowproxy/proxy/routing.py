@@ -33,6 +33,7 @@ class RouteTable:
                 route,
             )
             for route in routes
+            if route.match.path_prefix is not None
         ]
         entries.sort(key=lambda entry: (-len(entry.prefix), entry.methods is None))
         self._entries = tuple(entries)
@@ -42,6 +43,18 @@ class RouteTable:
             if path.startswith(entry.prefix) and (entry.methods is None or method in entry.methods):
                 return entry.route
         return None
+
+
+class GrpcRouteTable:
+    """gRPC calls by ``/package.Service/Method``: a route naming the method beats one
+    naming its service."""
+
+    def __init__(self, routes: Sequence[RouteConfig]) -> None:
+        self._routes = {route.match.grpc: route for route in routes if route.match.grpc}
+
+    def match(self, path: str) -> RouteConfig | None:
+        full = path.lstrip("/")
+        return self._routes.get(full) or self._routes.get(full.partition("/")[0])
 
 
 def sample_point(shadow: str, key: str | None, rng: random.Random | None = None) -> float:

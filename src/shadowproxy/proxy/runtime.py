@@ -59,6 +59,9 @@ RESTART_ONLY = (
     "client_body_timeout_s",
     "state_dir",
     "recording",
+    "grpc_listen",
+    "grpc_tls",
+    "grpc_max_concurrent_streams",
 )
 """Main-file keys a reload cannot apply: the listeners are bound, the writer is running."""
 
@@ -118,14 +121,16 @@ class RouteMetrics:
 
     def __init__(self, metrics: Metrics, route: str) -> None:
         self._requests = metrics.requests
-        self._codes: dict[int, object] = {}
+        self._codes: dict[tuple[int, str], object] = {}
         self.duration = metrics.request_duration.labels(route)
         self.upstream = metrics.upstream_duration.labels(route, "production", "production")
 
-    def count(self, route: str, code: int) -> None:
-        child = self._codes.get(code)
+    def count(self, route: str, code: int, grpc_status: str = "") -> None:
+        """One answered request; ``grpc_status`` (a code name) for gRPC calls only."""
+        key = (code, grpc_status)
+        child = self._codes.get(key)
         if child is None:
-            child = self._codes[code] = self._requests.labels(route, str(code))
+            child = self._codes[key] = self._requests.labels(route, str(code), grpc_status)
         child.inc()  # type: ignore[attr-defined]
 
 
@@ -211,6 +216,8 @@ def build(
             return old
         return ShadowRunner(route, shadow, lane, metrics)
 
+    # gRPC routes are served by their own listener (``shadowproxy.proxy.grpc_runtime``).
+    http_routes = [route for route in config.routes if not route.is_grpc]
     routes = {
         route.name: route_runtime(
             route,
@@ -218,7 +225,7 @@ def build(
             [runner(route, shadow) for shadow in route.shadows],
             metrics,
         )
-        for route in config.routes
+        for route in http_routes
     }
     default = None
     if main.default_upstream is not None:
@@ -234,7 +241,8 @@ def build(
     canaries = _experiments(
         config, routes, production_pool, runner, metrics, previous.canaries if previous else {}
     )
-    return Snapshot(config, RouteTable(config.routes), routes, default, production, lanes, canaries)
+    table = RouteTable(http_routes)
+    return Snapshot(config, table, routes, default, production, lanes, canaries)
 
 
 def _experiments(
@@ -250,7 +258,9 @@ def _experiments(
     canaries: dict[str, CanaryController] = {}
     now = time.time()
     for route in config.routes:
-        runtime = routes[route.name]
+        runtime = routes.get(route.name)
+        if runtime is None:
+            continue  # a gRPC route: never an experiment
         arms: list[Arm] = []
         if route.ab is not None:
             arms = [Arm(a.name, pool_of(a.url), a.timeout_s) for a in route.ab.arms]

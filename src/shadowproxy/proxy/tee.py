@@ -255,7 +255,10 @@ class Tee:
         headers: list[tuple[str, str]],
         raw_path: str,
         client_headers: Mapping[str, str],
+        skip_reason: str | None = None,
     ) -> Exchange | None:
+        """Sample ``runners`` and send their copies; ``skip_reason``: sample, but send
+        none (each sampled shadow's row says why, e.g. ``streaming``)."""
         exchange: Exchange | None = None
         for runner in runners:
             if runner.methods is not None and info.method not in runner.methods:
@@ -267,6 +270,9 @@ class Tee:
             if exchange is None:
                 exchange = Exchange(info, self.sink)
             slot = exchange.add(runner)
+            if skip_reason is not None:
+                exchange.resolve(slot, not_sent("skipped", skip_reason))
+                continue
             refused = runner.decide(info.body_complete)
             if refused is not None:
                 exchange.resolve(slot, refused)

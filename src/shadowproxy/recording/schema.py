@@ -102,6 +102,11 @@ PAIR_COLUMNS: tuple[Column, ...] = (
         pa.string(),
         "why shadow_body could not be decoded and is stored as sent; null when it was",
     ),
+    Column(
+        "protocol", pa.string(), "http | grpc (gRPC: method POST, path /package.Service/Method)"
+    ),
+    Column("prod_grpc_status", pa.string(), "gRPC calls: production's status code name (OK, ...)"),
+    Column("shadow_grpc_status", pa.string(), "gRPC calls: the shadow's status code name"),
 )
 PAIRS_SCHEMA = _schema(PAIR_COLUMNS)
 
@@ -231,6 +236,9 @@ def pair_row(
         "request_body_decode_error": request.decode_error,
         "prod_body_decode_error": prod.decode_error,
         "shadow_body_decode_error": result.decode_error,
+        "protocol": request.protocol,
+        "prod_grpc_status": prod.grpc_status,
+        "shadow_grpc_status": result.grpc_status,
     }
 
 

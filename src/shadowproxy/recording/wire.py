@@ -9,6 +9,7 @@ Exposures travel the same way, as tuples of their fields.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import struct
 from typing import Any, Final
@@ -34,6 +35,7 @@ STATUS: Final = ord("S")
 
 PackedPair = tuple[Any, ...]
 PackedExposure = tuple[Any, ...]
+EXPOSURE_FIELDS: Final = tuple(field.name for field in dataclasses.fields(Exposure))
 
 
 def frame(kind: int, payload: object) -> bytes:
@@ -52,6 +54,7 @@ def pack(pair: Pair) -> PackedPair:
         production.content_encoding,
         result.outcome, result.status, result.latency_ms, result.error, result.body,
         result.body_truncated, result.content_type, result.chaos, result.content_encoding,
+        request.protocol, production.grpc_status, result.grpc_status,
     )  # fmt: skip
 
 
@@ -62,24 +65,25 @@ def unpack(packed: PackedPair) -> Pair:
         prod_status, prod_latency, prod_error, prod_body, prod_truncated, prod_type, prod_chaos,
         prod_encoding,
         outcome, status, latency, error, shadow_body, truncated, content_type, chaos, encoding,
+        protocol, prod_grpc, shadow_grpc,
     ) = packed  # fmt: skip
     return Pair(
         request=RequestInfo(
             request_id=request_id, ts=ts, route=route, method=method, path=path, query=query,
             headers=[], body=body, body_complete=body_complete,
-            content_encoding=request_encoding,
+            content_encoding=request_encoding, protocol=protocol,
         ),
         shadow=shadow,
         role=role,
         production=ProductionResult(
             status=prod_status, latency_ms=prod_latency, error=prod_error, body=prod_body,
             body_truncated=prod_truncated, content_type=prod_type, chaos=prod_chaos,
-            content_encoding=prod_encoding,
+            content_encoding=prod_encoding, grpc_status=prod_grpc,
         ),
         result=ShadowResult(
             outcome=outcome, status=status, latency_ms=latency, error=error, body=shadow_body,
             body_truncated=truncated, content_type=content_type, chaos=chaos,
-            content_encoding=encoding,
+            content_encoding=encoding, grpc_status=shadow_grpc,
         ),
     )  # fmt: skip
 
@@ -92,4 +96,4 @@ def pack_exposure(e: Exposure) -> PackedExposure:
 
 
 def unpack_exposure(packed: PackedExposure) -> Exposure:
-    return Exposure(*packed)
+    return Exposure(**dict(zip(EXPOSURE_FIELDS, packed, strict=True)))

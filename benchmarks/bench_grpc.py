@@ -1,0 +1,321 @@
+"""gRPC benchmark: unary ``ModelInfer`` (4xFP32 input), one shadow at 100%, vs direct.
+
+::
+
+    python benchmarks/bench_grpc.py [--rounds 3] [--duration 10] [--json out.json]
+
+Every process is separate, all on loopback: the load generator (grpc.aio), production
+and the shadow (grpc.aio servers with a fixed answer), and ``shadowproxy serve`` with
+recording on (the writer process compares and writes Parquet). Systems:
+
+- ``direct``: the client calls production;
+- ``proxy``: through shadowproxy, the shadow healthy;
+- ``proxy-blackhole``: through shadowproxy, the shadow accepts connections and never
+  answers (copies time out after 2 s);
+- ``passthrough``: the floor of any grpc.aio proxy, a generic handler forwarding the
+  bytes and nothing else (max load only).
+
+Loads: ``r500``, 500 calls/s open loop (latency p50/p99 as the client sees it), and
+``max``, 64 calls in flight (calls/s). Each round runs every system in turn, in an
+order that alternates between rounds (the machine is shared and noisy); figures are
+medians over rounds. The proxy is started fresh for each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+HERE = Path(__file__).resolve().parent
+STARTUP_S = 2.0
+"""After the proxy listens: its writer process is still importing Arrow, on the same
+two cores; measuring then would charge the proxy for its start."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def messages() -> tuple[bytes, bytes]:
+    """A ModelInferRequest with one 4xFP32 input and its fixed ModelInferResponse."""
+    import struct
+
+    from shadowproxy.compare.inference_grpc import message_class
+
+    request: Any = message_class("ModelInferRequest")()
+    request.model_name = "bench"
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(struct.pack("<4f", 5.1, 3.5, 1.4, 0.2))
+    response: Any = message_class("ModelInferResponse")()
+    response.model_name = "bench"
+    response.outputs.add(name="y", datatype="FP32", shape=[1, 3])
+    response.raw_output_contents.append(struct.pack("<3f", 0.9, 0.05, 0.05))
+    return request.SerializeToString(), response.SerializeToString()
+
+
+# --- the processes -----------------------------------------------------------------
+
+
+async def upstream(port: int) -> None:
+    import grpc
+
+    _, answer = messages()
+
+    async def infer(request: bytes, context: Any) -> bytes:
+        return answer
+
+    class Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(infer)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Handler(),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def passthrough(port: int, production: int) -> None:
+    """The floor of any grpc.aio proxy: a generic handler that forwards the bytes to
+    production and returns its answer (no metadata, no copies, no recording)."""
+    import grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{production}") as channel:
+        call = channel.unary_unary(INFER)
+
+        async def forward(request: bytes, context: Any) -> bytes:
+            return await call(request)  # type: ignore[no-any-return]
+
+        class Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
+            def service(self, details: Any) -> Any:
+                return grpc.unary_unary_rpc_method_handler(forward)
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((Handler(),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+
+async def black_hole(port: int) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", port)
+    await server.serve_forever()
+
+
+async def load(target: str, mode: str, rate: float, duration_s: float) -> dict[str, float]:
+    import grpc
+
+    request, _ = messages()
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(INFER)
+        for _ in range(200):  # warm up: connection, first calls
+            await call(request, timeout=5)
+        latencies: list[float] = []
+        errors = 0
+
+        async def one() -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            try:
+                await call(request, timeout=5)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                return
+            latencies.append((time.perf_counter() - started) * 1000.0)
+
+        started = time.perf_counter()
+        if mode == "rate":
+            tasks = []
+            count = int(rate * duration_s)
+            for n in range(count):
+                delay = started + n / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(one()))  # noqa: TID251
+            await asyncio.gather(*tasks)
+        else:
+            end = started + duration_s
+
+            async def worker() -> None:
+                while time.perf_counter() < end:
+                    await one()
+
+            await asyncio.gather(*(worker() for _ in range(64)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "calls": len(latencies),
+        "errors": errors,
+        "calls_per_s": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2],
+        "p99_ms": latencies[int(len(latencies) * 0.99)],
+    }
+
+
+# --- the driver ----------------------------------------------------------------------
+
+
+def spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def wait_port(port: int, within_s: float = 20.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def proxy_config(directory: Path, production: int, shadow: int, grpc_port: int) -> Path:
+    route = (
+        "name: bench\n"
+        "match: {grpc: inference.GRPCInferenceService}\n"
+        f"production: {{url: 'grpc://127.0.0.1:{production}'}}\n"
+        f"shadows: [{{name: s, url: 'grpc://127.0.0.1:{shadow}', timeout_s: 2}}]\n"
+        "compare: {prediction: open-inference}\n"
+    )
+    (directory / "routes").mkdir(exist_ok=True)
+    (directory / "routes" / "bench.yaml").write_text(route)
+    main = (
+        f"listen: 127.0.0.1:{free_port()}\nadmin_listen: 127.0.0.1:{free_port()}\n"
+        f"grpc_listen: 127.0.0.1:{grpc_port}\nroutes_dir: routes\n"
+        f"recording: {{dir: '{directory / 'shadow-logs'}'}}\n"
+    )
+    path = directory / "shadowproxy.yaml"
+    path.write_text(main)
+    return path
+
+
+def run_load(target: str, mode: str, duration_s: float) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "load", target, mode, str(duration_s)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def measure(system: str, ports: dict[str, int], mode: str, duration_s: float) -> dict[str, float]:
+    if system == "direct":
+        return run_load(f"127.0.0.1:{ports['production']}", mode, duration_s)
+    if system == "passthrough":
+        return run_load(f"127.0.0.1:{ports['passthrough']}", mode, duration_s)
+    shadow = ports["hole"] if system == "proxy-blackhole" else ports["shadow"]
+    grpc_port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = proxy_config(Path(tmp), ports["production"], shadow, grpc_port)
+        proxy = spawn("-m", "shadowproxy", "serve", "--config", str(config))
+        try:
+            wait_port(grpc_port)
+            time.sleep(STARTUP_S)
+            return run_load(f"127.0.0.1:{grpc_port}", mode, duration_s)
+        finally:
+            proxy.terminate()
+            proxy.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    ports = {name: free_port() for name in ("production", "shadow", "hole", "passthrough")}
+    children = [
+        spawn(__file__, "upstream", str(ports["production"])),
+        spawn(__file__, "passthrough", str(ports["passthrough"]), str(ports["production"])),
+        spawn(__file__, "upstream", str(ports["shadow"])),
+        spawn(__file__, "blackhole", str(ports["hole"])),
+    ]
+    systems = ["direct", "passthrough", "proxy", "proxy-blackhole"]
+    results: dict[str, dict[str, list[dict[str, float]]]] = {
+        s: {"rate": [], "max": []} for s in systems
+    }
+    try:
+        for port in ports.values():
+            wait_port(port)
+        for round_ in range(args.rounds):
+            order = systems if round_ % 2 == 0 else systems[::-1]
+            for mode in ("rate", "max"):
+                for system in order:
+                    rate_only, max_only = system == "proxy-blackhole", system == "passthrough"
+                    if (mode == "max" and rate_only) or (mode == "rate" and max_only):
+                        continue
+                    figures = measure(system, ports, mode, args.duration)
+                    results[system][mode].append(figures)
+                    print(f"round {round_ + 1} {mode:4} {system:16} {json.dumps(figures)}",
+                          flush=True)  # fmt: skip
+    finally:
+        for child in children:
+            child.terminate()
+            child.wait(10)
+    report = summarise(results)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps({"runs": results, "summary": report}, indent=2))
+
+
+def summarise(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, float]:
+    def median(system: str, mode: str, key: str) -> float:
+        return statistics.median(run[key] for run in results[system][mode])
+
+    direct_p50, direct_p99 = median("direct", "rate", "p50_ms"), median("direct", "rate", "p99_ms")
+    proxy_p99 = median("proxy", "rate", "p99_ms")
+    return {
+        "direct_p50_ms": direct_p50,
+        "direct_p99_ms": direct_p99,
+        "proxy_p50_ms": median("proxy", "rate", "p50_ms"),
+        "proxy_p99_ms": proxy_p99,
+        "added_p50_ms": median("proxy", "rate", "p50_ms") - direct_p50,
+        "added_p99_ms": proxy_p99 - direct_p99,
+        "blackhole_p99_ms": median("proxy-blackhole", "rate", "p99_ms"),
+        "blackhole_p99_change": median("proxy-blackhole", "rate", "p99_ms") / proxy_p99 - 1,
+        "direct_max_calls_per_s": median("direct", "max", "calls_per_s"),
+        "proxy_max_calls_per_s": median("proxy", "max", "calls_per_s"),
+        "max_ratio": median("proxy", "max", "calls_per_s") / median("direct", "max", "calls_per_s"),
+        "passthrough_max_calls_per_s": median("passthrough", "max", "calls_per_s"),
+        "passthrough_max_ratio": (
+            median("passthrough", "max", "calls_per_s") / median("direct", "max", "calls_per_s")
+        ),
+    }
+
+
+if __name__ == "__main__":
+    from shadowproxy.loop import run_loop as runner
+
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "upstream":
+        runner(upstream(int(sys.argv[2])))
+    elif command == "passthrough":
+        runner(passthrough(int(sys.argv[2]), int(sys.argv[3])))
+    elif command == "blackhole":
+        runner(black_hole(int(sys.argv[2])))
+    elif command == "load":
+        target, mode, duration = sys.argv[2], sys.argv[3], float(sys.argv[4])
+        print(json.dumps(runner(load(target, mode, 500.0, duration))))
+    else:
+        os.chdir(HERE.parent)
+        main()
