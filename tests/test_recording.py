@@ -317,9 +317,15 @@ async def test_rotation_by_rows(tmp_path: Path, metrics: Metrics) -> None:
     await recorder.start()
     for n in range(7):
         recorder.submit(make_pair(n))
-    await wait_until(lambda: len(parquet_files(tmp_path)) == 2)
+    # A file is visible (renamed into place) a moment before the writer thread counts
+    # its rows: wait for the count too, not only for the file.
+    await wait_until(
+        lambda: (
+            len(parquet_files(tmp_path)) == 2
+            and sample(metrics.registry, "shadowproxy_records_written_total", kind="pairs") == 6
+        )
+    )
     assert recorder.pending == 1  # the 7th row waits for its file
-    assert sample(metrics.registry, "shadowproxy_records_written_total", kind="pairs") == 6
     await recorder.close()
     sizes = sorted(pq.read_metadata(p).num_rows for p in parquet_files(tmp_path))
     assert sizes == [1, 3, 3]

@@ -3,7 +3,7 @@
 ``benchmarks/soak.py --short`` runs ``shadowproxy serve`` (recording on, writer process)
 at 200 req/s for 20 s while the shadow is healthy, black-holed, healthy, slow, healthy,
 and checks memory, fds and that every request is a recorded row or a counted drop. The
-full form (10 minutes at 500 req/s) is run by hand; its figures are in the README.
+full form (10 minutes at 500 req/s) is run by hand; its figures are in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -21,6 +21,41 @@ DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "cha
 
 T = TypeVar("T")
 
+SERVE_DESCRIPTION = """\
+Run the proxy: production answers every client, shadows get copies, and every
+pair is compared and recorded. The config is checked first: any problem exits 2
+naming the file and the field, before a port is bound. SIGHUP or POST /reload
+re-reads the files; SIGTERM finishes requests, drains copies, flushes records
+and exits 0.
+"""
+
+SERVE_EXAMPLES = """\
+examples:
+  shadowproxy serve --config config/shadowproxy.yaml
+  shadowproxy serve --config /etc/shadowproxy/shadowproxy.yaml --listen 0.0.0.0:8080 --workers 2
+  shadowproxy --log-level warning serve --config config/shadowproxy.yaml
+
+then, from another terminal:
+  curl -s http://127.0.0.1:9090/readyz          # ready once the listeners are up
+  curl -s http://127.0.0.1:9090/metrics | grep shadowproxy_shadow_requests_total
+"""
+
+VALIDATE_DESCRIPTION = """\
+Load the main file and every route file exactly as serve would, print the
+routes and shadows, and exit 0; on any problem, exit 2 naming the file, the
+field and what is wrong. Binds no port and contacts no upstream.
+"""
+
+VALIDATE_EXAMPLES = """\
+examples:
+  shadowproxy validate --config config/shadowproxy.yaml
+  DEFAULT_UPSTREAM=http://10.0.0.5:8000 shadowproxy validate --config config/shadowproxy.yaml
+
+an error names the file and the field:
+  shadowproxy: config error: config/routes/price.yaml: shadows[0].sample_rate: must be
+  between 0 and 1, got 1.5
+"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -43,10 +78,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Shadow-testing reverse proxy for ML model servers.",
     )
     parser.add_argument("--version", action="version", version=f"shadowproxy {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="log to stderr from this level up (default info: start, listeners, reloads, "
+        "canary decisions and every problem; warning: problems only; debug adds the "
+        "libraries' own debug lines). Goes before the command: "
+        "shadowproxy --log-level warning serve ...",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the proxy")
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--config", required=True, help="main YAML file")
     serve.add_argument("--listen", help="host:port for traffic (overrides the file)")
     serve.add_argument("--admin-listen", help="host:port for the admin side (overrides the file)")
@@ -89,7 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    validate = commands.add_parser("validate", help="check a config and print a summary")
+    validate = commands.add_parser(
+        "validate",
+        help="check a config and print a summary",
+        description=VALIDATE_DESCRIPTION,
+        epilog=VALIDATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     validate.add_argument("--config", required=True, help="main YAML file")
     validate.set_defaults(func=cmd_validate)
 

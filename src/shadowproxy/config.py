@@ -65,7 +65,8 @@ def _check_rate(value: float) -> float:
     return value
 
 
-Url = Annotated[str, Field(description="scheme://host[:port]")]
+Url = str
+"""``scheme://host[:port]``, checked by ``check_url`` in each model that has one."""
 Seconds = Annotated[float, Field(gt=0)]
 ByteCount = Annotated[int, Field(ge=0)]
 
@@ -74,13 +75,19 @@ class CircuitBreakerConfig(FrozenModel):
     """When a shadow keeps failing, stop paying for copies it cannot answer."""
 
     failures: Annotated[int, Field(ge=1)] = 5
+    """Consecutive errors or timeouts after which the circuit opens and copies are skipped
+    (reason ``circuit_open``)."""
     backoff_s: Seconds = 5.0
+    """How long an open circuit skips copies before one probe is sent; a good probe closes it."""
     max_backoff_s: Seconds = 60.0
+    """Each failed probe doubles the backoff, up to this."""
 
 
 class UpstreamConfig(FrozenModel):
     url: Url
+    """``scheme://host[:port]``; the request path is forwarded as is."""
     timeout_s: Seconds = 10.0
+    """Time to production's response headers (else 504), then per read."""
 
     _url = field_validator("url")(check_upstream_url)
 
@@ -104,7 +111,11 @@ class ShadowHeadersConfig(FrozenModel):
     """
 
     drop: tuple[str, ...] = ()
+    """Headers removed from this shadow's copies (matched case-insensitively), e.g.
+    ``[Authorization, Cookie]`` for a shadow outside production's trust boundary."""
     set: dict[str, str] = Field(default_factory=dict)
+    """Headers set on this shadow's copies, replacing the client's value (e.g. ``{X-Env:
+    shadow}``)."""
 
     @field_validator("drop")
     @classmethod
@@ -127,17 +138,29 @@ class ShadowHeadersConfig(FrozenModel):
 
 class ShadowConfig(FrozenModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    """Letters, digits, ``.``, ``_``, ``-``; used in metric labels and recorded rows."""
     url: Url
+    """``scheme://host[:port]``; the request path is forwarded as is."""
     sample_rate: float = 1.0
+    """Share of requests copied to this shadow, 0..1."""
     sample_key: str | None = None
+    """A header whose value makes sampling sticky per user (a hash of the shadow's name and the
+    value); default: random per request."""
     timeout_s: Seconds = 30.0
+    """Total time for the copy, body included; past it the outcome is ``timeout``."""
     max_in_flight: Annotated[int, Field(ge=1)] = 64
+    """Copies in flight at once, and the size of this shadow's own connection pool; copies
+    beyond it are dropped and counted, never queued."""
     role: Literal["candidate", "baseline"] = "candidate"
+    """``candidate`` (the model under test) or ``baseline`` (a second replica of production:
+    its disagreement is the noise floor)."""
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    """When a shadow keeps failing, stop paying for copies it cannot answer."""
     methods: tuple[str, ...] | None = None
     """Only requests with these methods are copied (default: all the route takes). A
     request whose method a shadow does not take is not sampled for it: no copy, no row."""
     headers: ShadowHeadersConfig = ShadowHeadersConfig()
+    """Header rules for this shadow's copies only; ``X-Shadow-Request: true`` is always set."""
 
     _url = field_validator("url")(check_upstream_url)
     _rate = field_validator("sample_rate")(_check_rate)
@@ -154,8 +177,13 @@ class MatchConfig(FrozenModel):
     (``inference.GRPCInferenceService/ModelInfer``), served on ``grpc_listen``."""
 
     path_prefix: str | None = None
+    """HTTP: requests whose path starts with this; the longest matching prefix wins."""
     methods: tuple[str, ...] | None = None
+    """HTTP: only these methods (default: all). Among routes with the same prefix, one
+    naming the method beats one taking all methods."""
     grpc: str | None = None
+    """gRPC: a service (every method) or one ``service/method``, served on
+    ``grpc_listen``."""
 
     @field_validator("path_prefix")
     @classmethod
@@ -187,8 +215,12 @@ class MatchConfig(FrozenModel):
 
 class RecordConfig(FrozenModel):
     bodies: bool = True
+    """``false`` keeps metadata, predictions and timings only."""
     max_body_bytes: ByteCount = 65536
+    """Cap per recorded body; longer bodies are cut and flagged ``<body>_truncated``."""
     redact: tuple[str, ...] = ()
+    """JSON paths replaced by ``"[redacted]"`` in the request and both answers before anything
+    is compared or written (e.g. ``$.instances[*].email``)."""
 
     @field_validator("redact")
     @classmethod
@@ -201,23 +233,34 @@ class RecordConfig(FrozenModel):
 
 class RouteConfig(FrozenModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    """Letters, digits, ``.``, ``_``, ``-``; used in metric labels and partition paths."""
     match: MatchConfig
+    """Which requests this route takes."""
     production: UpstreamConfig
+    """The upstream whose answer the client gets."""
     shadows: tuple[ShadowConfig, ...] = ()
+    """Upstreams that get a copy of sampled requests; their answers never reach the client."""
     max_body_bytes: ByteCount = 10 * 1024 * 1024
+    """Request bodies up to this are buffered and copied; a larger one is streamed to
+    production only, and the request's shadows are skipped (``body_too_large``)."""
     max_capture_bytes: ByteCount = 1024 * 1024
+    """Response bytes kept per side for comparison and recording."""
     max_decoded_bytes: ByteCount = 16 * 1024 * 1024
     """Most bytes one compressed body (``Content-Encoding``) may decode to for comparison
     and recording; past it the pair is incomparable (a 1 MiB gzip can hold 1 GiB)."""
     record: RecordConfig = RecordConfig()
+    """What is written to Parquet."""
     compare: CompareConfig = CompareConfig()
+    """How production's and the shadows' answers are judged."""
     chaos: tuple[ChaosRule, ...] = ()
     """Faults injected on purpose (``shadowproxy.experiments.chaos``); empty in normal operation."""
     mode: Mode = "shadow"
     """``shadow``: production answers, shadows get copies. ``canary`` and ``ab``: other
     upstreams answer a share of the clients for real (``shadowproxy.experiments``)."""
     canary: CanarySpec | None = None
+    """Required with ``mode: canary``, refused otherwise."""
     ab: ABSpec | None = None
+    """Required with ``mode: ab``, refused otherwise."""
     monitor: MonitorConfig | None = None
     """Watching inputs, predictions and invariants without labels (``shadowproxy.monitor``)."""
     promotion: Promotion = Promotion()
@@ -293,9 +336,15 @@ class RouteConfig(FrozenModel):
 
 class RecordingConfig(FrozenModel):
     dir: str = "shadow-logs"
+    """Where pairs, exposures and feedback are recorded: a path relative to the working
+    directory, or an ``s3://``, ``gs://`` or ``file://`` URI."""
     flush_interval_s: Seconds = 5.0
+    """A recorded file is closed at most this long after its first row..."""
     max_rows_per_file: Annotated[int, Field(ge=1)] = 100_000
+    """... or when it has this many rows, whichever comes first."""
     max_pending_records: Annotated[int, Field(ge=1)] = 100_000
+    """Records buffered in memory for the writer; beyond this new ones are dropped and counted
+    (``queue_full``): production never waits."""
     close_timeout_s: Seconds = 10.0
     """At shutdown, how long failing writes are retried before the rest is spilled
     (``spill_dir``) or dropped."""
@@ -349,37 +398,59 @@ class PoolConfig(FrozenModel):
     ``max_in_flight``, so a black-holed shadow cannot take production's connections)."""
 
     max_connections: Annotated[int, Field(ge=1)] = 1000
+    """Connections to the production upstreams, all routes together."""
     keepalive_timeout_s: Seconds = 30.0
+    """Idle keep-alive time of pooled production connections."""
 
 
 class GrpcTlsConfig(FrozenModel):
     cert_file: str
+    """PEM certificate chain the gRPC listener presents (relative to the main file)."""
     key_file: str
+    """PEM private key of that certificate (relative to the main file)."""
 
 
 class MainConfig(FrozenModel):
     listen: str = "127.0.0.1:8080"
+    """Where clients send requests (``host:port``)."""
     admin_listen: str = "127.0.0.1:9090"
+    """The admin listener: ``/healthz``, ``/readyz``, ``/metrics``, ``/routes``, ``/reload``,
+    ``/feedback``, ``/experiments``."""
     default_upstream: Url | None = None
+    """Unmatched requests pass through here, unshadowed; without it they get a 404 JSON error."""
     default_upstream_timeout_s: Seconds = 30.0
+    """Response-header timeout for the default upstream."""
     routes_dir: str | None = None
+    """Every ``*.yaml``/``*.yml`` file in it (relative to the main file) is one route."""
     routes: tuple[RouteConfig, ...] = ()
+    """Routes inline, each with the schema of a route file."""
     recording: RecordingConfig = RecordingConfig()
+    """Where and how pairs are recorded."""
     state_dir: str = "shadowproxy-state"
-    """Where canary state files live (a local directory: they survive restarts)."""
+    """Local directory for canary state files, which survive restarts."""
     admin_token: str | None = None
-    """Bearer token for the admin endpoints that read or change state (``/routes``,
-    ``/feedback``); ``/healthz``, ``/readyz`` and ``/metrics`` stay open for probes."""
+    """Bearer token required on every admin endpoint but ``/healthz``, ``/readyz`` and
+    ``/metrics`` (``Authorization: Bearer <token>``, else 401). Write it as
+    ``${SHADOWPROXY_ADMIN_TOKEN}``; an empty value is an error."""
     drain_timeout_s: Seconds = 10.0
+    """At shutdown, how long in-flight shadow copies may finish; the rest are cancelled and
+    recorded as errors."""
     shutdown_timeout_s: Seconds = 30.0
+    """At shutdown, how long in-flight production requests may finish."""
     max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
-    """Request line plus headers; a client sending more gets 431."""
+    """Request line plus headers; a client sending more gets 431 and the connection is
+    closed."""
     client_header_timeout_s: Seconds = 30.0
-    """A request head must arrive within this (slowloris gets 408)."""
+    """A request head must arrive within this, else 408 (slowloris); an idle connection that
+    sends nothing is closed after it."""
     client_keepalive_timeout_s: Seconds = 75.0
+    """An idle client keep-alive connection is closed after this."""
     client_body_timeout_s: Seconds = 60.0
-    """Longest wait for the next piece of a request body (a stalled upload gets 408)."""
+    """Longest wait for the next piece of a request body; a stalled upload gets 408 and its row
+    says so."""
     upstream_pool: PoolConfig = PoolConfig()
+    """Connection pool of the production upstreams (each shadow has its own, sized by
+    ``max_in_flight``)."""
     grpc_listen: str | None = None
     """Where gRPC routes are served (HTTP/2); required as soon as one route matches gRPC."""
     grpc_tls: GrpcTlsConfig | None = None

@@ -106,7 +106,7 @@ class RecorderMetrics:
         )
         self.records_written = Counter(
             "shadowproxy_records_written",
-            "Records that reached a complete Parquet file.",
+            "Records that reached a complete Parquet file, by kind (pairs|exposures|feedback).",
             ["kind"],
             registry=registry,
         )
@@ -127,7 +127,7 @@ class RecorderMetrics:
         )
         self.recorder_pending = Gauge(
             "shadowproxy_recorder_pending_records",
-            "Records buffered in memory, waiting for the writer thread.",
+            "Records buffered in memory, waiting for the writer.",
             registry=registry,
         )
         self.recorder_write_errors = Counter(
@@ -204,9 +204,10 @@ class Metrics(RecorderMetrics):
         rr = recorder_registry if recorder_registry is not None else r
         self.requests = Counter(
             "shadowproxy_requests",
-            "Client requests answered, by route and HTTP status sent to the client "
-            "(499: the client left before its answer ended, mid-stream included; gRPC "
-            "calls: the HTTP equivalent, and grpc_status the code name; empty for HTTP).",
+            "Client requests answered, by route and HTTP status sent to the client (route "
+            "_default: the default upstream, _unmatched: no route (404); code 499: the client "
+            "left before its answer ended, mid-stream included; gRPC calls: the HTTP "
+            "equivalent, and grpc_status the code name; empty for HTTP).",
             ["route", "code", "grpc_status"],
             registry=r,
         )
@@ -219,7 +220,9 @@ class Metrics(RecorderMetrics):
         )
         self.upstream_duration = Histogram(
             "shadowproxy_upstream_duration_seconds",
-            "Time an upstream took to answer (production: until its response ended).",
+            "Time an upstream took to answer (production: until its response ended). role "
+            "production (target production) or shadow (target: the shadow's name; successful "
+            "copies; a canary's disagreement copies are target production, role shadow).",
             ["route", "target", "role"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -263,8 +266,9 @@ class Metrics(RecorderMetrics):
         )
         self.rejected_requests = Counter(
             "shadowproxy_rejected_requests",
-            "Client requests refused before routing, by reason "
-            "(bad_request|header_too_large|header_timeout|upgrade|grpc_max_concurrent_calls).",
+            "Client requests refused before routing, by reason (bad_request: 400, "
+            "header_too_large: 431, header_timeout: 408, upgrade: 501, a WebSocket upgrade "
+            "or CONNECT; grpc_max_concurrent_calls: a gRPC call over the limit).",
             ["reason"],
             registry=r,
         )
@@ -272,7 +276,7 @@ class Metrics(RecorderMetrics):
             self.rejected_requests.labels(reason)
         self.shadow_circuit_open = Gauge(
             "shadowproxy_shadow_circuit_open",
-            "1 while a shadow's circuit breaker is open (copies are skipped), else 0.",
+            "1 while a shadow's circuit breaker is open or probing (copies are skipped), else 0.",
             ["route", "shadow"],
             registry=r,
         )
@@ -285,7 +289,7 @@ class Metrics(RecorderMetrics):
         )
         self.shadow_info = Gauge(
             "shadowproxy_shadow_info",
-            "One series per configured shadow, carrying its role (candidate|baseline).",
+            "One series per configured shadow, carrying its role (candidate|baseline), to join on.",
             ["route", "shadow", "role"],
             registry=r,
         )
@@ -308,3 +312,19 @@ class Metrics(RecorderMetrics):
             registry=r,
         )
         super().__init__(rr)
+
+
+class WorkerMetrics:
+    """The supervisor's own series (``serve --workers N``), beside the workers' merged ones."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.workers = Gauge(
+            "shadowproxy_workers",
+            "Worker processes running (serve --workers N only).",
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "shadowproxy_worker_restarts",
+            "Worker processes restarted after they exited on their own (serve --workers N only).",
+            registry=registry,
+        )

@@ -22,9 +22,11 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 class FrozenModel(BaseModel):
-    """Config values never change after loading, and an unknown key is an error."""
+    """Config values never change after loading, and an unknown key is an error. A
+    field's docstring is its description, from which docs/reference/configuration.md is
+    generated."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 GRPC_SCHEMES = ("grpc", "grpcs")

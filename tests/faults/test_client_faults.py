@@ -143,6 +143,7 @@ async def test_rejected_and_never_forwarded(tmp_path: Path, bad: Bad) -> None:
 
 @pytest.mark.fault_matrix("client", "large headers under the limit (50 fields, 50 KiB)")
 async def test_large_headers_under_the_limit_are_forwarded_whole(tmp_path: Path) -> None:
+    """Forwarded whole to production and the shadow."""
     fields = "\r\n".join(f"X-Pad-{n:03d}: {'c' * 1000}" for n in range(50))
     async with no_leaks():
         async with serve(model) as production, serve(model) as copies:
@@ -161,6 +162,7 @@ async def test_large_headers_under_the_limit_are_forwarded_whole(tmp_path: Path)
 
 @pytest.mark.fault_matrix("client", "CRLF injection: percent-encoded CRLF in the path")
 async def test_encoded_crlf_in_the_path_is_forwarded_encoded(tmp_path: Path) -> None:
+    """Forwarded still encoded: no header is injected."""
     target = ROUTE + "%0d%0aInjected:%201"
     async with no_leaks():
         async with serve(model) as production, serve(model) as copies:
@@ -182,6 +184,7 @@ async def test_encoded_crlf_in_the_path_is_forwarded_encoded(tmp_path: Path) -> 
 
 @pytest.mark.fault_matrix("client", "disconnects mid-request-body")
 async def test_client_leaving_mid_body_is_never_forwarded(tmp_path: Path) -> None:
+    """Never forwarded: production and the shadow see nothing, and there is no row."""
     async with no_leaks():
         async with serve(model) as production, serve(model) as copies:
             async with fault_proxy(tmp_path, production.url, copies.url) as harness:
@@ -198,6 +201,7 @@ async def test_client_leaving_mid_body_is_never_forwarded(tmp_path: Path) -> Non
     "disconnects mid-request-body (streamed to production, over max_body_bytes)",
 )
 async def test_client_leaving_mid_streamed_body(tmp_path: Path) -> None:
+    """No 502 counted; the row says ``client disconnected``."""
     head = request("X-Request-Id: upload\r\nContent-Length: 100000", b"a" * 3 * CAP)
     async with no_leaks():
         async with serve(model) as production, serve(model) as copies:
@@ -221,6 +225,7 @@ async def test_client_leaving_mid_streamed_body(tmp_path: Path) -> None:
 
 @pytest.mark.fault_matrix("client", "disconnects while production is answering")
 async def test_client_leaving_before_the_answer(tmp_path: Path) -> None:
+    """Production's answer is recorded and compared; the row says ``client disconnected``."""
     slow = request(f"X-Request-Id: gone\r\nContent-Length: {len(BODY)}", BODY, ROUTE + ":slow")
     async with no_leaks():
         async with serve(model) as production, serve(model) as copies:
@@ -257,6 +262,8 @@ async def test_client_leaving_before_the_answer(tmp_path: Path) -> None:
 async def test_client_leaving_mid_response(
     tmp_path: Path, suffix: str, first: bytes, copy: str
 ) -> None:
+    """Counted as 499; the row keeps production's status and what arrived, and says
+    ``client abandoned the stream``; the proxy stops reading production and is unaffected."""
     async with no_leaks():
         async with serve(model) as production, serve(model) as copies:
             async with fault_proxy(tmp_path, production.url, copies.url) as harness:
@@ -289,6 +296,7 @@ async def test_client_leaving_mid_response(
 
 @pytest.mark.fault_matrix("client", "sends headers one byte at a time (slowloris)")
 async def test_slowloris_does_not_hold_up_others(tmp_path: Path) -> None:
+    """Bounded by ``client_header_timeout_s``; other clients are served as usual meanwhile."""
     head = request(f"X-Request-Id: slow\r\nConnection: close\r\nContent-Length: {len(BODY)}")
     async with no_leaks():
         async with serve(model) as production, serve(model) as copies:

@@ -27,13 +27,14 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from shadowproxy.admin.api import admin_app, bind, json_response
 from shadowproxy.admin.metrics_merge import WorkerExpositions
 from shadowproxy.config import Config, load_config
 from shadowproxy.errors import ConfigError
+from shadowproxy.metrics import WorkerMetrics
 from shadowproxy.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -103,16 +104,9 @@ class Supervisor:
         self.workers = [Worker(index) for index in range(workers)]
         self.stopping = False
         self.registry = CollectorRegistry()
-        self.alive = Gauge(
-            "shadowproxy_workers",
-            "Worker processes running (serve --workers N).",
-            registry=self.registry,
-        )
-        self.restarts = Counter(
-            "shadowproxy_worker_restarts",
-            "Worker processes restarted after they exited unexpectedly.",
-            registry=self.registry,
-        )
+        worker_metrics = WorkerMetrics(self.registry)
+        self.alive = worker_metrics.workers
+        self.restarts = worker_metrics.restarts
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._watchers: list[asyncio.Task[None]] = []

@@ -53,7 +53,7 @@ MAX_TEXT_CHARS = 1_000_000
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 def _check_ignore(value: str) -> str:
@@ -69,22 +69,37 @@ Tolerance = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class CompareConfig(_Model):
-    """How one route's production and shadow answers are compared (README: Comparison)."""
+    """How one route's production and shadow answers are compared (docs/comparison.md)."""
 
     prediction: str = RAW
-    """A JSON path into the response body (``$.predictions``) or a preset name."""
+    """A preset (``raw``, ``kserve-v1``, ``tfserving``, ``mlflow``, ``open-inference``,
+    ``openai-chat``, ``openai-completions``, ``openai-embeddings``) or a JSON path into the
+    body: ``$``, ``.key``, ``['any key']``, ``[N]``, ``[-N]``, ``[*]``. A path with ``[*]``
+    yields the list of every match (a batch); a path that finds nothing makes the pair
+    incomparable."""
     output: str | None = None
     """``open-inference`` only: the output to compare, by name (default: the first)."""
     kind: Kind = "auto"
+    """The comparator; ``auto`` picks one from production's prediction and records it as
+    ``auto:<kind>``."""
     ignore: tuple[IgnorePath, ...] = ()
-    """JSON paths removed from both bodies before extraction (ids, timestamps, versions)."""
+    """JSON paths, written against the body like ``prediction``, deleted from both answers
+    before extraction (request ids, timestamps, model versions)."""
     abs_tol: Tolerance = 1e-6
+    """``numeric``: absolute tolerance, >= 0."""
     rel_tol: Tolerance = 1e-6
+    """``numeric``: relative tolerance, >= 0; two numbers agree when ``|a - b| <= max(rel_tol *
+    max(|a|, |b|), abs_tol)``."""
     max_js: Fraction | None = None
+    """``probabilities``: also require Jensen-Shannon divergence ``<= max_js`` (0..1)."""
     min_similarity: Fraction = 0.8
+    """``text``: agree when the token similarity is at least this (0..1)."""
     top_k: Annotated[int, Field(ge=1, le=1000)] = 10
+    """``ranking``: compare the first k ids (1..1000)."""
     min_overlap: Fraction = 1.0
+    """``ranking``: agree when the top-k overlap is at least this (0..1)."""
     rbo_p: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    """``ranking``: RBO persistence (0 < p < 1; higher weighs deeper ranks more)."""
     min_cosine: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] = 0.99
     """``embedding``: agree when the cosine similarity is at least this."""
 

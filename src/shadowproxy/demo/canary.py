@@ -11,7 +11,7 @@ decision is the proxy's, logged by it and kept in its state file.
 The step sizes keep the demo short: from about 190 error-free candidate answers on, the
 first advance look (97.5% one-sided) shows an increase of at most 2 points, so
 ``STEP_MIN_REQUESTS`` of 200 lets a healthy step pass at its first look. A real canary
-needs more (see the README's canary section).
+needs more (see docs/experiments.md, Canary).
 """
 
 from __future__ import annotations

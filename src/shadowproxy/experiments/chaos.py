@@ -60,15 +60,28 @@ class FieldError(ValueError):
 class ChaosRule(BaseModel):
     """One fault on one target, for a share of its calls."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     target: str
     """``shadow:<name>`` (a shadow of this route) or ``production``."""
     fraction: Annotated[float, Field(gt=0, le=1)]
+    """Share of the target's calls hit, 0 < fraction <= 1; every rule draws on its own for
+    every call."""
     delay_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """Wait this long before the call; the recorded latency includes it, and a shadow copy
+    holds its ``max_in_flight`` slot meanwhile. A delay of at least a shadow's ``timeout_s``
+    is a timeout, without a call."""
     abort_status: Annotated[int, Field(ge=100, le=599)] | None = None
+    """No call: a shadow's result is this status with ``{"error": "injected by chaos"}``
+    (outcome ``ok``, like a real error answer); on production the client gets this status
+    (400..599) as a JSON error."""
     corrupt_prediction: bool = False
+    """``true``: the call is made, then the writer changes the prediction the route's
+    ``compare:`` reads before comparing it (every word of a string gets ``~chaos``, numbers
+    move away from zero by at least their size, a score vector's top class moves to the
+    next, booleans flip), so every comparator disagrees. Shadows only."""
     allow_production: bool = False
+    """Required (``true``) for ``target: production``, whose ``fraction`` may be at most 0.05."""
 
     @model_validator(mode="after")
     def _check(self) -> ChaosRule:

@@ -71,9 +71,15 @@ class Promotion(FrozenModel):
     min_labels: Annotated[int, Field(ge=0)] = 500
     """Below this many labelled requests the accuracy criterion stays open."""
     accuracy: AccuracyCriterion = AccuracyCriterion()
+    """Candidate minus production accuracy on the labelled requests (MAE on a
+    regression route), non-inferior within a margin."""
     disagreement: DisagreementCriterion = DisagreementCriterion()
+    """The candidate's disagreement with production, over the baseline's when there is
+    one."""
     latency_p99: LatencyP99Criterion = LatencyP99Criterion()
+    """The candidate's p99 latency over production's."""
     error_rate: ErrorRateCriterion = ErrorRateCriterion()
+    """The candidate's failures (error, timeout, 5xx) minus production's 5xx, per copy."""
 
 
 DEFAULT = Promotion()

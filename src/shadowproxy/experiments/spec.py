@@ -99,8 +99,11 @@ class CandidateSpec(FrozenModel):
     """The upstream that answers the canary's slice of traffic for real."""
 
     name: Name
+    """Names the candidate in ``X-Canary-Arm``, exposures and metrics."""
     url: Url
+    """``scheme://host[:port]`` of the candidate."""
     timeout_s: Seconds = 10.0
+    """Time to the candidate's response headers, then per read."""
 
 
 class GuardrailSpec(FrozenModel):
@@ -112,6 +115,7 @@ class GuardrailSpec(FrozenModel):
     """
 
     metric: Metric
+    """``error_rate``, ``p99_latency_ms`` or ``disagreement``; each takes its own bound key."""
     max_increase: Fraction | None = None
     """error_rate: fails when candidate rate - production rate exceeds this."""
     max_increase_ratio: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
@@ -179,12 +183,22 @@ class CanarySpec(FrozenModel):
     """
 
     candidate: CandidateSpec
+    """The upstream that answers the canary's share for real."""
     assignment_key: AssignmentKey = RANDOM
+    """``header:<Name>``: the header's value is hashed, so a user stays on one side and, as the
+    share grows, only users are added (whoever had the candidate at 5% still has it at 25%).
+    ``random``: decided per request."""
     steps: Annotated[tuple[Percent, ...], AfterValidator(_check_steps)] = DEFAULT_STEPS
+    """Strictly increasing percentages in (0, 100] of traffic the candidate answers. Entering a
+    100% step completes the canary; a last step below 100 completes once it passes."""
     step_min_requests: Annotated[int, Field(ge=1)] = 500
+    """Candidate answers a step needs before it can advance."""
     step_min_duration_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
+    """Time a step runs before it can advance."""
     guardrails: tuple[GuardrailSpec, ...] = ()
+    """At most one per metric; with none, volume and time alone advance the canary."""
     on_fail: OnFail = "rollback"
+    """When a guardrail fails: ``rollback`` (0% until an operator resets) or ``pause``."""
     confidence: Annotated[float, Field(gt=0.5, lt=1, allow_inf_nan=False)] = 0.95
     """Level of the one-sided bounds behind a failure. Advance looks use stricter levels
     whose errors add up to at most ``1 - confidence`` per step."""
@@ -219,9 +233,13 @@ class ArmSpec(FrozenModel):
     """One arm of an A/B experiment: an upstream and its relative share of traffic."""
 
     name: Name
+    """Names the arm in the arm header, exposures and metrics."""
     url: Url
+    """``scheme://host[:port]`` of the arm's upstream."""
     weight: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    """Relative share of the experiment's traffic (50/50, 1/1/2), > 0."""
     timeout_s: Seconds = 10.0
+    """Time to the arm's response headers, then per read."""
 
 
 def _check_share(value: tuple[float, float]) -> tuple[float, float]:
@@ -243,10 +261,17 @@ class ABSpec(FrozenModel):
     """
 
     arms: Annotated[tuple[ArmSpec, ...], Field(min_length=2)]
+    """At least two, with unique names."""
     assignment_key: AssignmentKey = RANDOM
+    """As for a canary: ``header:<Name>`` is sticky per hashed header value, ``random`` decides
+    per request."""
     layer: Name | None = None
+    """Experiments in one layer share a single hash of the user and must not overlap; in
+    different layers (or with none) assignments are independent."""
     layer_share: Annotated[tuple[Fraction, Fraction], AfterValidator(_check_share)] = (0.0, 1.0)
-    """The slice of the layer this experiment owns; users outside it get production."""
+    """The slice ``[start, end)`` of the layer this experiment owns (needs ``layer``); users
+    outside it are answered by production (arm ``production``). Overlapping shares in one
+    layer are a config error naming both routes."""
     arm_header: HeaderName = "X-Experiment-Arm"
     """Response header naming the arm that answered."""
 

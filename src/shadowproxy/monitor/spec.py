@@ -62,8 +62,13 @@ class FeatureSpec(_Categories):
     """One request field watched for drift, read with the compare extractor's paths."""
 
     name: Name
+    """The feature's name in metrics (``feature`` label), rows and the report."""
     path: Path
+    """Where the value is in the request body: a JSON path in the compare extractor's
+    syntax (``$.instances[*][1]``); every value it matches counts."""
     kind: Literal["numeric", "categorical"]
+    """``numeric``: a histogram and KS/PSI; ``categorical``: counts per category and
+    chi-square/PSI."""
     buckets: Buckets = DEFAULT_BUCKETS
     """Numeric features: the buckets of ``shadowproxy_feature_value``."""
 
@@ -95,15 +100,25 @@ class InvariantSpec(FrozenModel):
     model_config = FrozenModel.model_config | {"populate_by_name": True}
 
     name: Name
+    """The rule's name in metrics (``invariant`` label), the violation columns and the
+    report."""
     target: Literal["prediction", "request"]
+    """``prediction``: each side's extracted prediction, row by row; ``request``: the
+    request body at ``path``."""
     path: Path | None = None
     """``request`` only: the JSON path into the request body whose matches are checked."""
     min: Finite | None = None
+    """Every matched number is at least this."""
     max: Finite | None = None
+    """Every matched number is at most this (may share a rule with ``min``)."""
     sum: Finite | None = None
+    """Each row's numbers add up to this, within ``tolerance``."""
     tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-6
+    """How far from ``sum`` a row may be."""
     length: Annotated[int, Field(ge=0)] | None = None
+    """Each match is a list of exactly this many items."""
     allowed: tuple[Scalar, ...] | None = Field(default=None, alias="in")
+    """``in:``: each matched value is one of these."""
 
     @model_validator(mode="after")
     def _one_rule(self) -> InvariantSpec:
@@ -145,9 +160,13 @@ class ReferenceSpec(FrozenModel):
     model_config = FrozenModel.model_config | {"populate_by_name": True}
 
     since: date | datetime | None = Field(default=None, alias="from")
+    """``from:``: the reference window's start (ISO date or timestamp)."""
     until: date | datetime | None = Field(default=None, alias="to")
+    """``to:``: the reference window's end, exclusive."""
     last_days: Annotated[int, Field(ge=1, le=3660)] | None = None
+    """The N days before the current window."""
     root: str | None = None
+    """Another recording (a directory or ``s3://`` URI) as the reference."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> ReferenceSpec:
@@ -174,7 +193,9 @@ class VersionSpec(FrozenModel):
     response ``header`` (then the path is not read)."""
 
     path: Path | None = "$.model_version"
+    """Where production's answer names its model version (a JSON path)."""
     header: str | None = None
+    """A response header naming the version, instead of ``path``."""
 
     @model_validator(mode="after")
     def _one(self) -> VersionSpec:
@@ -195,11 +216,15 @@ class MonitorConfig(FrozenModel):
     sample_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.1
     """Share of production answers watched, whether or not a shadow was sampled."""
     prediction: PredictionSpec = PredictionSpec()
+    """How predictions are watched (their kind, buckets and categories)."""
     features: tuple[FeatureSpec, ...] = ()
+    """Request fields watched, by JSON path."""
     invariants: tuple[InvariantSpec, ...] = ()
+    """Typed rules that must hold without labels."""
     reference: ReferenceSpec | None = None
     """Without it, the report's reference is the first half of its window."""
     version: VersionSpec = VersionSpec()
+    """Where production's model version is read, for release jumps."""
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.001
     """Holm-adjusted p-value below which a feature may be flagged."""
     psi_threshold: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.2

@@ -1,6 +1,6 @@
 """``summary.json``: the report's numbers for machines (CI gates, dashboards).
 
-The keys listed in the README's "summary.json reference" are a contract; keys may be
+The keys listed in docs/report.md (``summary.json``) are a contract; keys may be
 added, never renamed or removed. Missing values are ``null`` (never NaN, which is not
 JSON), rates are fractions and latencies milliseconds.
 """
