@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from shadowproxy.config import _validate
+from shadowproxy.config.files import _validate
 from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.spec import (
     ABSpec,
