@@ -101,8 +101,7 @@ def writer_cost(repeat: int = 20_000) -> None:
     from shadowproxy.compare import Comparer
     from shadowproxy.config import RouteConfig
     from shadowproxy.metrics import RecorderMetrics
-    from shadowproxy.recording.monitoring import RouteWatch
-    from shadowproxy.recording.writer import _watched_cells
+    from shadowproxy.recording.monitoring import RouteWatch, watched_cells
     from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
 
     route = RouteConfig.model_validate(
@@ -158,7 +157,7 @@ def writer_cost(repeat: int = 20_000) -> None:
     )
     for name, work in (
         ("compare", lambda: comparer(pair)),
-        ("monitor", lambda: _watched_cells(watch, pair)),
+        ("monitor", lambda: watched_cells(watch, pair)),
     ):
         started = time.perf_counter()
         for _ in range(repeat):

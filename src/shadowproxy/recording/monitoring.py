@@ -247,3 +247,18 @@ def route_watches(
         if watch is not None:
             watches[route.name] = watch
     return watches
+
+
+def watched_cells(watch: RouteWatch, pair: Pair) -> dict[str, object]:
+    """The monitor's columns of a watched request's pair. Production and the request are
+    counted live only on its ``primary`` pair (once per request); each shadow's answer
+    under the shadow's name."""
+    request_violations = watch.request(pair.request, count=pair.primary)
+    production = watch.production(pair.production, count=pair.primary)
+    shadow = watch.shadow(pair)
+    return {
+        "prod_violations": production.violations,
+        "shadow_violations": shadow.violations,
+        "request_violations": request_violations,
+        "model_version": production.model_version,
+    }

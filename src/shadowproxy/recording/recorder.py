@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import RecorderMetrics
+from shadowproxy.recording.items import Feedback, Item, Routes, item_bytes
 from shadowproxy.recording.spill import Spill
 from shadowproxy.recording.storage import Storage
-from shadowproxy.recording.writer import Comparer, Feedback, Item, Routes, Writer, item_bytes
+from shadowproxy.recording.writer import Comparer, Writer
 from shadowproxy.records import Exposure, Observation, Pair, VerdictCounts
 
 log = logging.getLogger(__name__)

@@ -38,28 +38,33 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from shadowproxy.compare.corrupt import corrupt_answer
-from shadowproxy.compare.spec import CompareConfig
 from shadowproxy.config import RecordingConfig, RouteConfig
 from shadowproxy.experiments.chaos import corrupts
 from shadowproxy.metrics import RecorderMetrics
+from shadowproxy.recording.comparison_check import comparison_problem
 from shadowproxy.recording.decoding import Memo as DecodeMemo
 from shadowproxy.recording.decoding import decode_pair
-from shadowproxy.recording.monitoring import RouteWatch, prediction_text, route_watches
-from shadowproxy.recording.redact import Memo, Redactor
+from shadowproxy.recording.items import Feedback, Item, Routes
+from shadowproxy.recording.monitoring import (
+    RouteWatch,
+    prediction_text,
+    route_watches,
+    watched_cells,
+)
+from shadowproxy.recording.parts import PartFile, Sealed
+from shadowproxy.recording.policy import UNKNOWN_ROUTE, route_policies
+from shadowproxy.recording.redact import Memo
 from shadowproxy.recording.schema import (
     Withheld,
     exposure_row,
     feedback_row,
     pair_row,
-    row_bytes,
     telemetry_row,
-    to_record_batch,
     utc_date,
 )
 from shadowproxy.recording.spill import Spill, Spilled
@@ -68,10 +73,7 @@ from shadowproxy.recording.storage import (
     FEEDBACK,
     PAIRS,
     ROW_GROUP_BYTES,
-    ROW_GROUP_ROWS,
-    SCHEMAS,
     TELEMETRY,
-    Encoder,
     Storage,
     exposures_directory,
     feedback_directory,
@@ -81,6 +83,7 @@ from shadowproxy.recording.storage import (
 from shadowproxy.records import Comparison, Exposure, Observation, Pair
 
 log = logging.getLogger(__name__)
+
 
 Comparer = Callable[[Pair], Comparison]
 
@@ -94,191 +97,14 @@ class RouteComparer(Protocol):
     def update_routes(self, routes: Sequence[RouteConfig]) -> None: ...
 
 
-BATCH_ROWS = 256
-BATCH_BYTES = 2 * 1024 * 1024
-"""Rows become Arrow batches this many (or this many bytes) at a time. Converting
-Python objects to Arrow holds the GIL throughout, so a batch is also the longest the
-event loop can be kept waiting by this thread; small batches keep that to a few ms
-(row groups are sized separately, at write time)."""
-
-_ARROW_REFUSALS = (pa.ArrowException, TypeError, ValueError, OverflowError)
-
 RETRY_INITIAL_S = 0.5
+
+
 RETRY_MAX_S = 30.0
+
+
 LOG_EVERY_S = 10.0
 """A failure repeated per pair (a comparator bug) is logged at most this often."""
-
-
-@dataclass(frozen=True, slots=True)
-class Feedback:
-    """One ``submit_feedback`` call: (request_id, label JSON text, received ts) items."""
-
-    items: Sequence[tuple[str, str, float]]
-
-
-@dataclass(frozen=True, slots=True)
-class Routes:
-    """A reload's routes: the pairs queued after it are redacted and compared by these."""
-
-    routes: tuple[RouteConfig, ...]
-
-
-Item = Pair | Exposure | Observation | Feedback | Routes
-
-ITEM_OVERHEAD_BYTES = 512
-"""What a record costs in memory beyond its bodies (objects, row dict, Arrow columns)."""
-
-
-def item_bytes(item: Item) -> int:
-    """A record's estimated memory, the unit of ``max_buffer_bytes``. Cheap (lengths
-    only), and the same on both sides of the hand-off, so the two counts cancel out."""
-    if isinstance(item, Pair):
-        return (
-            ITEM_OVERHEAD_BYTES
-            + len(item.request.body or b"")
-            + len(item.production.body or b"")
-            + len(item.result.body or b"")
-        )
-    if isinstance(item, Feedback):
-        return sum(ITEM_OVERHEAD_BYTES + len(label) for _, label, _ in item.items)
-    return ITEM_OVERHEAD_BYTES
-
-
-@dataclass(slots=True)
-class Sealed:
-    """A finished file waiting for the store: its bytes in memory, or spilled to disk.
-    ``adopted`` files came from another writer's spill and are not in this one's counts."""
-
-    kind: str
-    directory: str
-    name: str
-    rows: int
-    data: pa.Buffer | None
-    spilled: Spilled | None = None
-    adopted: bool = False
-
-    @property
-    def memory_bytes(self) -> int:
-        return 0 if self.data is None else int(self.data.size)
-
-
-@dataclass(frozen=True, slots=True)
-class RoutePolicy:
-    """A route's ``record`` options, compiled for the writer, and what it compares
-    (which part of an answer a chaos corruption must change)."""
-
-    bodies: bool
-    max_body_bytes: int
-    redactor: Redactor
-    compare: CompareConfig
-    max_decoded_bytes: int | None
-    """Bound on each decoded body; None: compressed bodies are not decoded."""
-
-    @classmethod
-    def from_config(cls, route: RouteConfig) -> RoutePolicy:
-        record = route.record
-        return cls(
-            record.bodies,
-            record.max_body_bytes,
-            Redactor(record.redact),
-            route.compare,
-            route.max_decoded_bytes,
-        )
-
-    def corrupt(self, pair: Pair) -> Pair:
-        """The pair with the shadow's answer corrupted (a chaos ``corrupt_prediction``)."""
-        result = pair.result
-        body = corrupt_answer(result.body, result.content_type, self.compare)
-        return replace(pair, result=replace(result, body=body))
-
-
-def _route_policies(routes: Iterable[RouteConfig]) -> dict[str, RoutePolicy]:
-    return {route.name: RoutePolicy.from_config(route) for route in routes}
-
-
-UNKNOWN_ROUTE = RoutePolicy(
-    bodies=False,
-    max_body_bytes=0,
-    redactor=Redactor(withhold_all=True),
-    compare=CompareConfig(),
-    max_decoded_bytes=None,
-)
-"""A pair from a route the recorder was not configured with: it cannot know what to
-redact, so it keeps metadata only and the comparator sees no bodies (none is decoded)."""
-
-
-class PartFile:
-    """One future file: rows -> Arrow batches -> row groups encoded in memory.
-
-    It holds at most one unencoded row group; sealing gives the finished file's bytes.
-    """
-
-    def __init__(
-        self, kind: str, directory: str, opened_at: float, group_bytes: int = ROW_GROUP_BYTES
-    ) -> None:
-        self.kind = kind
-        self.directory = directory
-        self.opened_at = opened_at
-        self.schema = SCHEMAS[kind]
-        self.rows = 0
-        self.rejected = 0
-        """Rows Arrow refused (see ``_build``), not yet counted as dropped."""
-        self._encoder = Encoder(self.schema)
-        self._pending: list[dict[str, object]] = []
-        self._pending_bytes = 0
-        self._group: list[pa.RecordBatch] = []
-        self._group_bytes = 0
-        self._max_group_bytes = group_bytes
-
-    def add(self, row: dict[str, object]) -> None:
-        self._pending.append(row)
-        self._pending_bytes += row_bytes(row)
-        self.rows += 1
-        if len(self._pending) < BATCH_ROWS and self._pending_bytes < BATCH_BYTES:
-            return
-        self._build()
-        group_rows = sum(batch.num_rows for batch in self._group)
-        if group_rows >= ROW_GROUP_ROWS or self._group_bytes >= self._max_group_bytes:
-            self._encode_group()
-
-    def seal(self) -> pa.Buffer:
-        """Encode what is left and finish the file's bytes."""
-        if self._pending:
-            self._build()
-        self._encode_group()
-        return self._encoder.finish()
-
-    @property
-    def memory_bytes(self) -> int:
-        return self._pending_bytes + self._group_bytes + self._encoder.size
-
-    def take_rejected(self) -> int:
-        rejected, self.rejected = self.rejected, 0
-        return rejected
-
-    def _encode_group(self) -> None:
-        if self._group:
-            self._encoder.write(pa.Table.from_batches(self._group, schema=self.schema))
-        self._group, self._group_bytes = [], 0
-
-    def _build(self) -> None:
-        """Rows -> one batch. A row Arrow rejects (a bug upstream: say a lone surrogate
-        in a string) must not take its neighbours down: retry row by row, reject it."""
-        rows, self._pending = self._pending, []
-        self._group_bytes += self._pending_bytes
-        self._pending_bytes = 0
-        try:
-            self._group.append(to_record_batch(rows, self.schema))
-            return
-        except _ARROW_REFUSALS:
-            pass
-        for row in rows:
-            try:
-                self._group.append(to_record_batch([row], self.schema))
-            except _ARROW_REFUSALS as exc:
-                log.error("recorder: dropped a %s row Arrow refuses: %s", self.kind, exc)
-                self.rows -= 1
-                self.rejected += 1
 
 
 class Writer:
@@ -310,7 +136,7 @@ class Writer:
         self._storage = storage
         self._settings = recording
         routes = tuple(routes)
-        self._policies = _route_policies(routes)
+        self._policies = route_policies(routes)
         self._metrics = metrics
         self._watches = route_watches(routes, metrics)
         self._comparer = comparer
@@ -346,7 +172,7 @@ class Writer:
                 self._add_pair(item, now, memo, decoded)
 
     def _use_routes(self, routes: tuple[RouteConfig, ...]) -> None:
-        self._policies = _route_policies(routes)
+        self._policies = route_policies(routes)
         self._watches = route_watches(routes, self._metrics, self._watches)
         if isinstance(self._comparer, RouteComparer):
             self._comparer.update_routes(routes)
@@ -444,7 +270,7 @@ class Writer:
         row = self._compared_row(pair, memo, decoded)
         watch = self._watches.get(pair.request.route)
         if watch is not None and pair.watched:
-            row.update(_watched_cells(watch, pair))
+            row.update(watched_cells(watch, pair))
         return row
 
     def _compared_row(self, pair: Pair, memo: Memo, decoded: DecodeMemo) -> dict[str, object]:
@@ -698,51 +524,3 @@ class Writer:
         if now - self._last_log.get(key, -math.inf) >= LOG_EVERY_S:
             self._last_log[key] = now
             log.error(message, *args, exc_info=exc_info)
-
-
-def _watched_cells(watch: RouteWatch, pair: Pair) -> dict[str, object]:
-    """The monitor's columns of a watched request's pair. Production and the request are
-    counted live only on its ``primary`` pair (once per request); each shadow's answer
-    under the shadow's name."""
-    request_violations = watch.request(pair.request, count=pair.primary)
-    production = watch.production(pair.production, count=pair.primary)
-    shadow = watch.shadow(pair)
-    return {
-        "prod_violations": production.violations,
-        "shadow_violations": shadow.violations,
-        "request_violations": request_violations,
-        "model_version": production.model_version,
-    }
-
-
-_OPTIONAL_TEXT = ("prod_prediction", "shadow_prediction", "detail")
-_INT32 = range(-(2**31), 2**31)
-
-
-def comparison_problem(comparison: object) -> str | None:
-    """Why a comparer's answer cannot be recorded, or None when it can.
-
-    The comparer is someone else's code called per pair: a wrong type must become a
-    ``comparator error`` on one row, not a batch Arrow rejects.
-    """
-    if not isinstance(comparison, Comparison):
-        return f"returned {type(comparison).__name__}, not a Comparison"
-    c = comparison
-    if not isinstance(c.comparator, str):
-        return f"comparator is {type(c.comparator).__name__}, not str"
-    for name in _OPTIONAL_TEXT:
-        value = getattr(c, name)
-        if value is not None and not isinstance(value, str):
-            return f"{name} is {type(value).__name__}, not str"
-    if c.agree is not None and not isinstance(c.agree, bool):
-        return f"agree is {type(c.agree).__name__}, not bool"
-    score = c.diff_score
-    if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
-        return f"diff_score is {type(score).__name__}, not float"
-    for name in ("batch_size", "batch_agree"):
-        value = getattr(c, name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value not in _INT32
-        ):
-            return f"{name} is {value!r}, not a 32-bit int"
-    return None
