@@ -23,6 +23,7 @@ from shadowproxy.report import (
     groundtruth,
     intervals,
     queries,
+    queries_runs,
     verdict,
 )
 from shadowproxy.report.load import Rows, Runner
@@ -65,7 +66,7 @@ def analyze(
 ) -> Report:
     """Run every query and assemble the report (the only I/O in this module)."""
     pairs = build_pairs(runner.rows(queries.pair_summary()))
-    excluded = chaos.excluded(runner.rows(queries.chaos_excluded()))
+    excluded = chaos.excluded(runner.rows(queries_runs.chaos_excluded()))
     trials = run_experiments(runner, options, has_labels) if has_exposures else []
     if not pairs and not excluded and not trials and not has_telemetry:
         raise ReportInputError(f"no rows in {options.root} match the filters {_filters(options)}")
@@ -102,7 +103,7 @@ def analyze(
         bucket_seconds=bucket,
         segment_paths=tuple(p.text for p in options.segments),
         labels_available=has_labels,
-        chaos=chaos.checks(runner.rows(queries.chaos_checks())) if excluded else [],
+        chaos=chaos.checks(runner.rows(queries_runs.chaos_checks())) if excluded else [],
         experiments=trials,
         warnings=warnings,
     )
@@ -128,16 +129,16 @@ def input_warnings(pairs: Iterable[PairReport]) -> list[str]:
 
 
 def run_experiments(runner: Runner, options: ReportOptions, has_labels: bool) -> list[Experiment]:
-    arms = runner.rows(queries.experiment_arms(has_labels))
+    arms = runner.rows(queries_runs.experiment_arms(has_labels))
     if not arms:
         return []
     limit = None if options.outcome == "ordinal" else experiments.ORDINAL_MAX_VALUES
-    values = runner.rows(queries.experiment_values(has_labels, limit))
+    values = runner.rows(queries_runs.experiment_values(has_labels, limit))
     units: Rows = []
     unit_values: Rows = []
     if any(row["with_unit"] for row in arms):  # else every route is analysed per request
-        units = runner.rows(queries.experiment_units(has_labels))
-        unit_values = runner.rows(queries.experiment_unit_values(has_labels, limit))
+        units = runner.rows(queries_runs.experiment_units(has_labels))
+        unit_values = runner.rows(queries_runs.experiment_unit_values(has_labels, limit))
     return experiments.build(
         arms, values, units, unit_values, outcome=options.outcome, mde=options.mde
     )

@@ -34,6 +34,7 @@ import orjson
 from shadowproxy.monitor import observe
 from shadowproxy.monitor.categories import CategoryBound
 from shadowproxy.monitor.spec import MonitorConfig, ReferenceSpec
+from shadowproxy.report import queries_drift
 from shadowproxy.stats import drift as stats
 from shadowproxy.stats import wilson_interval
 
@@ -346,9 +347,10 @@ def load_answers(
     connection: duckdb.DuckDBPyConnection, route: str, has_telemetry: bool
 ) -> tuple[list[Answer], list[ShadowAnswer], bool]:
     """The route's watched production answers and shadow answers; True when sampled."""
-    from shadowproxy.report import queries
 
-    rows = connection.execute(queries.drift_answers(route, MAX_ANSWERS, has_telemetry)).fetchall()
+    rows = connection.execute(
+        queries_drift.drift_answers(route, MAX_ANSWERS, has_telemetry)
+    ).fetchall()
     answers = [
         Answer(
             request_id=rid,
@@ -361,7 +363,7 @@ def load_answers(
         )
         for rid, ts, body, prediction, version, violations, request_violations in rows
     ]
-    shadow_rows = connection.execute(queries.drift_shadow_answers(route)).fetchall()
+    shadow_rows = connection.execute(queries_drift.drift_shadow_answers(route)).fetchall()
     shadows = [ShadowAnswer(name, rid, tuple(broken)) for name, rid, _ts, broken in shadow_rows]
     return answers, shadows, len(answers) >= MAX_ANSWERS
 
@@ -408,7 +410,7 @@ def attach_telemetry(connection: duckdb.DuckDBPyConnection, dataset: Dataset) ->
     from shadowproxy.report import load, queries
 
     present = {row[0] for row in connection.execute(queries.columns("pairs_raw").sql).fetchall()}
-    absent = [(c, kind) for c, kind in queries.DRIFT_COLUMNS if c not in present]
+    absent = [(c, kind) for c, kind in queries_drift.DRIFT_COLUMNS if c not in present]
     connection.execute(queries.create_view("drift_pairs", "pairs_raw", absent))
     if not dataset.telemetry_files:
         return False

@@ -1,9 +1,9 @@
 """Experiments in the report: did an arm change the outcome, and can the split be trusted?
 
 Per experiment route (those with exposures), from the query results: per-arm sums
-(``queries.experiment_arms``) and value counts (``queries.experiment_values``), and on
+(``queries_runs.experiment_arms``) and value counts (``queries_runs.experiment_values``), and on
 routes whose exposures name their assignment unit the same per unit
-(``queries.experiment_units``, ``queries.experiment_unit_values``).
+(``queries_runs.experiment_units``, ``queries_runs.experiment_unit_values``).
 
 * Unit of analysis: the unit of randomisation. With sticky assignment by a key (the
   exposures carry ``unit``, a hash of e.g. the user id) a returning user's requests are
@@ -104,7 +104,7 @@ def _values(rows: Sequence[dict[str, Any]]) -> Values:
 
 @dataclass(frozen=True, slots=True)
 class PerUnit:
-    """A route's figures per unit: ``queries.experiment_units`` rows (one per arm) and
+    """A route's figures per unit: ``queries_runs.experiment_units`` rows (one per arm) and
     the value counts of the units' means."""
 
     rows: list[dict[str, Any]]
