@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    _serve_command(commands)
+    _demo_command(commands)
+    _validate_command(commands)
+    _report_command(commands)
+    return parser
+
+
+def _serve_command(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
         help="run the proxy",
@@ -110,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
+
+def _demo_command(commands: Any) -> None:
     demo = commands.add_parser(
         "demo", help="train two models, shadow one behind the other, write the report"
     )
@@ -138,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
+
+def _validate_command(commands: Any) -> None:
     validate = commands.add_parser(
         "validate",
         help="check a config and print a summary",
@@ -148,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", required=True, help="main YAML file")
     validate.set_defaults(func=cmd_validate)
 
+
+def _report_command(commands: Any) -> None:
     report = commands.add_parser(
         "report", help="analyse a recording: agreement, latency, ground truth, verdicts"
     )
@@ -197,7 +211,6 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 0 on PROMOTE, 3 on HOLD, 4 on REJECT (the worst candidate decides)",
     )
     report.set_defaults(func=cmd_report)
-    return parser
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
