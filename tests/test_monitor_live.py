@@ -231,3 +231,47 @@ async def test_the_model_version_can_come_from_a_response_header(tmp_path: Path)
     assert [row["model_version"] for row in rows] == ["v7"]
     labels = {"route": "price", "version": "v7"}
     assert registry.get_sample_value("shadowproxy_model_version_answers_total", labels) == 1
+
+
+async def test_a_gzip_answer_is_watched_decoded(tmp_path: Path) -> None:
+    """A client that accepts gzip gets production's gzip bytes; the monitor reads the
+    decoded answer, as the comparison does (its prediction, version and invariants)."""
+
+    async def gzipped(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.json_response({"predictions": [-1.0], "model_version": "v3"})
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    monitor = {
+        "sample_rate": 1.0,
+        "prediction": {"kind": "numeric"},
+        "invariants": [{"name": "non_negative", "target": "prediction", "min": 0}],
+    }
+    async with upstream(gzipped) as prod:
+        routes = [route("price", prod.url, monitor=monitor, compare={"prediction": "kserve-v1"})]
+        config = load_config(write_config(tmp_path, routes))
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        recorder = Recorder(config.main.recording, config.routes, metrics, Comparer(config.routes))
+        server = Server(config, metrics, recorder)
+        await server.start()
+        try:
+            host, port = server.proxy_address  # type: ignore[misc]
+            async with aiohttp.ClientSession(auto_decompress=False) as session:
+                url = f"http://{host}:{port}/v1/models/price"
+                headers = {"Accept-Encoding": "gzip"}
+                async with session.post(url, json={"instances": [[1]]}, headers=headers) as r:
+                    assert r.status == 200
+                    assert r.headers["Content-Encoding"] == "gzip"
+                    assert (await r.read())[:2] == b"\x1f\x8b"
+        finally:
+            await server.stop()
+    (row,) = read_telemetry(str(tmp_path / "shadow-logs")).to_pylist()
+    assert (row["prediction"], row["model_version"], row["violations"]) == (
+        "[-1.0]",
+        "v3",
+        ["non_negative"],
+    )
+    labels = {"route": "price", "role": "production", "invariant": "non_negative"}
+    assert registry.get_sample_value("shadowproxy_invariant_violations_total", labels) == 1

@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from shadowproxy.compare.content_coding import CodingError, CodingFailure, decode
-from shadowproxy.records import Pair, ProductionResult, RequestInfo, ShadowResult
+from shadowproxy.records import Observation, Pair, ProductionResult, RequestInfo, ShadowResult
 
 BODIES = ("request", "production", "shadow")
 """The ``body`` label of ``shadowproxy_body_decode_failures_total``."""
@@ -51,6 +51,23 @@ def decode_pair(pair: Pair, limit: int, memo: Memo | None = None) -> tuple[Pair,
     if request is pair.request and production is pair.production and result is pair.result:
         return pair, failures
     return replace(pair, request=request, production=production, result=result), failures
+
+
+def decode_observation(observation: Observation, limit: int) -> tuple[Observation, list[Failure]]:
+    """A watched request's request and production bodies decoded, as for a pair."""
+    memo: Memo = {}
+    failures: list[Failure] = []
+    request, failure = _decoded(
+        observation.request, not observation.request.body_complete, limit, memo
+    )
+    if failure is not None:
+        failures.append(("request", failure))
+    production, failure = _decoded(
+        observation.production, observation.production.body_truncated, limit, memo
+    )
+    if failure is not None:
+        failures.append(("production", failure))
+    return Observation(request=request, production=production), failures
 
 
 def _decoded(

@@ -48,7 +48,7 @@ from shadowproxy.experiments.chaos import corrupts
 from shadowproxy.metrics import RecorderMetrics
 from shadowproxy.recording.comparison_check import comparison_problem
 from shadowproxy.recording.decoding import Memo as DecodeMemo
-from shadowproxy.recording.decoding import decode_pair
+from shadowproxy.recording.decoding import decode_observation, decode_pair
 from shadowproxy.recording.items import Feedback, Item, Routes
 from shadowproxy.recording.monitoring import (
     RouteWatch,
@@ -191,6 +191,12 @@ class Writer:
         watch = self._watches.get(request.route)
         if watch is None:
             return  # the route lost its monitor in a reload: nothing to watch it by
+        limit = self._policies.get(request.route, UNKNOWN_ROUTE).max_decoded_bytes
+        if limit is not None:
+            # Decoded first, as pairs are: the monitor reads what the model saw and said.
+            observation, failures = decode_observation(observation, limit)
+            for body, failure in failures:
+                self._metrics.body_decode_failures.labels(request.route, body, failure).inc()
         try:
             row = self._telemetry_row(observation, watch)
             directory = telemetry_directory(request.route, utc_date(request.ts))
