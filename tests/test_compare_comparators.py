@@ -641,3 +641,11 @@ def test_comparators_do_not_mutate_their_inputs() -> None:
     for kind in KINDS:
         run(kind, prod["predictions"], shadow["predictions"])
     assert (prod, shadow) == before
+
+
+def test_a_string_is_not_an_empty_row_of_numbers() -> None:
+    """``""`` has a length, like ``[]``; the fast path must not take it for a row."""
+    forward = judge("numeric", [[]], [""], CompareConfig())
+    backward = judge("numeric", [""], [[]], CompareConfig())
+    assert forward.agree is None and backward.agree is None
+    assert "expected a number" in (forward.detail or "")

@@ -210,6 +210,7 @@ def same_both_ways(
 @example(prod=[[1e308, 1e308]], data=None, config=CompareConfig())
 @example(prod=[10**400, 1.5], data=None, config=CompareConfig())
 @example(prod={"a": 0.5, "b": 0.5}, data=None, config=CompareConfig())
+@example(prod=[""], data=None, config=CompareConfig())  # beside [[]]: "" is no empty row
 def test_comparators_never_raise_and_give_well_formed_verdicts(
     prod: Any, data: st.DataObject | None, config: CompareConfig
 ) -> None:

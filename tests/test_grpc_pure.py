@@ -323,4 +323,8 @@ def test_grpc_rows_carry_protocol_and_status_names() -> None:
     )  # fmt: skip
     assert (row["method"], row["path"], row["shadow_status"]) == ("POST", INFER, 503)
     assert to_record_batch([row]).schema == PAIRS_SCHEMA
-    assert PAIRS_SCHEMA.names[-3:] == ["protocol", "prod_grpc_status", "shadow_grpc_status"]
+    # Added after the columns readers already had, side by side.
+    names = PAIRS_SCHEMA.names
+    start = names.index("protocol")
+    assert names[start : start + 3] == ["protocol", "prod_grpc_status", "shadow_grpc_status"]
+    assert start > names.index("shadow_latency_ms")

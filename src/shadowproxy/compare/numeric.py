@@ -60,11 +60,14 @@ def _layout(p_items: list[Any], s_items: list[Any]) -> Layout | None:
     """Flatten a batch of rows; None when the rows do not line up (the general path)."""
     if not p_items or type(p_items[0]) is not list:
         return p_items, s_items, None
-    try:
-        widths = list(map(len, p_items))
-        if widths != list(map(len, s_items)):
-            return None
-    except TypeError:  # an item without a length: not a batch of rows
+    # Rows are lists on both sides: a string has a length too, and "" would pass as a
+    # row of width 0 beside [].
+    if any(type(item) is not list for item in p_items) or any(
+        type(item) is not list for item in s_items
+    ):
+        return None
+    widths = list(map(len, p_items))
+    if widths != list(map(len, s_items)):
         return None
     xs = list(chain.from_iterable(p_items))
     if len(xs) > MAX_ELEMENTS:
