@@ -274,6 +274,8 @@ GRPC_ROUTE = {"name": "r", "match": {"grpc": "inference.GRPCInferenceService"},
         ({**GRPC_ROUTE, "grpc_max_message_bytes": 0}, {"grpc_listen": "127.0.0.1:0"},
          "routes/r.yaml: grpc_max_message_bytes: must be at least 1"),
         (GRPC_ROUTE, {"grpc_listen": "8081"}, "main.yaml: grpc_listen: must be host:port"),
+        ({**GRPC_ROUTE, "monitor": {"sample_rate": 0.5}}, {"grpc_listen": "127.0.0.1:0"},
+         "routes/r.yaml: monitor: watches HTTP routes only"),
     ],
 )  # fmt: skip
 def test_config_errors_name_file_and_field(
@@ -328,3 +330,21 @@ def test_grpc_rows_carry_protocol_and_status_names() -> None:
     start = names.index("protocol")
     assert names[start : start + 3] == ["protocol", "prod_grpc_status", "shadow_grpc_status"]
     assert start > names.index("shadow_latency_ms")
+
+
+def test_an_observation_crosses_the_pipe_whole() -> None:
+    """The writer process gets a watched request as it left the proxy, field for field."""
+    from shadowproxy.recording.wire import pack_observation, unpack_observation
+    from shadowproxy.records import Observation
+
+    request = RequestInfo(
+        request_id="r", ts=1.0, route="m", method="POST", path=INFER, query="", headers=[],
+        body=b"in", body_complete=True, content_encoding="gzip", protocol="grpc",
+    )  # fmt: skip
+    production = ProductionResult(
+        status=200, latency_ms=2.0, error=None, body=b"out", body_truncated=False,
+        content_type="application/grpc", chaos=None, content_encoding="br",
+        grpc_status="OK", model_version="v2",
+    )  # fmt: skip
+    observation = Observation(request, production)
+    assert unpack_observation(pack_observation(observation)) == observation

@@ -275,3 +275,52 @@ async def test_a_gzip_answer_is_watched_decoded(tmp_path: Path) -> None:
     )
     labels = {"route": "price", "role": "production", "invariant": "non_negative"}
     assert registry.get_sample_value("shadowproxy_invariant_violations_total", labels) == 1
+
+
+async def test_a_watched_pair_is_read_decoded(tmp_path: Path) -> None:
+    """With a shadow, the watched request is a pair: the monitor reads its decoded
+    answers too, not the gzip bytes the client got."""
+
+    async def gzipped(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.json_response({"predictions": [-1.0], "model_version": "v3"})
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    monitor = {
+        "sample_rate": 1.0,
+        "prediction": {"kind": "numeric"},
+        "invariants": [{"name": "non_negative", "target": "prediction", "min": 0}],
+    }
+    async with upstream(gzipped) as prod, upstream(gzipped) as shadow:
+        routes = [
+            route(
+                "price",
+                prod.url,
+                [{"name": "s", "url": shadow.url}],
+                monitor=monitor,
+                compare={"prediction": "kserve-v1"},
+            )
+        ]
+        config = load_config(write_config(tmp_path, routes))
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        recorder = Recorder(config.main.recording, config.routes, metrics, Comparer(config.routes))
+        server = Server(config, metrics, recorder)
+        await server.start()
+        try:
+            host, port = server.proxy_address  # type: ignore[misc]
+            async with aiohttp.ClientSession(auto_decompress=False) as session:
+                url = f"http://{host}:{port}/v1/models/price"
+                headers = {"Accept-Encoding": "gzip"}
+                async with session.post(url, json={"instances": [[1]]}, headers=headers) as r:
+                    assert r.status == 200
+                    await r.read()
+        finally:
+            await server.stop()
+    (row,) = read_dataset(str(tmp_path / "shadow-logs")).to_pylist()
+    assert (row["model_version"], row["prod_violations"], row["shadow_violations"]) == (
+        "v3",
+        ["non_negative"],
+        ["non_negative"],
+    )

@@ -304,6 +304,13 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError):
             return None
 
+    async def pass_to_ready(self, request: web.Request) -> web.StreamResponse:
+        """Every worker serves the same config: ask the first one that is ready."""
+        for worker in self.workers:
+            if worker.ready:
+                return await self.pass_to(worker, request)
+        return json_response({"error": "no worker is ready"}, status=503)
+
     async def pass_feedback(self, request: web.Request) -> web.StreamResponse:
         """Any worker records feedback: the report joins it with every worker's pairs."""
         for _ in self.workers:
@@ -351,7 +358,7 @@ class Supervisor:
         headers = {
             name: value
             for name, value in request.headers.items()
-            if name.lower() in ("authorization", "content-type", "x-request-id")
+            if name.lower() in ("authorization", "content-type", "x-request-id", "x-operator")
         }
         try:
             async with self._session.request(
@@ -396,7 +403,7 @@ class SupervisorAdmin:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def routes(self, request: web.Request) -> web.StreamResponse:
-        return await self._supervisor.pass_to(self._supervisor.workers[0], request)
+        return await self._supervisor.pass_to_ready(request)
 
     async def feedback(self, request: web.Request) -> web.StreamResponse:
         return await self._supervisor.pass_feedback(request)
@@ -411,7 +418,7 @@ class SupervisorAdmin:
 
     async def experiments(self, request: web.Request) -> web.StreamResponse:
         """Every worker holds the same experiments (canaries are refused with workers)."""
-        return await self._supervisor.pass_to(self._supervisor.workers[0], request)
+        return await self._supervisor.pass_to_ready(request)
 
     async def experiment_action(self, request: web.Request) -> web.StreamResponse:
-        return await self._supervisor.pass_to(self._supervisor.workers[0], request)
+        return await self._supervisor.pass_to_ready(request)

@@ -281,6 +281,8 @@ class RouteConfig(FrozenModel):
                 raise FieldError(loc, f"a gRPC route needs a grpc:// or grpcs:// URL, got {url!r}")
         if grpc and self.mode != "shadow":
             raise FieldError(("mode",), f"gRPC routes serve in mode shadow only, got {self.mode}")
+        if grpc and self.monitor is not None:
+            raise FieldError(("monitor",), "watches HTTP routes only, not gRPC ones")
         return self
 
     @model_validator(mode="after")

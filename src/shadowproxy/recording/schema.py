@@ -280,7 +280,7 @@ def pair_row(
         "prod_violations": None,
         "shadow_violations": None,
         "request_violations": None,
-        "model_version": None,
+        "model_version": prod.model_version,
     }
 
 

@@ -117,27 +117,29 @@ def pack_observation(o: Observation) -> PackedObservation:
     return (
         request.request_id, request.ts, request.route, request.method, request.path,
         request.query, request.body, request.body_complete, request.content_encoding,
+        request.protocol,
         production.status, production.latency_ms, production.error, production.body,
         production.body_truncated, production.content_type, production.chaos,
-        production.model_version, production.content_encoding,
+        production.model_version, production.content_encoding, production.grpc_status,
     )  # fmt: skip
 
 
 def unpack_observation(packed: PackedObservation) -> Observation:
     (
         request_id, ts, route, method, path, query, body, body_complete, request_encoding,
+        protocol,
         status, latency, error, prod_body, truncated, content_type, chaos, version,
-        prod_encoding,
+        prod_encoding, grpc_status,
     ) = packed  # fmt: skip
     return Observation(
         request=RequestInfo(
             request_id=request_id, ts=ts, route=route, method=method, path=path, query=query,
             headers=[], body=body, body_complete=body_complete,
-            content_encoding=request_encoding,
+            content_encoding=request_encoding, protocol=protocol,
         ),
         production=ProductionResult(
             status=status, latency_ms=latency, error=error, body=prod_body,
             body_truncated=truncated, content_type=content_type, chaos=chaos,
-            model_version=version, content_encoding=prod_encoding,
+            model_version=version, content_encoding=prod_encoding, grpc_status=grpc_status,
         ),
     )  # fmt: skip

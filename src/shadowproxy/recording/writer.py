@@ -57,7 +57,7 @@ from shadowproxy.recording.monitoring import (
     watched_cells,
 )
 from shadowproxy.recording.parts import PartFile, Sealed
-from shadowproxy.recording.policy import UNKNOWN_ROUTE, route_policies
+from shadowproxy.recording.policy import UNKNOWN_ROUTE, RoutePolicy, route_policies
 from shadowproxy.recording.redact import Memo
 from shadowproxy.recording.schema import (
     Withheld,
@@ -273,21 +273,26 @@ class Writer:
         self._drop("write_failed", part.rows + part.take_rejected())
 
     def _pair_row(self, pair: Pair, memo: Memo, decoded: DecodeMemo) -> dict[str, object]:
-        row = self._compared_row(pair, memo, decoded)
-        watch = self._watches.get(pair.request.route)
-        if watch is not None and pair.watched:
-            row.update(watched_cells(watch, pair))
-        return row
-
-    def _compared_row(self, pair: Pair, memo: Memo, decoded: DecodeMemo) -> dict[str, object]:
         policy = self._policies.get(pair.request.route, UNKNOWN_ROUTE)
-        if not policy.bodies and self._comparer is None:
-            # Nothing will read a body: skip the parsing redaction would cost.
-            return pair_row(pair, None, bodies=False, max_body_bytes=0)
-        if policy.max_decoded_bytes is not None:
+        watch = self._watches.get(pair.request.route) if pair.watched else None
+        if policy.max_decoded_bytes is not None and (
+            watch is not None or policy.bodies or self._comparer is not None
+        ):
             pair = self._decode(pair, policy.max_decoded_bytes, decoded)
         if pair.result.chaos and pair.result.body and corrupts(pair.result.chaos):
             pair = policy.corrupt(pair)
+        row = self._compared_row(pair, policy, memo)
+        if watch is not None:
+            # The monitor reads what the comparison reads: decoded, chaos applied, before
+            # redaction (the rules are about what the model saw and said).
+            row.update(watched_cells(watch, pair))
+        return row
+
+    def _compared_row(self, pair: Pair, policy: RoutePolicy, memo: Memo) -> dict[str, object]:
+        """``pair`` already decoded and corrupted: redact, compare, build the row."""
+        if not policy.bodies and self._comparer is None:
+            # Nothing will read a body: skip the parsing redaction would cost.
+            return pair_row(pair, None, bodies=False, max_body_bytes=0)
         redacted, withheld = policy.redactor.pair(pair, memo)
         comparison, failure = self._compare(redacted)
         return pair_row(
