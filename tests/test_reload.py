@@ -550,3 +550,24 @@ async def test_the_thread_recorder_uses_the_new_settings_from_the_reload_on(
         b'{"secret":"[redacted]"}',
         "label",
     )
+
+
+async def test_a_worker_refuses_a_reload_that_adds_a_canary(tmp_path: Path) -> None:
+    """``serve --workers N`` refuses canary routes at start; a reload must not bring one
+    in, or every worker would take its own decisions into the same state file."""
+    from shadowproxy.app import Server
+    from shadowproxy.config import load_config
+
+    async with upstream() as prod, upstream() as candidate:
+        path = write_config(tmp_path, [route("m", prod.url)], state_dir=str(tmp_path / "state"))
+        server = Server(load_config(path), Metrics(CollectorRegistry()), reuse_port=True)
+        await server.start()
+        try:
+            canary = route("m", prod.url, mode="canary")
+            canary["canary"] = {"candidate": {"name": "v2", "url": candidate.url}}
+            (tmp_path / "routes" / "m.yaml").write_text(orjson.dumps(canary).decode())
+            result = await server.reload()
+        finally:
+            await server.stop()
+    assert (result.ok, result.status) == (False, 422)
+    assert "run a canary" in (result.error or "") and "--workers 1" in (result.error or "")
