@@ -201,3 +201,29 @@ def test_a_telemetry_only_recording_against_another_recording(
     assert (feature["name"], feature["flagged"]) == ("x", flagged)
     assert feature["effect"]["n_reference"] == feature["effect"]["n_current"] == 600
     assert '<section id="drift">' in (tmp_path / "report.html").read_text()
+
+
+def test_a_truncated_telemetry_file_is_bad_input_or_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cut-off telemetry file gets the report's usual treatment: exit 2 naming it, or
+    counted and stepped over with --skip-bad-files; never a traceback."""
+    write_telemetry(tmp_path / "current", 2, 0.0, 1_764_550_000)
+    folder = tmp_path / "current" / "telemetry" / "route=m" / "date=2025-12-01"
+    good = (folder / "a.parquet").read_bytes()
+    (folder / "b.parquet").write_bytes(good[: len(good) // 2])
+    route = {
+        "name": "m",
+        "match": {"path_prefix": "/"},
+        "production": {"url": "http://127.0.0.1:1"},
+        "monitor": {"features": [{"name": "x", "path": "$.x", "kind": "numeric"}]},
+    }
+    config = tmp_path / "shadowproxy.yaml"
+    config.write_text(yaml.safe_dump({"routes": [route]}))
+    args = ["report", str(tmp_path / "current"), "--config", str(config)]
+    assert cli.main(args) == 2
+    assert "b.parquet" in capsys.readouterr().err
+    out = tmp_path / "summary.json"
+    assert cli.main([*args, "--skip-bad-files", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert any("b.parquet" in str(entry) for entry in summary["skipped_files"])

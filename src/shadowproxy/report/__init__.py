@@ -22,6 +22,7 @@ rich stay optional (the ``report`` extra).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,7 +112,10 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
                     # Routes that only watch production record telemetry and no pairs.
                     has_telemetry=bool(dataset.telemetry_files and options.monitors),
                 )
-                report.drift = _drift(connection, dataset, options)
+                readable = tuple(f for f in dataset.telemetry_files if f not in skipped)
+                report.drift = _drift(
+                    connection, dataclasses.replace(dataset, telemetry_files=readable), options
+                )
         except CorruptFileError as exc:
             if not options.skip_bad_files:
                 raise
@@ -153,7 +157,12 @@ def _drift(connection: Any, dataset: Dataset, options: ReportOptions) -> Any:
 def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:
     from shadowproxy.report import load
 
-    files = [*dataset.pair_files, *dataset.feedback_files, *dataset.exposure_files]
+    files = [
+        *dataset.pair_files,
+        *dataset.feedback_files,
+        *dataset.exposure_files,
+        *dataset.telemetry_files,
+    ]
     bad = load.check_footers(dataset, files)
     if bad and not options.skip_bad_files:
         raise bad[0]
