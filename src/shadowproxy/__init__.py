@@ -23,7 +23,8 @@ The tree reads like that path, one package per layer:
   composition root: builds the objects, runs the listeners, shuts down in order, reloads),
   and what every layer shares: ``config`` (YAML -> frozen models), ``validation``,
   ``errors``, ``tasks``, ``metrics``, ``records``;
-- ``http``: the wire level (inbound server, outbound client pools, header rules);
+- ``http`` and ``grpc``: the wire level (inbound servers, outbound client pools and
+  channels, header and metadata rules);
 - ``proxy``: the request path (handler, tee, breaker, routing, upstream outcomes,
   experiment arms, the runtime snapshot a reload swaps);
 - ``admin``: the admin app for one process or the ``serve --workers N`` supervisor;
@@ -33,6 +34,8 @@ The tree reads like that path, one package per layer:
   features and the category bound (pure; the writer runs it, ``recording.monitoring``);
 - ``stats``: statistics shared by ``experiments`` and ``report`` (pure);
 - ``experiments``: canary, A/B and chaos rules (pure);
+- ``monitor``: what a route watches without labels: features, predictions, invariants
+  (pure; the writer applies it);
 - offline: ``report`` (reads recordings, never imported by the serving process) and
   ``demo``.
 
