@@ -34,8 +34,6 @@ The tree reads like that path, one package per layer:
   features and the category bound (pure; the writer runs it, ``recording.monitoring``);
 - ``stats``: statistics shared by ``experiments`` and ``report`` (pure);
 - ``experiments``: canary, A/B and chaos rules (pure);
-- ``monitor``: what a route watches without labels: features, predictions, invariants
-  (pure; the writer applies it);
 - offline: ``report`` (reads recordings, never imported by the serving process) and
   ``demo``.
 
