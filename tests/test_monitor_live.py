@@ -268,6 +268,8 @@ async def test_a_gzip_answer_is_watched_decoded(tmp_path: Path) -> None:
         finally:
             await server.stop()
     (row,) = read_telemetry(str(tmp_path / "shadow-logs")).to_pylist()
+    assert (row["prod_content_encoding"], row["prod_body_decode_error"]) == ("gzip", None)
+    assert orjson.loads(row["prod_body"]) == {"predictions": [-1.0], "model_version": "v3"}
     assert (row["prediction"], row["model_version"], row["violations"]) == (
         "[-1.0]",
         "v3",

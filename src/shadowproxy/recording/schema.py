@@ -162,6 +162,18 @@ TELEMETRY_COLUMNS: tuple[Column, ...] = (
     Column("request_violations", _NAMES, "invariants the request broke"),
     Column("model_version", pa.string(), "production's model version (monitor.version.path)"),
     Column("prod_chaos", pa.string(), "faults injected into production's call; null when none"),
+    Column("request_content_encoding", pa.string(), "the request's Content-Encoding as sent"),
+    Column("prod_content_encoding", pa.string(), "production's Content-Encoding as sent"),
+    Column(
+        "request_body_decode_error",
+        pa.string(),
+        "why request_body could not be decoded and is stored as sent; null when it was",
+    ),
+    Column(
+        "prod_body_decode_error",
+        pa.string(),
+        "why prod_body could not be decoded and is stored as sent; null when it was",
+    ),
 )
 TELEMETRY_SCHEMA = _schema(TELEMETRY_COLUMNS)
 """``telemetry/``: requests the route's monitor watched and no shadow was sampled for
@@ -340,6 +352,10 @@ def telemetry_row(
         "request_violations": request_violations,
         "model_version": model_version,
         "prod_chaos": prod.chaos,
+        "request_content_encoding": request.content_encoding,
+        "prod_content_encoding": prod.content_encoding,
+        "request_body_decode_error": request.decode_error,
+        "prod_body_decode_error": prod.decode_error,
     }  # fmt: skip
 
 
