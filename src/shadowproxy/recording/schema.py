@@ -141,38 +141,38 @@ EXPOSURE_COLUMNS: tuple[Column, ...] = (
 )
 EXPOSURES_SCHEMA = _schema(EXPOSURE_COLUMNS)
 
+_PAIR_COLUMN = {column.name: column for column in PAIR_COLUMNS}
+
+
+def _as_in_pairs(*names: str) -> tuple[Column, ...]:
+    """Columns telemetry shares with pairs, defined once (same type, doc, nullability)."""
+    return tuple(_PAIR_COLUMN[name] for name in names)
+
+
 TELEMETRY_COLUMNS: tuple[Column, ...] = (
     Column("request_id", pa.string(), "X-Request-Id of the client request", nullable=False),
     Column("ts", _TS, "request arrival at the proxy, UTC, microseconds", nullable=False),
-    Column("method", pa.string(), "HTTP method"),
-    Column("path", pa.string(), "request path, as received (percent-encoded)"),
-    Column("query", pa.string(), "query string without '?', empty when none"),
-    Column("prod_status", pa.int32(), "production's HTTP status; null when it did not answer"),
-    Column("prod_latency_ms", pa.float64(), "production time until its response ended"),
+    *_as_in_pairs("method", "path", "query", "prod_status", "prod_latency_ms"),
     Column("prod_error", pa.string(), "why production failed, or the client left"),
-    Column("prod_content_type", pa.string(), "production's Content-Type"),
-    Column("request_body", pa.binary(), "request body after redaction, capped"),
-    Column("request_body_truncated", pa.bool_(), "request_body is shorter than what was sent"),
-    Column("request_body_withheld", pa.bool_(), "body not written: redaction needs JSON"),
-    Column("prod_body", pa.binary(), "production's body after redaction, capped"),
-    Column("prod_body_truncated", pa.bool_(), "prod_body is shorter than what was sent"),
-    Column("prod_body_withheld", pa.bool_(), "body not written: redaction needs JSON"),
+    *_as_in_pairs(
+        "prod_content_type",
+        "request_body",
+        "request_body_truncated",
+        "request_body_withheld",
+        "prod_body",
+        "prod_body_truncated",
+        "prod_body_withheld",
+    ),
     Column("prediction", pa.string(), "production's extracted prediction, JSON text"),
     Column("violations", _NAMES, "invariants production's prediction broke"),
     Column("request_violations", _NAMES, "invariants the request broke"),
-    Column("model_version", pa.string(), "production's model version (monitor.version.path)"),
-    Column("prod_chaos", pa.string(), "faults injected into production's call; null when none"),
-    Column("request_content_encoding", pa.string(), "the request's Content-Encoding as sent"),
-    Column("prod_content_encoding", pa.string(), "production's Content-Encoding as sent"),
-    Column(
+    *_as_in_pairs(
+        "model_version",
+        "prod_chaos",
+        "request_content_encoding",
+        "prod_content_encoding",
         "request_body_decode_error",
-        pa.string(),
-        "why request_body could not be decoded and is stored as sent; null when it was",
-    ),
-    Column(
         "prod_body_decode_error",
-        pa.string(),
-        "why prod_body could not be decoded and is stored as sent; null when it was",
     ),
 )
 TELEMETRY_SCHEMA = _schema(TELEMETRY_COLUMNS)
