@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from shadowproxy.admin.api import admin_app, bind
 from shadowproxy.admin.local import FeedbackSink, LocalAdmin, ReloadResult
 from shadowproxy.compare import Comparer
-from shadowproxy.config import Config, RouteConfig, load_config
+from shadowproxy.config import Config, RouteConfig, canary_refusal, load_config
 from shadowproxy.errors import ConfigError
 from shadowproxy.http.server import HttpServer, ServerLimits
 from shadowproxy.metrics import Metrics
@@ -202,8 +202,10 @@ class Server:
                 # In a thread: parsing and validating must not hold up the event loop.
                 config = await asyncio.to_thread(self._load)
                 check_reloadable(self.config, config)
-                if self.reuse_port:
-                    _check_worker_config(config)
+                # A worker of ``serve --workers N`` refuses on reload what it refused at start.
+                refusal = canary_refusal(config) if self.reuse_port else None
+                if refusal is not None:
+                    raise ConfigError(config.source, "routes", refusal)
                 if self._grpc is not None:
                     self._grpc.check_reloadable(config)
                 if not self.ready:
@@ -365,16 +367,3 @@ async def serve(
         await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-
-
-def _check_worker_config(config: Config) -> None:
-    """A worker of ``serve --workers N`` refuses, on reload too, what only one process
-    can serve: a canary (its decisions are taken in one place)."""
-    canaries = [route.name for route in config.routes if route.canary is not None]
-    if canaries:
-        raise ConfigError(
-            config.source,
-            "routes",
-            f"route(s) {', '.join(canaries)} run a canary, whose decisions are taken in one "
-            "process: serve them with --workers 1",
-        )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from shadowproxy import DISTRIBUTION, __version__
-from shadowproxy.config import Config, load_config, with_overrides
+from shadowproxy.config import Config, canary_refusal, load_config, with_overrides
 from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.canary import state_path
 from shadowproxy.experiments.promotion import Promotion, for_canary
@@ -298,13 +298,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("shadowproxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
-    canaries = [route.name for route in config.routes if route.canary is not None]
-    if args.workers > 1 and canaries:
-        print(
-            f"shadowproxy: route(s) {', '.join(canaries)} run a canary, whose decisions are "
-            "taken in one process: serve them with --workers 1",
-            file=sys.stderr,
-        )
+    refusal = canary_refusal(config) if args.workers > 1 else None
+    if refusal is not None:
+        print(f"shadowproxy: {refusal}", file=sys.stderr)
         return EXIT_CONFIG
     if args.workers > 1 and config.main.grpc_listen is not None:
         print(

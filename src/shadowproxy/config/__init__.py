@@ -36,6 +36,7 @@ from shadowproxy.config.models import (
     ShadowHeadersConfig,
     UpstreamConfig,
     Url,
+    canary_refusal,
     check_endpoint_url,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "ShadowHeadersConfig",
     "UpstreamConfig",
     "Url",
+    "canary_refusal",
     "check_endpoint_url",
     "endpoint_from",
     "load_config",

@@ -481,3 +481,15 @@ class Config(FrozenModel):
     routes: tuple[RouteConfig, ...]
     route_sources: tuple[str, ...]
     """For each route, the file it came from (error messages and ``/routes``)."""
+
+
+def canary_refusal(config: Config) -> str | None:
+    """Why ``serve --workers N`` cannot serve ``config`` (at start or on a reload): a
+    canary's decisions are taken in one process. None when it can."""
+    canaries = [route.name for route in config.routes if route.canary is not None]
+    if not canaries:
+        return None
+    return (
+        f"route(s) {', '.join(canaries)} run a canary, whose decisions are taken in one "
+        "process: serve them with --workers 1"
+    )
