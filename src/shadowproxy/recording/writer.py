@@ -275,13 +275,18 @@ class Writer:
     def _pair_row(self, pair: Pair, memo: Memo, decoded: DecodeMemo) -> dict[str, object]:
         policy = self._policies.get(pair.request.route, UNKNOWN_ROUTE)
         watch = self._watches.get(pair.request.route) if pair.watched else None
-        if policy.max_decoded_bytes is not None and (
-            watch is not None or policy.bodies or self._comparer is not None
-        ):
-            pair = self._decode(pair, policy.max_decoded_bytes, decoded)
-        if pair.result.chaos and pair.result.body and corrupts(pair.result.chaos):
-            pair = policy.corrupt(pair)
-        row = self._compared_row(pair, policy, memo)
+        # Without bodies to record or a comparer, only the monitor reads the bodies.
+        compared = policy.bodies or self._comparer is not None
+        if compared or watch is not None:
+            if policy.max_decoded_bytes is not None:
+                pair = self._decode(pair, policy.max_decoded_bytes, decoded)
+            if pair.result.chaos and pair.result.body and corrupts(pair.result.chaos):
+                pair = policy.corrupt(pair)
+        if compared:
+            row = self._compared_row(pair, policy, memo)
+        else:
+            # Nothing will read a body: skip the parsing redaction would cost.
+            row = pair_row(pair, None, bodies=False, max_body_bytes=0)
         if watch is not None:
             # The monitor reads what the comparison reads: decoded, chaos applied, before
             # redaction (the rules are about what the model saw and said).
@@ -290,9 +295,6 @@ class Writer:
 
     def _compared_row(self, pair: Pair, policy: RoutePolicy, memo: Memo) -> dict[str, object]:
         """``pair`` already decoded and corrupted: redact, compare, build the row."""
-        if not policy.bodies and self._comparer is None:
-            # Nothing will read a body: skip the parsing redaction would cost.
-            return pair_row(pair, None, bodies=False, max_body_bytes=0)
         redacted, withheld = policy.redactor.pair(pair, memo)
         comparison, failure = self._compare(redacted)
         return pair_row(
