@@ -233,23 +233,34 @@ async def test_the_model_version_can_come_from_a_response_header(tmp_path: Path)
     assert registry.get_sample_value("shadowproxy_model_version_answers_total", labels) == 1
 
 
-async def test_a_gzip_answer_is_watched_decoded(tmp_path: Path) -> None:
-    """A client that accepts gzip gets production's gzip bytes; the monitor reads the
-    decoded answer, as the comparison does (its prediction, version and invariants)."""
+GZIP_MONITOR = {
+    "sample_rate": 1.0,
+    "prediction": {"kind": "numeric"},
+    "invariants": [{"name": "non_negative", "target": "prediction", "min": 0}],
+}
 
-    async def gzipped(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.json_response({"predictions": [-1.0], "model_version": "v3"})
-        response.enable_compression(web.ContentCoding.gzip)
-        return response
 
-    monitor = {
-        "sample_rate": 1.0,
-        "prediction": {"kind": "numeric"},
-        "invariants": [{"name": "non_negative", "target": "prediction", "min": 0}],
-    }
-    async with upstream(gzipped) as prod:
-        routes = [route("price", prod.url, monitor=monitor, compare={"prediction": "kserve-v1"})]
+async def _gzipped(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    response = web.json_response({"predictions": [-1.0], "model_version": "v3"})
+    response.enable_compression(web.ContentCoding.gzip)
+    return response
+
+
+async def _one_gzip_answer(tmp_path: Path, shadowed: bool) -> CollectorRegistry:
+    """One request accepting gzip through a monitored route whose upstreams answer gzip;
+    the client must get production's gzip bytes."""
+    async with upstream(_gzipped) as prod, upstream(_gzipped) as shadow:
+        shadows = [{"name": "s", "url": shadow.url}] if shadowed else []
+        routes = [
+            route(
+                "price",
+                prod.url,
+                shadows,
+                monitor=GZIP_MONITOR,
+                compare={"prediction": "kserve-v1"},
+            )
+        ]
         config = load_config(write_config(tmp_path, routes))
         registry = CollectorRegistry()
         metrics = Metrics(registry)
@@ -267,6 +278,13 @@ async def test_a_gzip_answer_is_watched_decoded(tmp_path: Path) -> None:
                     assert (await r.read())[:2] == b"\x1f\x8b"
         finally:
             await server.stop()
+    return registry
+
+
+async def test_a_gzip_answer_is_watched_decoded(tmp_path: Path) -> None:
+    """A client that accepts gzip gets production's gzip bytes; the monitor reads the
+    decoded answer, as the comparison does (its prediction, version and invariants)."""
+    registry = await _one_gzip_answer(tmp_path, shadowed=False)
     (row,) = read_telemetry(str(tmp_path / "shadow-logs")).to_pylist()
     assert (row["prod_content_encoding"], row["prod_body_decode_error"]) == ("gzip", None)
     assert orjson.loads(row["prod_body"]) == {"predictions": [-1.0], "model_version": "v3"}
@@ -282,44 +300,7 @@ async def test_a_gzip_answer_is_watched_decoded(tmp_path: Path) -> None:
 async def test_a_watched_pair_is_read_decoded(tmp_path: Path) -> None:
     """With a shadow, the watched request is a pair: the monitor reads its decoded
     answers too, not the gzip bytes the client got."""
-
-    async def gzipped(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.json_response({"predictions": [-1.0], "model_version": "v3"})
-        response.enable_compression(web.ContentCoding.gzip)
-        return response
-
-    monitor = {
-        "sample_rate": 1.0,
-        "prediction": {"kind": "numeric"},
-        "invariants": [{"name": "non_negative", "target": "prediction", "min": 0}],
-    }
-    async with upstream(gzipped) as prod, upstream(gzipped) as shadow:
-        routes = [
-            route(
-                "price",
-                prod.url,
-                [{"name": "s", "url": shadow.url}],
-                monitor=monitor,
-                compare={"prediction": "kserve-v1"},
-            )
-        ]
-        config = load_config(write_config(tmp_path, routes))
-        registry = CollectorRegistry()
-        metrics = Metrics(registry)
-        recorder = Recorder(config.main.recording, config.routes, metrics, Comparer(config.routes))
-        server = Server(config, metrics, recorder)
-        await server.start()
-        try:
-            host, port = server.proxy_address  # type: ignore[misc]
-            async with aiohttp.ClientSession(auto_decompress=False) as session:
-                url = f"http://{host}:{port}/v1/models/price"
-                headers = {"Accept-Encoding": "gzip"}
-                async with session.post(url, json={"instances": [[1]]}, headers=headers) as r:
-                    assert r.status == 200
-                    await r.read()
-        finally:
-            await server.stop()
+    await _one_gzip_answer(tmp_path, shadowed=True)
     (row,) = read_dataset(str(tmp_path / "shadow-logs")).to_pylist()
     assert (row["model_version"], row["prod_violations"], row["shadow_violations"]) == (
         "v3",
