@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadowproxy.config import RecordingConfig
@@ -111,6 +114,132 @@ async def test_an_outage_degrades_then_everything_is_uploaded_once(s3: S3Server)
     await recorder.close()
     assert recorder.health()["status"] == "ok"
     assert request_ids(s3) == sorted(f"req-{n}" for n in range(21))
+    assert sum(dropped(registry, r) for r in ("queue_full", "buffer_full", "write_failed")) == 0
+
+
+class SlowingDown:
+    """A real HTTP hop in front of the S3 server that answers every request with S3's
+    ``503 SlowDown`` while ``refusing`` is set, and forwards it untouched otherwise:
+    the throttling a shared bucket gives a fleet that writes too often."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.refusing = False
+        self.refused = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._client = aiohttp.ClientSession(auto_decompress=False)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.refusing:
+            self.refused += 1
+            body = (
+                "<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                "<Message>Please reduce your request rate.</Message></Error>"
+            )
+            return web.Response(status=503, text=body, content_type="application/xml")
+        assert self._client is not None
+        framing = ("host", "content-length", "transfer-encoding", "connection")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in framing}
+        headers["Host"] = self.upstream.removeprefix("http://")
+        async with self._client.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=await request.read(),
+            allow_redirects=False,
+        ) as answer:
+            content = await answer.read()
+            passed = {
+                k: v
+                for k, v in answer.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection")
+            }
+            return web.Response(status=answer.status, body=content, headers=passed)
+
+
+async def test_503_slow_down_degrades_then_everything_is_uploaded_once(s3: S3Server) -> None:
+    hop = SlowingDown(s3.url)
+    await hop.start()
+    registry = CollectorRegistry()
+    settings = RecordingConfig.model_validate(
+        {"dir": s3.root, "endpoint_url": hop.url, "flush_interval_s": 0.1}
+    )
+    recorder = Recorder(settings, [make_route()], Metrics(registry))
+    try:
+        await recorder.start()
+        recorder.submit(make_pair(0))
+        await wait_until(lambda: recorder.pending == 0)
+        hop.refusing = True
+        for n in range(1, 11):
+            recorder.submit(make_pair(n))
+        await wait_until(lambda: recorder.health()["status"] == "degraded")
+        error = str(recorder.health()["error"])
+        assert f"cannot write to {s3.root}" in error and SECRET not in error
+        assert hop.refused > 0
+        hop.refusing = False
+        await wait_until(lambda: recorder.pending == 0, within_s=40)
+        await recorder.close()
+    finally:
+        await hop.close()
+    assert recorder.health()["status"] == "ok"
+    assert request_ids(s3) == sorted(f"req-{n}" for n in range(11))
+    assert len(s3.keys(f"{s3.bucket}/fleet/pairs")) == len(set(s3.keys(f"{s3.bucket}/fleet/pairs")))
+    assert sum(dropped(registry, r) for r in ("queue_full", "buffer_full", "write_failed")) == 0
+
+
+def require_credentials(server: S3Server, checked: bool) -> None:
+    """Turn the S3 server's authentication on or off: once on, it knows no access key,
+    so every request is refused as a rotated or mistyped key would be (moto's
+    ``/moto-api/reset-auth``: the number of requests still let through unchecked)."""
+    count = b"0" if checked else b"inf"
+    request = urllib.request.Request(
+        server.url + "/moto-api/reset-auth",
+        count,
+        {"Content-Type": "text/plain"},  # a form body would be parsed away
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
+
+
+async def test_refused_credentials_degrade_then_everything_is_uploaded_once(
+    s3: S3Server,
+) -> None:
+    registry = CollectorRegistry()
+    recorder = Recorder(recording(s3), [make_route()], Metrics(registry))
+    await recorder.start()
+    try:
+        recorder.submit(make_pair(0))
+        await wait_until(lambda: recorder.pending == 0)
+        require_credentials(s3, True)
+        for n in range(1, 11):
+            recorder.submit(make_pair(n))
+        await wait_until(lambda: recorder.health()["status"] == "degraded")
+        error = str(recorder.health()["error"])
+        assert f"cannot write to {s3.root}" in error and SECRET not in error
+    finally:
+        require_credentials(s3, False)
+    await wait_until(lambda: recorder.pending == 0, within_s=40)
+    await recorder.close()
+    assert recorder.health()["status"] == "ok"
+    assert request_ids(s3) == sorted(f"req-{n}" for n in range(11))
     assert sum(dropped(registry, r) for r in ("queue_full", "buffer_full", "write_failed")) == 0
 
 
