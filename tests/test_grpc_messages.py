@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_tools import protoc
 from prometheus_client import CollectorRegistry
@@ -180,17 +181,31 @@ def test_a_descriptor_set_only_types_services_without_a_table(
         load_config(config)
 
 
+def test_an_inline_route_reads_its_set_beside_the_main_file(tmp_path: Path, protos: Path) -> None:
+    shutil.copy(protos / "scorer.pb", tmp_path / "scorer.pb")
+    main = tmp_path / "shadowproxy.yaml"
+    inline = {"grpc_listen": "127.0.0.1:0", "routes": [scorer_route("scorer.pb")]}
+    main.write_text(yaml.safe_dump(inline))
+    (route,) = load_config(main).routes
+    assert route.grpc_messages == ((protos / "scorer.pb").read_bytes(), "fraud.v1.Scorer")
+    inline["routes"][0]["grpc_descriptor_set"] = "nowhere.pb"
+    main.write_text(yaml.safe_dump(inline))
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.grpc_descriptor_set: '.*nowhere.pb'"):
+        load_config(main)
+
+
 def test_answers_decode_to_proto3_json_with_numbers_kept_numbers(protos: Path) -> None:
     _, reply = messages(protos)
     types = grpc_messages.load((protos / "scorer.pb").read_bytes(), "fraud.v1.Scorer/Score")
     answer = reply(label="fraud", model_version=2**40, ids=[1, 2**64 - 1], verdict=2)
+    answer.score = float("-inf")
     answer.counts["a"] = -5
     answer.big.value = 2**53 + 1
     answer.inner.n = 3
     answer.scored_at.seconds = 5
     decoded = types.response("production", SCORE, answer.SerializeToString())
     assert decoded == {
-        "score": 0.0,  # at its default, so not on the wire: present all the same
+        "score": float("-inf"),
         "label": "fraud",
         "model_version": 2**40,
         "scored_at": "1970-01-01T00:00:05Z",
@@ -199,6 +214,14 @@ def test_answers_decode_to_proto3_json_with_numbers_kept_numbers(protos: Path) -
         "verdict": "FRAUD",
         "big": 2**53 + 1,
         "inner": {"n": 3},
+    }
+    assert types.response("production", SCORE, b"") == {
+        "score": 0.0,  # every field at its default: none on the wire, all present
+        "label": "",
+        "model_version": 0,
+        "ids": [],
+        "counts": {},
+        "verdict": "VERDICT_UNSPECIFIED",
     }
     assert types.knows(SCORE) and not types.knows("/fraud.v1.Scorer/Other")
     with pytest.raises(Incomparable, match=r"shadow message is not a fraud\.v1\.ScoreReply"):

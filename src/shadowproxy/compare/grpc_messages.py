@@ -6,10 +6,11 @@ The service the route matches is looked up in it, and each method's request and
 response types are its ``input_type`` and ``output_type``: the user names one file, not
 a type per method. An answer then decodes (``google.protobuf``, no generated code) to
 the proto3 JSON form, field names as the ``.proto`` spells them, so ``compare:`` paths,
-tolerances and the report apply as to an HTTP body. Two departures from that form, both
-so a number compares as a number: 64-bit integers stay numbers (proto3 JSON writes them
-as strings), and fields at their default value are present (proto3 omits them, and a
-score of ``0.0`` must not read as a missing field).
+tolerances and the report apply as to an HTTP body. Three departures from that form,
+all so a number compares as a number: 64-bit integers stay numbers and ``NaN`` and the
+infinities are floats (proto3 JSON writes both as strings), and fields at their default
+value are present (proto3 omits them, and a score of ``0.0`` must not read as a missing
+field).
 
 ``load`` checks everything a config can get wrong (not a set, a missing import, an
 unknown service or method) and says what, as ``ValueError``; the config loader adds the
@@ -36,6 +37,7 @@ INCLUDE_IMPORTS = "protoc --include_imports --descriptor_set_out=FILE ..."
 """How a usable descriptor set is made (quoted in errors)."""
 
 _INT64 = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
+_FLOATS = frozenset({FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE})
 _INT64_WRAPPERS = frozenset({"google.protobuf.Int64Value", "google.protobuf.UInt64Value"})
 
 
@@ -64,7 +66,7 @@ class MessageTypes:
 
 
 def as_json(message: Message, pool: descriptor_pool.DescriptorPool) -> Any:
-    """Proto3 JSON, with 64-bit integers as numbers and default-valued fields present."""
+    """Proto3 JSON, with every number a number and default-valued fields present."""
     value = json_format.MessageToDict(
         message,
         preserving_proto_field_name=True,
@@ -76,8 +78,9 @@ def as_json(message: Message, pool: descriptor_pool.DescriptorPool) -> Any:
 
 def _numbers(value: Any, descriptor: Descriptor) -> Any:
     """``value`` (``descriptor``'s JSON) with the strings proto3 JSON makes of 64-bit
-    integers turned back into numbers. Well-known types keep their own JSON form
-    (a ``Timestamp`` is a string by design), but for the 64-bit wrappers."""
+    integers and of non-finite floats turned back into numbers. Well-known types keep
+    their own JSON form (a ``Timestamp`` is a string by design), but for the 64-bit
+    wrappers."""
     if descriptor.full_name in _INT64_WRAPPERS:
         return _int(value)
     if not isinstance(value, dict) or descriptor.file.package == "google.protobuf":
@@ -105,6 +108,8 @@ def _single(value: Any, field: FieldDescriptor) -> Any:
         return _numbers(value, field.message_type)
     if field.cpp_type in _INT64:
         return _int(value)
+    if field.cpp_type in _FLOATS and isinstance(value, str):
+        return float(value)  # "NaN", "Infinity", "-Infinity": read as an HTTP body's are
     return value
 
 

@@ -264,7 +264,7 @@ class RouteConfig(FrozenModel):
     grpc_descriptor_set: str | None = None
     """gRPC routes of a service other than Open Inference: a protobuf descriptor set,
     the file ``protoc --include_imports --descriptor_set_out=FILE`` writes (relative to
-    the route file). Each method's answer is decoded as the output type the service
+    the file the route is in). Each method's answer is decoded as the output type the service
     declares in it, to proto3 JSON with the ``.proto`` field names, and compared under
     ``compare:`` like an HTTP body; without it the message bytes compare ``exact``.
     Read once at load: a missing file, a file that is not a set, or a service or
