@@ -41,6 +41,7 @@ syntax = "proto3";
 package fraud.v1;
 import "google/protobuf/timestamp.proto";
 import "google/protobuf/wrappers.proto";
+import "google/protobuf/any.proto";
 
 service Scorer {
   rpc Score (ScoreRequest) returns (ScoreReply);
@@ -58,6 +59,7 @@ message ScoreReply {
   google.protobuf.Int64Value big = 8;
   Inner inner = 9;
   message Inner { int64 n = 1; }
+  google.protobuf.Any extra = 10;
 }
 """
 
@@ -226,6 +228,10 @@ def test_answers_decode_to_proto3_json_with_numbers_kept_numbers(protos: Path) -
     assert types.knows(SCORE) and not types.knows("/fraud.v1.Scorer/Other")
     with pytest.raises(Incomparable, match=r"shadow message is not a fraud\.v1\.ScoreReply"):
         types.response("shadow", SCORE, b"\x0a\x05ab")
+    unknown = reply()
+    unknown.extra.type_url = "type.googleapis.com/other.Type"  # not in the set
+    with pytest.raises(Incomparable, match=r"production fraud\.v1\.ScoreReply has no JSON"):
+        types.response("production", SCORE, unknown.SerializeToString())
 
 
 # --- through the proxy ------------------------------------------------------------

@@ -2,11 +2,12 @@
 
 A route of any service but Open Inference may name ``grpc_descriptor_set``: the file
 ``protoc --include_imports --descriptor_set_out=FILE`` writes (a ``FileDescriptorSet``).
-The service the route matches is looked up in it, and each method's request and
-response types are its ``input_type`` and ``output_type``: the user names one file, not
-a type per method. An answer then decodes (``google.protobuf``, no generated code) to
-the proto3 JSON form, field names as the ``.proto`` spells them, so ``compare:`` paths,
-tolerances and the report apply as to an HTTP body. Three departures from that form,
+The service the route matches is looked up in it, and each method's answer type is its
+``output_type``: the user names one file, not a type per method (requests are forwarded
+and recorded as bytes; nothing reads them decoded). An answer then decodes
+(``google.protobuf``, no generated code) to the proto3 JSON form, field names as the
+``.proto`` spells them, so ``compare:`` paths, tolerances and the report apply as to an
+HTTP body. Three departures from that form,
 all so a number compares as a number: 64-bit integers stay numbers and ``NaN`` and the
 infinities are floats (proto3 JSON writes both as strings), and fields at their default
 value are present (proto3 omits them, and a score of ``0.0`` must not read as a missing
@@ -62,7 +63,12 @@ class MessageTypes:
         except (DecodeError, RecursionError) as exc:
             name = cls.DESCRIPTOR.full_name
             raise Incomparable(f"{side} message is not a {name}: {exc}") from None
-        return as_json(message, self.pool)
+        try:
+            return as_json(message, self.pool)
+        except (TypeError, ValueError, RecursionError) as exc:  # e.g. an Any of a type
+            # the set does not hold: the message parsed, its JSON form cannot be made
+            name = cls.DESCRIPTOR.full_name
+            raise Incomparable(f"{side} {name} has no JSON form: {exc}") from None
 
 
 def as_json(message: Message, pool: descriptor_pool.DescriptorPool) -> Any:
