@@ -24,10 +24,10 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from shadowproxy.compare.spec import MAX_ELEMENTS
+from shadowproxy.compare.spec import MAX_ELEMENTS, OPEN_INFERENCE_SERVICE
 from shadowproxy.compare.verdict import Incomparable
 
-SERVICE = "inference.GRPCInferenceService"
+SERVICE = OPEN_INFERENCE_SERVICE
 
 _F = descriptor_pb2.FieldDescriptorProto
 _OPTIONAL, _REPEATED = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED

@@ -20,7 +20,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -37,6 +37,9 @@ from shadowproxy.records import (
     ShadowResult,
 )
 
+if TYPE_CHECKING:
+    from shadowproxy.compare.grpc_messages import MessageTypes
+
 
 class ComparedRoute(Protocol):
     """What the comparer needs of a route (``config.RouteConfig`` is one); a protocol,
@@ -46,6 +49,8 @@ class ComparedRoute(Protocol):
     def name(self) -> str: ...
     @property
     def compare(self) -> CompareConfig: ...
+    @property
+    def grpc_messages(self) -> tuple[bytes, str] | None: ...
 
 
 _ERROR_CHARS = 120
@@ -67,10 +72,19 @@ class Plan:
 
     config: CompareConfig
     extract: Extractor
+    messages: MessageTypes | None = None
+    """The route's gRPC message types (``grpc_descriptor_set``), when it names them."""
 
     @classmethod
-    def build(cls, config: CompareConfig) -> Plan:
-        return cls(config, Extractor.build(config))
+    def build(cls, config: CompareConfig, messages: tuple[bytes, str] | None = None) -> Plan:
+        """``messages``: a route's ``grpc_messages`` (descriptor set bytes, match)."""
+        typed = None
+        if messages is not None:
+            # Imported here: protobuf is needed only once a route names a descriptor set.
+            from shadowproxy.compare import grpc_messages
+
+            typed = grpc_messages.load(*messages)
+        return cls(config, Extractor.build(config), typed)
 
     def __call__(self, pair: Pair) -> Comparison:
         abandoned = ABANDONED_REASON if pair.production.error == CLIENT_ABANDONED else None
@@ -85,7 +99,7 @@ class Plan:
         shadow = _Side(reason=skip_shadow) if skip_shadow else self._read("shadow", pair)
         kind: str = self.config.kind
         name: str = kind
-        if _whole_message(pair):
+        if _whole_message(pair, self.messages):
             kind = name = "exact"  # no prediction in it: the message is equal or not
         elif prod.reason is None:
             kind, name = resolve(self.config.kind, prod.value, self.config.prediction)
@@ -116,7 +130,7 @@ class Plan:
             return _Side(reason=f"{side} body {result.decode_error}")
         try:
             if pair.request.protocol == "grpc":
-                value = _grpc_prediction(side, pair.request.path, result, self.extract)
+                value = _grpc_prediction(side, pair, result, self.extract, self.messages)
                 return _Side(value, _serialise(side, value))
             answer = decode(side, result.body, result.content_type, result.body_truncated)
             value = self.extract(side, answer)
@@ -132,10 +146,13 @@ def _outcome_reason(pair: Pair) -> str | None:
     return f"shadow {result.outcome}{_because(result.error)}"
 
 
-def _whole_message(pair: Pair) -> bool:
+def _whole_message(pair: Pair, messages: MessageTypes | None) -> bool:
     """gRPC answers other than ``ModelInfer`` (metadata, liveness, other services)
-    carry no prediction: they compare whole, exactly."""
+    carry no prediction: they compare whole, exactly; but for the methods a route
+    typed with a descriptor set, which compare as its ``compare:`` says."""
     if pair.request.protocol != "grpc":
+        return False
+    if messages is not None and messages.knows(pair.request.path):
         return False
     # Imported here: protobuf is needed only once gRPC routes are served.
     from shadowproxy.compare.inference_grpc import is_infer
@@ -144,15 +161,23 @@ def _whole_message(pair: Pair) -> bool:
 
 
 def _grpc_prediction(
-    side: str, path: str, result: ProductionResult | ShadowResult, extract: Extractor
+    side: str,
+    pair: Pair,
+    result: ProductionResult | ShadowResult,
+    extract: Extractor,
+    messages: MessageTypes | None,
 ) -> Any:
-    """A gRPC answer's prediction: ``ModelInfer`` decoded to its REST form (so the
-    route's extraction applies), the service's other answers decoded whole, any other
-    message as its bytes."""
+    """A gRPC answer's prediction: ``ModelInfer`` decoded to its REST form and a method
+    the route typed (``grpc_descriptor_set``) to its JSON form, so the route's
+    extraction applies; the Open Inference service's other answers decoded whole; any
+    other message as its bytes."""
     from shadowproxy.compare.inference_grpc import decode_response, decodes, is_infer, raw_bytes
 
+    path = pair.request.path
     if result.body_truncated:
         raise Incomparable(f"{side} message truncated")
+    if messages is not None and messages.knows(path):
+        return extract(side, messages.response(side, path, result.body))
     if not decodes(path):
         return raw_bytes(result.body)
     answer = decode_response(side, path, result.body)
@@ -222,7 +247,9 @@ class Comparer:
 
     def update_routes(self, routes: Sequence[ComparedRoute]) -> None:
         """Compare with these routes' settings from now on (a reload)."""
-        self._plans = {route.name: Plan.build(route.compare) for route in routes}
+        self._plans = {
+            route.name: Plan.build(route.compare, route.grpc_messages) for route in routes
+        }
 
     def auto_choices(self) -> dict[str, dict[str, int]]:
         """``{route: {comparator: pairs}}`` for the pairs ``auto`` judged so far."""

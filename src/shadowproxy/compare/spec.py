@@ -18,6 +18,8 @@ Kind = Literal["auto", "exact", "numeric", "label", "probabilities", "ranking", 
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 OPEN_INFERENCE = "open-inference"
+OPEN_INFERENCE_SERVICE = "inference.GRPCInferenceService"
+"""The Open Inference gRPC service, decoded built in (``compare.inference_grpc``)."""
 OPENAI_EMBEDDINGS = "openai-embeddings"
 RAW = "raw"
 

@@ -55,6 +55,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
     _check_route_set(routes, sources, fields)
     _check_grpc_listener(main, routes, sources, fields)
+    routes = [
+        _with_descriptor_set(route, source, field)
+        for route, source, field in zip(routes, sources, fields, strict=True)
+    ]
     if not routes and main.default_upstream is None:
         raise ConfigError(source, None, "no routes and no default_upstream: nothing to proxy")
     return Config(source=source, main=main, routes=tuple(routes), route_sources=tuple(sources))
@@ -347,6 +351,30 @@ def _check_grpc_listener(
                 _join(field, "match.grpc"),
                 f"gRPC routes need {' and '.join(missing)}: pip install 'shadowproxy-ml[grpc]'",
             )
+
+
+def _with_descriptor_set(route: RouteConfig, source: str, field: str) -> RouteConfig:
+    """The route with its ``grpc_descriptor_set`` read (relative to the file the route is
+    in) and checked against the service it matches, once, here."""
+    if route.grpc_descriptor_set is None or route.match.grpc is None:
+        return route
+    # Imported here: protobuf is needed only once a route names a descriptor set (and
+    # _check_grpc_listener has made sure it is installed).
+    from shadowproxy.compare import grpc_messages
+
+    where = _join(field, "grpc_descriptor_set")
+    path = Path(source).parent / route.grpc_descriptor_set
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            source, where, f"{str(path)!r} cannot be read: {exc.strerror or exc}"
+        ) from None
+    try:
+        grpc_messages.load(data, route.match.grpc)
+    except ValueError as exc:
+        raise ConfigError(source, where, f"{str(path)!r} {exc}") from None
+    return route.with_descriptor_set(data)
 
 
 def _importable(module: str) -> bool:

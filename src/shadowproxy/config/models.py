@@ -18,13 +18,14 @@ from typing import Annotated, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from shadowproxy.compare import jsonpath
-from shadowproxy.compare.spec import CompareConfig
+from shadowproxy.compare.spec import OPEN_INFERENCE_SERVICE, CompareConfig
 from shadowproxy.experiments.chaos import ChaosRule, FieldError, unknown_target
 from shadowproxy.experiments.promotion import Promotion
 from shadowproxy.experiments.spec import CHECK_SHADOW, ABSpec, CanarySpec, Mode
@@ -260,10 +261,34 @@ class RouteConfig(FrozenModel):
     """gRPC routes: the largest message taken from the client or an upstream (gRPC's own
     default); a larger request is refused with ``RESOURCE_EXHAUSTED`` before any
     upstream sees it."""
+    grpc_descriptor_set: str | None = None
+    """gRPC routes of a service other than Open Inference: a protobuf descriptor set,
+    the file ``protoc --include_imports --descriptor_set_out=FILE`` writes (relative to
+    the file the route is in). Each method's answer is decoded as the output type the service
+    declares in it, to proto3 JSON with the ``.proto`` field names, and compared under
+    ``compare:`` like an HTTP body; without it the message bytes compare ``exact``.
+    Read once at load: a missing file, a file that is not a set, or a service or
+    method it does not define is a config error."""
+
+    _descriptor_set_bytes: bytes | None = PrivateAttr(default=None)
 
     @property
     def is_grpc(self) -> bool:
         return self.match.grpc is not None
+
+    @property
+    def grpc_messages(self) -> tuple[bytes, str] | None:
+        """(the descriptor set's bytes, ``match.grpc``) once the loader has read
+        ``grpc_descriptor_set`` (``config.files``), for the comparer to type answers by."""
+        if self._descriptor_set_bytes is None or self.match.grpc is None:
+            return None
+        return self._descriptor_set_bytes, self.match.grpc
+
+    def with_descriptor_set(self, data: bytes) -> RouteConfig:
+        """This route with ``grpc_descriptor_set``'s bytes, as read and checked."""
+        route = self.model_copy()
+        route._descriptor_set_bytes = data
+        return route
 
     @model_validator(mode="after")
     def _protocol(self) -> RouteConfig:
@@ -283,7 +308,20 @@ class RouteConfig(FrozenModel):
             raise FieldError(("mode",), f"gRPC routes serve in mode shadow only, got {self.mode}")
         if grpc and self.monitor is not None:
             raise FieldError(("monitor",), "watches HTTP routes only, not gRPC ones")
+        if self.grpc_descriptor_set is not None:
+            self._check_descriptor_set()
         return self
+
+    def _check_descriptor_set(self) -> None:
+        if not self.is_grpc:
+            raise FieldError(("grpc_descriptor_set",), "applies to gRPC routes only")
+        assert self.match.grpc is not None
+        if self.match.grpc.partition("/")[0] == OPEN_INFERENCE_SERVICE:
+            raise FieldError(
+                ("grpc_descriptor_set",),
+                f"{OPEN_INFERENCE_SERVICE} is decoded built in (compare.prediction: "
+                "open-inference); leave grpc_descriptor_set out",
+            )
 
     @model_validator(mode="after")
     def _mode_block(self) -> RouteConfig:
