@@ -385,6 +385,7 @@ def main() -> None:
                     if mode == "max" and system == "proxy-blackhole":
                         continue
                     figures = measure(system, ports, pids, mode, args.duration, args.baseline)
+                    figures["load_average_1m"] = os.getloadavg()[0]  # how shared the machine was
                     results[system][mode].append(figures)
                     print(f"round {round_ + 1} {mode:4} {system:16} {json.dumps(figures)}",
                           flush=True)  # fmt: skip
