@@ -66,16 +66,19 @@ class _Keys(Mapping[str, str]):
 
     def __getitem__(self, key: str) -> str:
         key = key.lower()
+        found = None
         for name, value in self._metadata:
             if name == key and isinstance(value, str):
-                return value
-        raise KeyError(key)
+                found = value  # the last of a repeated key, as a dict of them would keep
+        if found is None:
+            raise KeyError(key)
+        return found
 
     def __iter__(self) -> Iterator[str]:
-        return (name for name, value in self._metadata if isinstance(value, str))
+        return iter(dict.fromkeys(name for name, value in self._metadata if isinstance(value, str)))
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
+        return len(list(self))
 
 
 class _Production:
