@@ -13,7 +13,23 @@ recording on (the writer process compares and writes Parquet). Systems:
 - ``proxy-blackhole``: through shadowproxy, the shadow accepts connections and never
   answers (copies time out after 2 s);
 - ``passthrough``: the floor of any grpc.aio proxy, a generic handler forwarding the
-  bytes and nothing else (max load only).
+  bytes and nothing else;
+- ``passthrough-tee``: the floor of any grpc.aio tee, the same handler plus one copy
+  of each call sent to the shadow in the background (its answer dropped): no
+  metadata, no sampling, no metrics, no recording;
+- ``passthrough-tee-id``: ``passthrough-tee`` that also keeps the proxy's metadata
+  contract: production's initial metadata plus ``x-request-id`` back to the client
+  (grpc.aio sends initial metadata given by hand as a batch of its own), production's
+  trailing metadata passed back.
+
+The floors run on the same grpc.aio and event loop as the proxy, so the proxy's added
+latency splits into what grpc.aio costs any tee (``passthrough-tee`` against
+``direct``), what the metadata contract costs (``passthrough-tee-id`` against
+``passthrough-tee``) and what is the proxy's own (``proxy`` against
+``passthrough-tee-id``). Each run also reports the CPU time the process(es) between
+client and production spent per call (``cpu_ms_per_call``; the proxy's includes its
+writer process, also given alone as ``writer_cpu_ms_per_call``): on a shared, noisy
+machine CPU time per call moves much less than latency does.
 
 Loads: ``r500``, 500 calls/s open loop (latency p50/p99 as the client sees it), and
 ``max``, 64 calls in flight (calls/s). Each round runs every system in turn, in an
@@ -37,6 +53,9 @@ from pathlib import Path
 from typing import Any
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+WARM_UP_CALLS = 200
+FLOORS = ("passthrough", "passthrough-tee", "passthrough-tee-id")
+SYSTEMS = ("direct", *FLOORS, "proxy", "proxy-blackhole")
 HERE = Path(__file__).resolve().parent
 STARTUP_S = 2.0
 """After the proxy listens: its writer process is still importing Arrow, on the same
@@ -110,6 +129,51 @@ async def passthrough(port: int, production: int) -> None:
         await server.wait_for_termination()
 
 
+async def passthrough_tee(port: int, production: int, shadow: int, with_id: bool) -> None:
+    """The floor of any grpc.aio tee: ``passthrough`` plus one copy of each call to the
+    shadow, sent first and not awaited by the call (its answer or error dropped).
+    ``with_id``: production's initial metadata and an ``x-request-id`` go back to the
+    client, its trailing metadata too (what the proxy's contract asks for)."""
+    import grpc
+
+    copies: set[asyncio.Task[Any]] = set()
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{production}") as channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{shadow}") as shadow_channel,
+    ):
+        call = channel.unary_unary(INFER)
+        copy = shadow_channel.unary_unary(INFER)
+
+        async def send_copy(request: bytes) -> None:
+            try:
+                await copy(request, timeout=2)
+            except grpc.aio.AioRpcError:
+                pass
+
+        async def forward(request: bytes, context: Any) -> bytes:
+            task = asyncio.ensure_future(send_copy(request))  # noqa: TID251
+            copies.add(task)
+            task.add_done_callback(copies.discard)
+            if not with_id:
+                return await call(request)  # type: ignore[no-any-return]
+            answer = call(request)
+            response: bytes = await answer
+            initial = tuple(await answer.initial_metadata())
+            await context.send_initial_metadata((*initial, ("x-request-id", "0" * 32)))
+            context.set_trailing_metadata(tuple(await answer.trailing_metadata()))
+            return response
+
+        class Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
+            def service(self, details: Any) -> Any:
+                return grpc.unary_unary_rpc_method_handler(forward)
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((Handler(),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+
 async def black_hole(port: int) -> None:
     held: list[asyncio.StreamWriter] = []
 
@@ -128,7 +192,7 @@ async def load(target: str, mode: str, rate: float, duration_s: float) -> dict[s
     request, _ = messages()
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(INFER)
-        for _ in range(200):  # warm up: connection, first calls
+        for _ in range(WARM_UP_CALLS):  # connection, first calls
             await call(request, timeout=5)
         latencies: list[float] = []
         errors = 0
@@ -175,9 +239,11 @@ async def load(target: str, mode: str, rate: float, duration_s: float) -> dict[s
 # --- the driver ----------------------------------------------------------------------
 
 
-def spawn(*args: str) -> subprocess.Popen[bytes]:
+def spawn(*args: str, source: Path | None = None) -> subprocess.Popen[bytes]:
+    """``source``: import shadowproxy from this tree (its ``src``) instead."""
+    env = None if source is None else {**os.environ, "PYTHONPATH": str(source / "src")}
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
 
 
 def wait_port(port: int, within_s: float = 20.0) -> None:
@@ -218,23 +284,63 @@ def run_load(target: str, mode: str, duration_s: float) -> dict[str, float]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def measure(system: str, ports: dict[str, int], mode: str, duration_s: float) -> dict[str, float]:
+def measure(
+    system: str,
+    ports: dict[str, int],
+    pids: dict[str, int],
+    mode: str,
+    duration_s: float,
+    baseline: Path | None = None,
+) -> dict[str, float]:
     if system == "direct":
         return run_load(f"127.0.0.1:{ports['production']}", mode, duration_s)
-    if system == "passthrough":
-        return run_load(f"127.0.0.1:{ports['passthrough']}", mode, duration_s)
+    if system in FLOORS:
+        return with_cpu(f"127.0.0.1:{ports[system]}", mode, duration_s, pids[system])
     shadow = ports["hole"] if system == "proxy-blackhole" else ports["shadow"]
     grpc_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = proxy_config(Path(tmp), ports["production"], shadow, grpc_port)
-        proxy = spawn("-m", "shadowproxy", "serve", "--config", str(config))
+        source = baseline if system == "proxy-baseline" else None
+        proxy = spawn("-m", "shadowproxy", "serve", "--config", str(config), source=source)
         try:
             wait_port(grpc_port)
             time.sleep(STARTUP_S)
-            return run_load(f"127.0.0.1:{grpc_port}", mode, duration_s)
+            return with_cpu(f"127.0.0.1:{grpc_port}", mode, duration_s, proxy.pid)
         finally:
             proxy.terminate()
             proxy.wait(30)
+
+
+def with_cpu(target: str, mode: str, duration_s: float, pid: int) -> dict[str, float]:
+    """``run_load``, plus the CPU time ``pid`` and its children (the proxy's writer)
+    spent per call, warm-up calls included; Linux only (``/proc``), else left out."""
+    processes = [pid, *children_of(pid)]
+    before = [cpu_seconds(p) for p in processes]
+    figures = run_load(target, mode, duration_s)
+    after = [cpu_seconds(p) for p in processes]
+    if None in before or None in after:
+        return figures
+    spent = [b - a for a, b in zip(before, after, strict=True)]  # type: ignore[operator]
+    calls = figures["calls"] + figures["errors"] + WARM_UP_CALLS
+    figures["cpu_ms_per_call"] = sum(spent) * 1000.0 / calls
+    if len(spent) > 1:
+        figures["writer_cpu_ms_per_call"] = sum(spent[1:]) * 1000.0 / calls
+    return figures
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def main() -> None:
@@ -242,15 +348,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the proxy from this source tree (e.g. an earlier commit's "
+        "`git archive`) as system proxy-baseline, for a before/after in one run",
+    )
     args = parser.parse_args()
-    ports = {name: free_port() for name in ("production", "shadow", "hole", "passthrough")}
+    ports = {name: free_port() for name in ("production", "shadow", "hole", *FLOORS)}
+    production, shadow = str(ports["production"]), str(ports["shadow"])
+    floors = {
+        "passthrough": spawn(__file__, "passthrough", str(ports["passthrough"]), production),
+        **{
+            name: spawn(__file__, name, str(ports[name]), production, shadow)
+            for name in ("passthrough-tee", "passthrough-tee-id")
+        },
+    }
+    pids = {name: process.pid for name, process in floors.items()}
     children = [
-        spawn(__file__, "upstream", str(ports["production"])),
-        spawn(__file__, "passthrough", str(ports["passthrough"]), str(ports["production"])),
-        spawn(__file__, "upstream", str(ports["shadow"])),
+        spawn(__file__, "upstream", production),
+        *floors.values(),
+        spawn(__file__, "upstream", shadow),
         spawn(__file__, "blackhole", str(ports["hole"])),
     ]
-    systems = ["direct", "passthrough", "proxy", "proxy-blackhole"]
+    systems = [*SYSTEMS, "proxy-baseline"] if args.baseline else list(SYSTEMS)
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         s: {"rate": [], "max": []} for s in systems
     }
@@ -261,10 +382,10 @@ def main() -> None:
             order = systems if round_ % 2 == 0 else systems[::-1]
             for mode in ("rate", "max"):
                 for system in order:
-                    rate_only, max_only = system == "proxy-blackhole", system == "passthrough"
-                    if (mode == "max" and rate_only) or (mode == "rate" and max_only):
+                    if mode == "max" and system == "proxy-blackhole":
                         continue
-                    figures = measure(system, ports, mode, args.duration)
+                    figures = measure(system, ports, pids, mode, args.duration, args.baseline)
+                    figures["load_average_1m"] = os.getloadavg()[0]  # how shared the machine was
                     results[system][mode].append(figures)
                     print(f"round {round_ + 1} {mode:4} {system:16} {json.dumps(figures)}",
                           flush=True)  # fmt: skip
@@ -282,25 +403,31 @@ def summarise(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
     def median(system: str, mode: str, key: str) -> float:
         return statistics.median(run[key] for run in results[system][mode])
 
-    direct_p50, direct_p99 = median("direct", "rate", "p50_ms"), median("direct", "rate", "p99_ms")
-    proxy_p99 = median("proxy", "rate", "p99_ms")
-    return {
-        "direct_p50_ms": direct_p50,
-        "direct_p99_ms": direct_p99,
-        "proxy_p50_ms": median("proxy", "rate", "p50_ms"),
-        "proxy_p99_ms": proxy_p99,
-        "added_p50_ms": median("proxy", "rate", "p50_ms") - direct_p50,
-        "added_p99_ms": proxy_p99 - direct_p99,
-        "blackhole_p99_ms": median("proxy-blackhole", "rate", "p99_ms"),
-        "blackhole_p99_change": median("proxy-blackhole", "rate", "p99_ms") / proxy_p99 - 1,
-        "direct_max_calls_per_s": median("direct", "max", "calls_per_s"),
-        "proxy_max_calls_per_s": median("proxy", "max", "calls_per_s"),
-        "max_ratio": median("proxy", "max", "calls_per_s") / median("direct", "max", "calls_per_s"),
-        "passthrough_max_calls_per_s": median("passthrough", "max", "calls_per_s"),
-        "passthrough_max_ratio": (
-            median("passthrough", "max", "calls_per_s") / median("direct", "max", "calls_per_s")
-        ),
-    }
+    direct_max = median("direct", "max", "calls_per_s")
+    report = {}
+    for system in results:
+        key = system.replace("-", "_")
+        for figure in ("p50_ms", "p99_ms"):
+            report[f"{key}_{figure}"] = median(system, "rate", figure)
+            if system != "direct":
+                report[f"{key}_added_{figure}"] = median(system, "rate", figure) - median(
+                    "direct", "rate", figure
+                )
+        for figure in ("cpu_ms_per_call", "writer_cpu_ms_per_call"):
+            if all(figure in run for run in results[system]["rate"]):
+                report[f"{key}_{figure}"] = median(system, "rate", figure)
+        if system != "proxy-blackhole":
+            report[f"{key}_max_calls_per_s"] = median(system, "max", "calls_per_s")
+            report[f"{key}_max_ratio"] = median(system, "max", "calls_per_s") / direct_max
+    # What is the proxy's own: its latency above the floor of a tee keeping its contract.
+    for figure in ("p50_ms", "p99_ms"):
+        report[f"proxy_over_floor_{figure}"] = median("proxy", "rate", figure) - median(
+            "passthrough-tee-id", "rate", figure
+        )
+    report["blackhole_p99_change"] = (
+        median("proxy-blackhole", "rate", "p99_ms") / median("proxy", "rate", "p99_ms") - 1
+    )
+    return report
 
 
 if __name__ == "__main__":
@@ -311,6 +438,9 @@ if __name__ == "__main__":
         runner(upstream(int(sys.argv[2])))
     elif command == "passthrough":
         runner(passthrough(int(sys.argv[2]), int(sys.argv[3])))
+    elif command in ("passthrough-tee", "passthrough-tee-id"):
+        ports = (int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        runner(passthrough_tee(*ports, with_id=command == "passthrough-tee-id"))
     elif command == "blackhole":
         runner(black_hole(int(sys.argv[2])))
     elif command == "load":

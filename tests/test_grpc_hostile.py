@@ -11,11 +11,13 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
 
+from shadowproxy.grpc import server as grpc_server
+from shadowproxy.grpc.server import Kind
 from tests.grpc_support import fake_upstream, stream_upstream
 from tests.support import running_proxy, write_config
 
@@ -145,3 +147,47 @@ async def test_hostile_input_leaves_the_listener_serving_and_resources_flat(
             assert open_fds() <= fds, str(extra)
             # Allocator pools move by a few MiB a burst (a leak would grow by the burst).
             assert rss_mib() < rss + 32, (rss_mib(), rss)
+
+
+class _Details(NamedTuple):
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...]
+
+
+class _UnaryCalls:
+    """What the listener serves with, reduced to the part the handler lookup reads."""
+
+    def kind(self, method: str) -> Kind:
+        return "unary"
+
+    def knows_service(self, service: str) -> bool:
+        return True
+
+    async def unary(self, method: str, request: bytes, context: Any) -> bytes:
+        return request
+
+    async def stream(self, method: str, context: Any) -> None:
+        return None
+
+
+async def test_method_handlers_are_kept_per_method_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC asks for a method's handler on every call: one is made per method and
+    reused, and a client naming endless methods cannot grow the cache past its bound
+    (past it, each call gets a handler of its own, which still serves)."""
+    monkeypatch.setattr(grpc_server, "HANDLER_CACHE_SIZE", 2)
+    server = grpc_server.GrpcServer(
+        _UnaryCalls(), max_concurrent_calls=1, max_concurrent_streams=1,
+        max_message_bytes=1024, on_reject=lambda reason: None,
+    )  # fmt: skip
+    generic = grpc_server._Generic(server)
+
+    def handler(method: str) -> Any:
+        return generic.service(_Details(method, ()))
+
+    assert handler("/a.S/M") is handler("/a.S/M")
+    assert handler("/a.S/N") is not handler("/a.S/M")
+    assert handler("/a.S/O") is not handler("/a.S/O")  # over the bound: made, not kept
+    assert len(generic._handlers) == 2
+    assert await handler("/a.S/O").unary_unary(b"x", None) == b"x"

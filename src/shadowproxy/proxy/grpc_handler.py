@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
 import grpc
@@ -53,12 +54,31 @@ STREAMING = "streaming"
 """The skip reason of a sampled shadow on a call that streams."""
 
 
-class _Keys(dict[str, str]):
+class _Keys(Mapping[str, str]):
     """Metadata by key for ``sample_key``: keys are lower-case on the wire, while the
-    config names a header as users write it (``X-User-Id``)."""
+    config names a header as users write it (``X-User-Id``). Looked up in the metadata
+    list only when a shadow samples by key (most do not), not built for every call."""
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
+    __slots__ = ("_metadata",)
+
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
+    def __getitem__(self, key: str) -> str:
+        key = key.lower()
+        found = None
+        for name, value in self._metadata:
+            if name == key and isinstance(value, str):
+                found = value  # the last of a repeated key, as a dict of them would keep
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name for name, value in self._metadata if isinstance(value, str)))
+
+    def __len__(self) -> int:
+        return len(list(self))
 
 
 class _Production:
@@ -82,6 +102,16 @@ class _Production:
             body_truncated=self.truncated, content_type=content_type, chaos=self.chaos,
             grpc_status=self.code,
         )  # fmt: skip
+
+
+def _settle(
+    route: GrpcRoute, exchange: Exchange | None, result: ProductionResult, duration_s: float
+) -> None:
+    """A unary call's bookkeeping once its answer is on its way."""
+    if exchange is not None:
+        exchange.finish(result)
+    route.metrics.upstream.observe(result.latency_ms / 1000.0)
+    route.metrics.duration.observe(duration_s)
 
 
 class GrpcProxyHandler:
@@ -126,10 +156,11 @@ class GrpcProxyHandler:
         finally:
             snapshot.in_flight -= 1
             result = outcome.result(started)
-            if exchange is not None:
-                exchange.finish(result)
-            route.metrics.upstream.observe(result.latency_ms / 1000.0)
-            route.metrics.duration.observe(time.perf_counter() - started)
+            # gRPC starts sending the answer as soon as this returns: the pair and the
+            # histograms wait for the next turn of the loop, not the client.
+            asyncio.get_running_loop().call_soon(
+                _settle, route, exchange, result, time.perf_counter() - started
+            )
 
     def _start_copies(
         self,
@@ -148,8 +179,7 @@ class GrpcProxyHandler:
             request_id=request_id, ts=arrived, route=route.name, method="POST", path=method,
             query="", headers=headers, body=request, body_complete=True, protocol="grpc",
         )  # fmt: skip
-        keys = _Keys((k, v) for k, v in metadata if isinstance(v, str))
-        return self._tee.start(route.shadows, info, headers, method, keys, skip_reason)
+        return self._tee.start(route.shadows, info, headers, method, _Keys(metadata), skip_reason)
 
     async def _forward(
         self,
