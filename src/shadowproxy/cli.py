@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shadowproxy import DISTRIBUTION, __version__
 from shadowproxy.config import Config, canary_refusal, load_config, with_overrides
@@ -14,6 +14,9 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.canary import state_path
 from shadowproxy.experiments.promotion import Promotion, for_canary
 from shadowproxy.loop import run_loop
+
+if TYPE_CHECKING:
+    from shadowproxy.recording.forkserver import ForkServer
 
 EXIT_CONFIG = 2
 DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos", "drift")
@@ -316,10 +319,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_loop(supervisor.run())
     from shadowproxy.app import serve
 
+    forks = _writer_forks(config)
     run_loop(
-        serve(config, load=load, reuse_port=args.reuse_port, supervisor_pid=args.supervisor_pid)
+        serve(
+            config,
+            load=load,
+            reuse_port=args.reuse_port,
+            supervisor_pid=args.supervisor_pid,
+            writer_forks=forks,
+        )
     )
     return 0
+
+
+def _writer_forks(config: Config) -> ForkServer | None:
+    """The writer's fork server, started here: after the imports, before the loop and
+    any thread, so the writers it forks share this process's pages and nothing unsafe."""
+    recording = config.main.recording
+    if recording.writer != "process" or recording.writer_start != "fork":
+        return None
+    from shadowproxy.recording import child, process  # noqa: F401  (shared with the writer)
+    from shadowproxy.recording.forkserver import ForkServer
+
+    return ForkServer.start()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
