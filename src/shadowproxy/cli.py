@@ -317,9 +317,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         supervisor = Supervisor(config, args.config, args.workers, args.log_level)
         return run_loop(supervisor.run())
-    from shadowproxy.app import serve
-
     forks = _writer_forks(config)
+    from shadowproxy.app import serve  # after the fork: the writer needs none of it
+
     run_loop(
         serve(
             config,
@@ -333,12 +333,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _writer_forks(config: Config) -> ForkServer | None:
-    """The writer's fork server, started here: after the imports, before the loop and
-    any thread, so the writers it forks share this process's pages and nothing unsafe."""
+    """The writer's fork server, started here: before the loop and any thread, so
+    forking is safe. Modules the writer needs are imported first, to be shared by both
+    processes; the proxy's own (aiohttp and up) after, so the server keeps no copy of
+    the pages the proxy writes to."""
     recording = config.main.recording
     if recording.writer != "process" or recording.writer_start != "fork":
         return None
-    from shadowproxy.recording import child, process  # noqa: F401  (shared with the writer)
+    from shadowproxy.recording import child  # noqa: F401  (shared with the writer)
     from shadowproxy.recording.forkserver import ForkServer
 
     return ForkServer.start()
