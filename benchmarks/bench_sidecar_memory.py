@@ -1,19 +1,27 @@
-"""The sidecar's memory: PSS of the proxy plus its writer process, recording to S3.
+"""The sidecar's memory: PSS of the proxy plus its writer side, recording to S3.
 
     .venv/bin/python benchmarks/bench_sidecar_memory.py                   # 1,000 req/s, 60 s
     .venv/bin/python benchmarks/bench_sidecar_memory.py --rate 1000 --duration 120
+    .venv/bin/python benchmarks/bench_sidecar_memory.py --writer-start spawn  # to compare
 
 What runs, each in its own process: an S3 server (moto's, on loopback), production and
 one healthy shadow (``upstreams.py fast``), ``shadowproxy serve`` with one route, the
 shadow at ``sample_rate: 1.0`` and ``recording.dir: s3://…`` at the default file and
 buffer settings, and ``loadgen.py`` in open loop. Every 0.5 s the harness reads
-``/proc/<pid>/smaps_rollup`` of the proxy and of its writer: PSS (shared pages divided
-among the processes that map them: what the pod is charged for) and RSS.
+``/proc/<pid>/smaps_rollup`` of the proxy and of every process under it (the writer,
+and with ``writer_start: fork`` the fork server it came from): PSS (shared pages
+divided among the processes that map them: what the pod is charged for) and RSS.
 
-Printed: idle PSS before the load, the median and peak of proxy + writer under load,
-each process's peak, and the load generator's achieved rate and latency; the JSON goes
-to ``benchmarks/results/sidecar-memory-<time>.json``. The target is a peak under
-100 MiB. Needs ``moto[server]`` (in the dev extra).
+The harness itself never imports pyarrow (the bucket is made with a plain PUT): a
+process of its own mapping Arrow's libraries would take half of their pages off the
+writer's PSS, which no pod would see.
+
+Printed: idle PSS before the load, the median and peak of proxy + writer side under
+load, each side's peak, and the load generator's achieved rate and latency; the JSON
+goes to ``benchmarks/results/sidecar-memory-<time>.json``. The target is a peak under
+100 MiB. Needs ``moto[server]`` (in the dev extra). The machine's load shows: when the
+proxy cannot keep the rate, the writer's queue grows towards its bound, and so does
+its memory; look at the load generator's latency before comparing runs.
 """
 
 from __future__ import annotations
