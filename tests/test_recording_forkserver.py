@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from shadowproxy.pages import parse_smaps
 from shadowproxy.recording import read_dataset
 from shadowproxy.recording.forkserver import ForkServer
 from shadowproxy.recording.process import RecorderProcess
@@ -148,6 +149,9 @@ async def test_serve_forks_its_writer_and_sigterm_ends_all_three(tmp_path: Path)
             assert len(server) == 1
             await wait_until(lambda: len(_children(server[0])) == 1, within_s=20)
             writer = _children(server[0])[0]
+            # Once serving, neither keeps the library pages only starting needed.
+            await wait_until(lambda: code_kib(writer, "libarrow.so") < 2048, within_s=20)
+            await wait_until(lambda: code_kib(proxy.pid, "_pydantic_core") < 1024, within_s=20)
             async with aiohttp.ClientSession() as client:
                 for n in range(5):
                     headers = {"x-request-id": f"r{n}"}
@@ -163,6 +167,12 @@ async def test_serve_forks_its_writer_and_sigterm_ends_all_three(tmp_path: Path)
                 await proxy.wait()
     await wait_until(lambda: gone(writer) and gone(server[0]), within_s=5)
     assert read_dataset(str(tmp_path / "rec")).num_rows == 5
+
+
+def code_kib(pid: int, library: str) -> int:
+    """Resident KiB of a library's read-only mappings (its code and constants)."""
+    mappings = parse_smaps(Path(f"/proc/{pid}/smaps").read_text())
+    return sum(m.rss_kib for m in mappings if library in m.path and "w" not in m.perms)
 
 
 def _children(pid: int) -> list[int]:

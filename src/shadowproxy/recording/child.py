@@ -24,8 +24,8 @@ from shadowproxy.compare import Comparer
 from shadowproxy.config import Config
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import RecorderMetrics
+from shadowproxy.pages import unmap_clean_library_pages
 from shadowproxy.recording import wire
-from shadowproxy.recording.pages import unmap_clean_library_pages
 from shadowproxy.tasks import TaskSet
 
 if TYPE_CHECKING:

@@ -300,9 +300,10 @@ class RecorderProcess:
 
     async def _restart(self, dead: Writer) -> None:
         lost = self._count_lost()
+        code = dead.returncode
         log.error(
             "recorder: writer process exited with %s; %d records lost; restarting",
-            dead.returncode,
+            "an unknown code (its fork server is gone)" if code is None else code,
             lost,
         )
         await asyncio.sleep(RESTART_PAUSE_S)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowproxy.recording.pages import parse_smaps, unmap_clean_library_pages
+from shadowproxy.pages import parse_smaps, unmap_clean_library_pages
 
 SMAPS = """\
 7f0000000000-7f0000004000 r-xp 00000000 08:01 11 /usr/lib/libarrow.so
