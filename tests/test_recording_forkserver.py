@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from shadowproxy.errors import ConfigError
 from shadowproxy.pages import parse_smaps
 from shadowproxy.recording import read_dataset
 from shadowproxy.recording.forkserver import ForkServer
@@ -126,6 +127,16 @@ async def test_without_its_fork_server_the_recorder_spawns_writers(
         recorder.submit(make_pair(n))
     await recorder.close()
     assert read_dataset(str(tmp_path)).num_rows == 30
+
+
+async def test_a_bad_recording_dir_fails_at_start_and_ends_the_fork_server(
+    tmp_path: Path, forks: ForkServer
+) -> None:
+    _, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, dir="nosuchscheme://bucket/x"), metrics, forks)
+    with pytest.raises(ConfigError, match=r"recording\.dir"):
+        await recorder.start()
+    assert gone(forks.pid)
 
 
 async def test_serve_forks_its_writer_and_sigterm_ends_all_three(tmp_path: Path) -> None:

@@ -44,8 +44,7 @@ from shadowproxy.records import Exposure, ExposureSink, Pair, Sink, VerdictCount
 from shadowproxy.tasks import TaskSet
 
 if TYPE_CHECKING:
-    # imported at start only when grpc_listen is set (the grpc extra)
-    from shadowproxy.proxy.grpc_listener import GrpcListener
+    from shadowproxy.proxy.grpc_listener import GrpcListener  # at start, with grpc_listen
     from shadowproxy.recording.forkserver import ForkServer
 
 log = logging.getLogger(__name__)

@@ -241,6 +241,8 @@ class RecorderProcess:
             if self._process is not None and self._process.stdin is not None:
                 self._process.stdin.close()
             await self._tasks.drain(EXIT_GRACE_S)
+            if self._forks is not None:
+                await self._forks.close()
             raise ConfigError(None, None, fatal)
         if not self._status:
             log.warning("recorder: writer process not ready after %.0fs", READY_TIMEOUT_S)
