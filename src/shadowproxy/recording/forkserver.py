@@ -57,21 +57,34 @@ class ForkedWriter:
         self.pid = pid
         self.stdin: asyncio.StreamWriter | None = stdin
         self.stdout: asyncio.StreamReader | None = stdout
-        self.returncode: int | None = None
+        self._code: int | None = None
         self._exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the writer has exited and all it wrote has been read.
+
+        Its exit is reported on another channel than its output, and may arrive first:
+        a code shown before the last status is read would hide that status (a fatal
+        error at start) from whoever checks the code to stop reading.
+        """
+        if not self._exited.done() or (self.stdout is not None and not self.stdout.at_eof()):
+            return None
+        return self._code
 
     async def wait(self) -> int | None:
         """The exit code; None when the server died first and the code is unknown."""
         return await asyncio.shield(self._exited)
 
     def kill(self) -> None:
-        if self.returncode is None:
+        if self._code is None:  # not reaped by the server (or the server is gone)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
     def exited(self, code: int | None) -> None:
-        self.returncode = code
+        """Reaped with this code, or None: the server is gone and the code with it."""
         if not self._exited.done():
+            self._code = code
             self._exited.set_result(code)
 
 

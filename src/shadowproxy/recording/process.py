@@ -124,6 +124,9 @@ class RecorderProcess:
         self._verdicts_before: dict[tuple[str, str], tuple[int, int]] = {}
         """Verdicts reported by writers that are gone, so the counts survive a restart."""
         self._process: Writer | None = None
+        self._fatal: str | None = None
+        """A writer's refusal to start, kept apart from its status: the restart that
+        follows its exit clears the status, maybe before ``start`` has seen it."""
         self._closing = False
         self._tasks = TaskSet()
         self._ticker: asyncio.TimerHandle | None = None
@@ -231,11 +234,11 @@ class RecorderProcess:
         await self._spawn()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
-        while not self._status and loop.time() < deadline:
+        while not self._status and self._fatal is None and loop.time() < deadline:
             if self._process is None or self._process.returncode is not None:
                 break
             await asyncio.sleep(0.02)
-        fatal = self._status.get("fatal")
+        fatal = self._fatal
         if fatal is not None:
             self._closing = True
             if self._process is not None and self._process.stdin is not None:
@@ -282,6 +285,7 @@ class RecorderProcess:
             if kind == wire.STATUS:
                 self._status = pickle.loads(payload)
                 self._collector.exposition = self._status.get("metrics", b"")
+                self._fatal = self._status.get("fatal", self._fatal)
         # The writer is gone (or going): ship nothing more into its pipe, where it would
         # be lost without a count; batches wait in the bounded queue for the next one.
         if self._process is process:
