@@ -15,7 +15,7 @@ import pytest
 
 from shadowproxy.errors import ConfigError
 from shadowproxy.pages import parse_smaps
-from shadowproxy.recording import read_dataset
+from shadowproxy.recording import forkserver, read_dataset
 from shadowproxy.recording.forkserver import ForkServer
 from shadowproxy.recording.process import RecorderProcess
 from tests.support import free_port, upstream, wait_listening, write_config
@@ -127,6 +127,28 @@ async def test_without_its_fork_server_the_recorder_spawns_writers(
         recorder.submit(make_pair(n))
     await recorder.close()
     assert read_dataset(str(tmp_path)).num_rows == 30
+
+
+async def test_a_fork_server_that_does_not_answer_is_given_up(
+    tmp_path: Path, forks: ForkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forkserver, "FORK_TIMEOUT_S", 0.3)
+    _, metrics = parent_metrics()
+    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.1), metrics, forks)
+    os.kill(forks.pid, signal.SIGSTOP)
+    try:
+        await recorder.start()  # given up after 0.3 s: a spawned writer instead
+        writer = recorder._process
+        assert writer is not None
+        assert parent_of(writer.pid) == os.getpid()
+        assert not forks.alive
+        for n in range(10):
+            recorder.submit(make_pair(n))
+    finally:
+        os.kill(forks.pid, signal.SIGCONT)  # it reads the close, and exits
+    await recorder.close()
+    assert read_dataset(str(tmp_path)).num_rows == 10
+    assert gone(forks.pid)
 
 
 async def test_a_bad_recording_dir_fails_at_start_and_ends_the_fork_server(

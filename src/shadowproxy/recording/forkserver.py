@@ -21,7 +21,8 @@ The proxy holds the writer's pipes, as with a spawned one; only its exit code co
 through the server, which is its parent. ``gc.freeze()`` before the fork keeps the
 collector from writing to every object the copies share. The server and its writers
 ignore SIGINT, SIGTERM and SIGHUP: they end when the proxy closes their pipes. If the
-server is gone (killed), ``RecorderProcess`` goes back to starting fresh interpreters.
+server is gone (killed) or does not answer, ``RecorderProcess`` goes back to starting
+fresh interpreters.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ FORK = b"f"
 """Proxy to server: fork one writer."""
 IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 CLOSE_WAIT_S = 2.0
+FORK_TIMEOUT_S = 10.0
+"""How long a fork may take before the server is given up (and writers are spawned)."""
 
 
 class ForkedWriter:
@@ -140,7 +143,13 @@ class ForkServer:
             if not self.alive:
                 raise ConnectionError("the writer fork server is gone")
             self._sock.send(FORK)
-            pid, error, fds = await self._replies.get()
+            try:
+                pid, error, fds = await asyncio.wait_for(self._replies.get(), FORK_TIMEOUT_S)
+            except TimeoutError:
+                # A late answer would be taken for the next request's: give it up.
+                self._abandon()
+                message = f"the fork server did not fork in {FORK_TIMEOUT_S:g} s"
+                raise TimeoutError(message) from None
         if error:
             raise OSError(error, f"the fork server could not fork a writer: {os.strerror(error)}")
         if not fds:
@@ -192,6 +201,12 @@ class ForkServer:
         else:
             writer.exited(code)
 
+    def _abandon(self) -> None:
+        """Stop using a server that does not answer; it exits once it reads the close."""
+        log.error("recorder: the writer fork server (pid %d) does not answer", self.pid)
+        self._gone()
+        self._sock.close()
+
     def _gone(self) -> None:
         """The server died: no more forks, and exit codes it held are unknown."""
         if not self.alive:
@@ -208,17 +223,16 @@ class ForkServer:
     async def close(self) -> None:
         """End the server (it exits when its socket closes; a writer still running goes
         on) and reap it, waiting at most ``CLOSE_WAIT_S``."""
-        if self._sock.fileno() < 0:
-            return
-        if self._replies is not None and self.alive:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-        self.alive = False
-        self._sock.close()
+        if self._sock.fileno() >= 0:
+            if self._replies is not None and self.alive:
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self.alive = False
+            self._sock.close()
         for _ in range(int(CLOSE_WAIT_S / 0.01)):
             try:
                 if os.waitpid(self.pid, os.WNOHANG)[0]:  # noqa: ASYNC222 (WNOHANG)
                     return
-            except ChildProcessError:
+            except ChildProcessError:  # reaped already
                 return
             await asyncio.sleep(0.01)
         log.warning("recorder: the writer fork server (pid %d) did not exit", self.pid)
