@@ -347,7 +347,7 @@ class RecordingConfig(FrozenModel):
     writer_start: Literal["fork", "spawn"] = "fork"
     """How ``serve`` starts the writer process. ``fork``: forked by a fork server, a copy
     of the proxy made before its event loop starts, so the writer shares the modules
-    both import (about 4 MiB less PSS per sidecar, net of the fork server's own); a
+    both import (3 to 6 MiB less PSS per sidecar, net of the fork server's own); a
     restart is forked the same way. ``spawn``: a fresh Python interpreter each time.
     ``serve`` called from Python (embedding) spawns."""
     endpoint_url: str | None = None

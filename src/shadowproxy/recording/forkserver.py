@@ -5,7 +5,7 @@ imported (asyncio, pydantic and the config models, prometheus_client). Forked, i
 shares those pages with the proxy until either writes to them. Measured
 (``benchmarks/bench_sidecar_memory.py``), the proxy's PSS drops by 9 MiB, but the fork
 server takes most of it back: it keeps the original of every page the other two have
-both written since (reference counts, allocator pools), about 4 MiB net per sidecar.
+both written since (reference counts, allocator pools): 3 to 6 MiB net per sidecar.
 
 Forking the running proxy would not be safe (an event loop with its selector and
 sockets, maybe threads holding locks), and a writer must be restartable at any time. So
