@@ -113,7 +113,7 @@ class ForkServer:
         PSS) whether or not a writer still uses them.
         """
         if not hasattr(os, "fork") or threading.active_count() > 1:
-            log.warning("recorder: cannot fork writers here (threads running); spawning them")
+            log.warning("recorder: cannot fork writers here (no fork, or threads); spawning them")
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for stream in (sys.stdout, sys.stderr):
@@ -121,11 +121,13 @@ class ForkServer:
         gc.collect()
         gc.freeze()  # kept frozen here too: any write would unshare the page
         pid = os.fork()
-        if pid == 0:  # pragma: no cover - the server process (tested end to end)
+        if pid == 0:  # the server process
             code = 1
             try:
                 ours.close()
                 code = _serve(theirs)
+            except Exception:
+                log.exception("recorder: the writer fork server stopped by an error")
             finally:
                 os._exit(code)
         theirs.close()
@@ -241,7 +243,7 @@ class ForkServer:
 # --- the server process ----------------------------------------------------------------
 
 
-def _serve(sock: socket.socket) -> int:  # pragma: no cover
+def _serve(sock: socket.socket) -> int:
     """Fork a writer per request; report exits; return when the proxy is gone."""
     for sig in IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
@@ -260,7 +262,7 @@ def _serve(sock: socket.socket) -> int:  # pragma: no cover
             _fork(sock, (wake_read, wake_write))
 
 
-def _reap(sock: socket.socket) -> None:  # pragma: no cover
+def _reap(sock: socket.socket) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -272,7 +274,7 @@ def _reap(sock: socket.socket) -> None:  # pragma: no cover
             sock.send(MESSAGE.pack(b"x", pid, os.waitstatus_to_exitcode(status)))
 
 
-def _fork(sock: socket.socket, wake_fds: tuple[int, int]) -> None:  # pragma: no cover
+def _fork(sock: socket.socket, wake_fds: tuple[int, int]) -> None:
     from_proxy, to_writer = os.pipe()  # the writer's stdin
     from_writer, to_proxy = os.pipe()  # its stdout
     try:
@@ -293,6 +295,8 @@ def _fork(sock: socket.socket, wake_fds: tuple[int, int]) -> None:  # pragma: no
             from shadowproxy.recording.child import run_forked
 
             code = run_forked(from_proxy, to_proxy)
+        except Exception:  # as a spawned writer's traceback would be, on stderr
+            log.exception("writer: stopped by an error")
         finally:
             os._exit(code)
     os.close(from_proxy)
