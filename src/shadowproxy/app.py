@@ -43,8 +43,9 @@ from shadowproxy.proxy.upstream import Pools
 from shadowproxy.records import Exposure, ExposureSink, Pair, Sink, VerdictCounts, VerdictSource
 from shadowproxy.tasks import TaskSet
 
-if TYPE_CHECKING:  # imported at start only when grpc_listen is set (the grpc extra)
-    from shadowproxy.proxy.grpc_listener import GrpcListener
+if TYPE_CHECKING:
+    from shadowproxy.proxy.grpc_listener import GrpcListener  # at start, with grpc_listen
+    from shadowproxy.recording.forkserver import ForkServer
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,7 @@ async def serve(
     *,
     reuse_port: bool = False,
     supervisor_pid: int | None = None,
+    writer_forks: ForkServer | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order; reload on SIGHUP.
 
@@ -326,6 +328,8 @@ async def serve(
 
     By default pairs are compared and recorded to Parquet; ``sink_factory`` replaces
     that (benchmarks, embedding). ``load`` reads the config again for a reload.
+    ``writer_forks``: the writer process is forked from it (see ``recording.forkserver``;
+    the recorder closes it), else started as a fresh interpreter.
     """
     sink: RecordingSink
     auto_choices: Callable[[], dict[str, dict[str, int]]] | None = None
@@ -337,7 +341,7 @@ async def serve(
 
         # The writer process exports the recording metrics; ours would be zeros.
         metrics = Metrics(recorder_registry=CollectorRegistry())
-        process = RecorderProcess(config, metrics)
+        process = RecorderProcess(config, metrics, writer_forks)
         sink, auto_choices = process, process.auto_choices
     else:
         from shadowproxy.recording import Recorder

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shadowproxy import DISTRIBUTION, __version__
 from shadowproxy.config import Config, canary_refusal, load_config, with_overrides
@@ -14,6 +14,10 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.experiments.canary import state_path
 from shadowproxy.experiments.promotion import Promotion, for_canary
 from shadowproxy.loop import run_loop
+
+if TYPE_CHECKING:
+    from shadowproxy.app import Server
+    from shadowproxy.recording.forkserver import ForkServer
 
 EXIT_CONFIG = 2
 DEMO_SCENARIOS = ("shadow", "canary-bad", "canary-good", "ab", "ab-skewed", "chaos", "drift")
@@ -314,12 +318,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         supervisor = Supervisor(config, args.config, args.workers, args.log_level)
         return run_loop(supervisor.run())
-    from shadowproxy.app import serve
+    forks = _writer_forks(config)
+    from shadowproxy.app import serve  # after the fork: the writer needs none of it
 
     run_loop(
-        serve(config, load=load, reuse_port=args.reuse_port, supervisor_pid=args.supervisor_pid)
+        serve(
+            config,
+            on_ready=_started,
+            load=load,
+            reuse_port=args.reuse_port,
+            supervisor_pid=args.supervisor_pid,
+            writer_forks=forks,
+        )
     )
     return 0
+
+
+async def _started(server: Server) -> None:
+    """Serving: the library pages only starting needed can go (see ``pages``)."""
+    from shadowproxy.pages import unmap_clean_library_pages
+
+    logging.getLogger("shadowproxy.pages").debug(
+        "proxy: %d KiB of library pages unmapped", unmap_clean_library_pages()
+    )
+
+
+def _writer_forks(config: Config) -> ForkServer | None:
+    """The writer's fork server, started here: before the loop and any thread, so
+    forking is safe. Modules the writer needs are imported first, to be shared by both
+    processes; the proxy's own (aiohttp and up) after, so the server keeps no copy of
+    the pages the proxy writes to."""
+    recording = config.main.recording
+    if recording.writer != "process" or recording.writer_start != "fork":
+        return None
+    from shadowproxy.recording import child  # noqa: F401  (shared with the writer)
+    from shadowproxy.recording.forkserver import ForkServer
+
+    return ForkServer.start()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

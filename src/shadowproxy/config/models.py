@@ -382,6 +382,12 @@ class RecordingConfig(FrozenModel):
     """``process``: redaction, comparison and Parquet writing run in a child process,
     so they never compete with the event loop for the GIL. ``thread``: in this
     process (one interpreter, no child; costs production latency under load)."""
+    writer_start: Literal["fork", "spawn"] = "fork"
+    """How ``serve`` starts the writer process. ``fork``: forked by a fork server, a copy
+    of the proxy made before its event loop starts, so the writer shares the modules
+    both import (3 to 6 MiB less PSS per sidecar, net of the fork server's own); a
+    restart is forked the same way. ``spawn``: a fresh Python interpreter each time.
+    ``serve`` called from Python (embedding) spawns."""
     endpoint_url: str | None = None
     """An S3-compatible endpoint for an ``s3://`` dir, as a full URL
     (``http://minio:9000``); default ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``

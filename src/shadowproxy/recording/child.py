@@ -17,7 +17,7 @@ import os
 import pickle
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -25,6 +25,7 @@ from shadowproxy.compare import Comparer
 from shadowproxy.config import Config
 from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import RecorderMetrics
+from shadowproxy.pages import unmap_clean_library_pages
 from shadowproxy.recording import wire
 from shadowproxy.tasks import TaskSet
 
@@ -100,13 +101,11 @@ class Child:
             self.received += len(payload)
 
 
-async def run() -> int:
+async def run(stdin: BinaryIO, stdout: BinaryIO) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=wire.MAX_FRAME)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, sys.stdout
-    )
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
     out = asyncio.StreamWriter(transport, protocol, None, loop)
     first = await read_frame(reader)
     if first is None or first[0] != wire.CONFIG:
@@ -120,6 +119,8 @@ async def run() -> int:
         await out.drain()
         return 2
     await child.report()  # ready
+    # Started: what Arrow and the S3 client touched to get here need not stay mapped.
+    log.debug("writer: %d KiB of library pages unmapped", unmap_clean_library_pages())
     tasks = TaskSet()
     tasks.spawn(child.report_forever(), name="writer-status")
     try:
@@ -163,15 +164,36 @@ def yield_cpu() -> None:
         os.nice(WRITER_NICENESS)
 
 
-def main() -> None:
+def prepare() -> None:
+    """What a writer does before its first frame, forked or spawned."""
     lean_arrow()
     yield_cpu()
+    import shadowproxy.recording.recorder  # noqa: F401  (Arrow)
+
+
+def main() -> None:
+    """A writer started as ``python -m shadowproxy.recording.child``: frames on stdio."""
+    prepare()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    sys.exit(asyncio.run(run()))
+    sys.exit(asyncio.run(run(sys.stdin.buffer, sys.stdout.buffer)))
+
+
+def run_forked(stdin_fd: int, stdout_fd: int) -> int:
+    """A writer forked by ``forkserver``: frames on these pipes, logs where the proxy's go.
+
+    Its stdio stays the proxy's, so nothing printed by accident can corrupt a frame. It
+    inherits the server's ignored signals and the proxy's logging; asyncio's own loop,
+    as in a spawned writer (no loop exists in the server to inherit).
+    """
+    prepare()
+    with open(stdin_fd, "rb", buffering=0) as stdin, open(stdout_fd, "wb", buffering=0) as out:
+        code = asyncio.run(run(stdin, out))
+    logging.shutdown()
+    return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ bounded together by ``max_pending_records`` (then ``queue_full`` drops, as with 
 thread). A writer that dies is restarted after a pause; what it held is counted as
 ``writer_died``. The recorder's own metrics live in the child and are served from its
 last status.
+
+Given a ``ForkServer`` (``serve`` starts one before its event loop), writers are forked
+from a copy of the proxy and share its imported modules instead of importing them again
+(``forkserver``); without one, or once it is gone, each is a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pickle
 import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,6 +43,9 @@ from shadowproxy.metrics import Metrics
 from shadowproxy.recording import wire
 from shadowproxy.records import Exposure, Observation, Pair, VerdictCounts
 from shadowproxy.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from shadowproxy.recording.forkserver import ForkServer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,21 @@ DROP_REASONS = ("queue_full", "buffer_full", "write_failed", "shutdown", "writer
 DROPPED_HELP = (
     "Records lost on purpose, by reason (queue_full|buffer_full|write_failed|shutdown|writer_died)."
 )
+
+
+class Writer(Protocol):
+    """What is used of a writer process: ``asyncio.subprocess.Process`` or ``ForkedWriter``."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int | None: ...
+    def kill(self) -> None: ...
 
 
 class ChildMetrics(Collector):
@@ -84,8 +106,9 @@ class ChildMetrics(Collector):
 class RecorderProcess:
     """A ``records.Sink``, feedback and exposure sink whose work happens in a child process."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, forks: ForkServer | None = None) -> None:
         self._config = config
+        self._forks = forks
         self._metrics = metrics
         self._max_pending = config.main.recording.max_pending_records
         self._queue: deque[wire.PackedPair] = deque()
@@ -100,7 +123,10 @@ class RecorderProcess:
         self._status: dict[str, Any] = {}
         self._verdicts_before: dict[tuple[str, str], tuple[int, int]] = {}
         """Verdicts reported by writers that are gone, so the counts survive a restart."""
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: Writer | None = None
+        self._fatal: str | None = None
+        """A writer's refusal to start, kept apart from its status: the restart that
+        follows its exit clears the status, maybe before ``start`` has seen it."""
         self._closing = False
         self._tasks = TaskSet()
         self._ticker: asyncio.TimerHandle | None = None
@@ -208,33 +234,46 @@ class RecorderProcess:
         await self._spawn()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
-        while not self._status and loop.time() < deadline:
+        while not self._status and self._fatal is None and loop.time() < deadline:
             if self._process is None or self._process.returncode is not None:
                 break
             await asyncio.sleep(0.02)
-        fatal = self._status.get("fatal")
+        fatal = self._fatal
         if fatal is not None:
             self._closing = True
             if self._process is not None and self._process.stdin is not None:
                 self._process.stdin.close()
             await self._tasks.drain(EXIT_GRACE_S)
+            if self._forks is not None:
+                await self._forks.close()
             raise ConfigError(None, None, fatal)
         if not self._status:
             log.warning("recorder: writer process not ready after %.0fs", READY_TIMEOUT_S)
         self._tick()
 
     async def _spawn(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
+        process = await self._start_writer()
+        assert process.stdin is not None
+        process.stdin.write(wire.frame(wire.CONFIG, self._config))
+        self._process = process
+        self._status = {}
+        self._shipped = 0
+        self._tasks.spawn(self._listen(process), name="recorder-status")
+
+    async def _start_writer(self) -> Writer:
+        """Forked when a fork server is there (it shares the proxy's pages), else a
+        fresh interpreter: a writer must start even when the server cannot fork."""
+        if self._forks is not None and self._forks.alive:
+            try:
+                return await self._forks.fork_writer()
+            except OSError as exc:
+                log.error("recorder: forking a writer failed (%s); spawning one", exc)
+        return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shadowproxy.recording.child",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        assert self._process.stdin is not None
-        self._process.stdin.write(wire.frame(wire.CONFIG, self._config))
-        self._status = {}
-        self._shipped = 0
-        self._tasks.spawn(self._listen(self._process), name="recorder-status")
 
-    async def _listen(self, process: asyncio.subprocess.Process) -> None:
+    async def _listen(self, process: Writer) -> None:
         assert process.stdout is not None
         while True:
             try:
@@ -246,6 +285,7 @@ class RecorderProcess:
             if kind == wire.STATUS:
                 self._status = pickle.loads(payload)
                 self._collector.exposition = self._status.get("metrics", b"")
+                self._fatal = self._status.get("fatal", self._fatal)
         # The writer is gone (or going): ship nothing more into its pipe, where it would
         # be lost without a count; batches wait in the bounded queue for the next one.
         if self._process is process:
@@ -264,11 +304,12 @@ class RecorderProcess:
             self._drop("writer_died")
         return lost
 
-    async def _restart(self, dead: asyncio.subprocess.Process) -> None:
+    async def _restart(self, dead: Writer) -> None:
         lost = self._count_lost()
+        code = dead.returncode
         log.error(
             "recorder: writer process exited with %s; %d records lost; restarting",
-            dead.returncode,
+            "an unknown code (its fork server is gone)" if code is None else code,
             lost,
         )
         await asyncio.sleep(RESTART_PAUSE_S)
@@ -291,6 +332,8 @@ class RecorderProcess:
             self._exposures.clear()
             self._telemetry.clear()
             await self._tasks.drain(0)
+            if self._forks is not None:
+                await self._forks.close()
             return
         self._ship_all(process)
         try:
@@ -307,8 +350,10 @@ class RecorderProcess:
         lost = self._count_lost()
         if lost:
             log.error("recorder: the writer exited with %d records unwritten", lost)
+        if self._forks is not None:
+            await self._forks.close()
 
-    def _ship_all(self, process: asyncio.subprocess.Process) -> None:
+    def _ship_all(self, process: Writer) -> None:
         assert process.stdin is not None
         queues: tuple[tuple[int, deque[tuple[object, ...]]], ...] = (
             (wire.PAIRS, self._queue),
