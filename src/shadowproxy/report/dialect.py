@@ -12,6 +12,7 @@ epoch microseconds  ``epoch_us(ts)``                  ``unix_micros(ts)``
 newest value        ``arg_max(x, ts)``                ``max_by(x, ts)``
 timestamp literal   ``TIMESTAMPTZ '..'``              ``TIMESTAMP '..'``
 words of a list     ``unnest(string_split(x, ','))``  ``explode(split(x, ','))``
+two rows from one   ``unnest([a, b])``                ``explode(array(a, b))``
 body as text        ``decode(b)`` in ``try(..)``      ``CAST(b AS STRING)`` if valid UTF-8
 segment value       ``json_extract_string``           ``try_variant_get(.., 'string')``
 top examples        ``max_by(struct, key, n)``        ``row_number()`` window, ``collect_list``
@@ -73,6 +74,10 @@ class Dialect:
         """One row per comma-separated word of ``x`` (in a select list)."""
         return f"unnest(string_split({x}, ','))"
 
+    def either(self, a: str, b: str) -> str:
+        """Two rows per row, one with ``a`` and one with ``b`` (in a select list)."""
+        return f"unnest([{a}, {b}])"
+
     def create_table(self, name: str, select: str) -> list[str]:
         """Statements that materialise ``select`` as ``name`` for the session."""
         return [f"CREATE OR REPLACE TEMP TABLE {name} AS {select}"]
@@ -127,6 +132,9 @@ class SparkDialect(Dialect):
 
     def split_words(self, x: str) -> str:
         return f"explode(split({x}, ','))"
+
+    def either(self, a: str, b: str) -> str:
+        return f"explode(array({a}, {b}))"
 
     def create_table(self, name: str, select: str) -> list[str]:
         return [f"CREATE OR REPLACE TEMP VIEW {name} AS {select}", f"CACHE TABLE {name}"]
