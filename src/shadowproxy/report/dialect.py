@@ -234,16 +234,19 @@ SPARK_FUNCTIONS = (
        CASE WHEN abs(x) >= 1e15 THEN sp_repr_java(CAST(x AS STRING))
             WHEN x = floor(x) THEN CAST(CAST(x AS BIGINT) AS STRING)
             ELSE sp_repr_java(CAST(x AS STRING)) END""",
-    """CREATE OR REPLACE TEMPORARY FUNCTION sp_class_of(u VARIANT) RETURNS STRING RETURN
-       CASE sp_kind(u)
+    # An object is its text: as written when it is the whole value (DuckDB keeps the
+    # text of j::JSON), re-printed when it came out of a list.
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_class_of(u VARIANT, j STRING) RETURNS STRING
+       RETURN CASE sp_kind(u)
             WHEN 'VARCHAR' THEN try_variant_get(u, '$', 'string')
             WHEN 'NULL' THEN NULL
             WHEN 'ARRAY' THEN sp_argmax(try_variant_get(u, '$', 'array<double>'))
             WHEN 'BOOLEAN' THEN to_json(u)
-            WHEN 'OBJECT' THEN to_json(u)
+            WHEN 'OBJECT' THEN CASE WHEN sp_kind(try_parse_json(j)) = 'OBJECT' THEN j
+                                    ELSE to_json(u) END
             ELSE sp_number_text(try_variant_get(u, '$', 'double')) END""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_class(j STRING) RETURNS STRING RETURN
-       sp_class_of(sp_unwrap(j))""",
+       sp_class_of(sp_unwrap(j), j)""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_number_of(u VARIANT) RETURNS DOUBLE RETURN
        CASE WHEN sp_kind(u) = 'NUMBER' THEN try_variant_get(u, '$', 'double') END""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_number(j STRING) RETURNS DOUBLE RETURN
