@@ -12,9 +12,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import random
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +213,21 @@ def test_s3_without_hadoop_aws_says_how_to_set_it_up(spark: Any, tmp_path: Path)
     engine = spark_engine.SparkEngine(spark)
     with pytest.raises(ReportInputError, match="hadoop-aws"):
         engine.attach_pairs(dataset, dataset.pair_files, ReportOptions(root=dataset.root))
+
+
+def test_exact_values_agree_to_the_last_place(spark: Any) -> None:
+    """``queries.exact``: a latency difference as DECIMAL(38, 12). DuckDB rounds the
+    double's binary value, Spark its shortest decimal text, so a value can differ by one
+    unit in the 12th decimal place (one whose text ends in a 5 there), or a large one by
+    half its last binary digit (its text has fewer than 12 decimals): each within
+    2.3e-16 of itself, and sums within about that, relative, far inside 1e-9."""
+    rng = random.Random(5)
+    values = [rng.uniform(-50.0, 50.0) for _ in range(200)] + [1e-13, 5e-13, 0.1, 2.675, 1e12 / 3]
+    rows = ", ".join(f"({i}, CAST(? AS DOUBLE))" for i in range(len(values)))
+    spark_sql = f"SELECT {queries.exact('x', SPARK)} FROM (VALUES {rows}) AS t(i, x) ORDER BY i"
+    duck_sql = f"SELECT {queries.exact('x', DUCKDB)} FROM (VALUES {rows}) AS t(i, x) ORDER BY i"
+    got = [row[0] for row in spark.sql(spark_sql, args=values).collect()]
+    expected = [row[0] for row in duck().execute(duck_sql, values).fetchall()]
+    for a, b in zip(got, expected, strict=True):
+        assert abs(a - b) <= max(Decimal("1e-12"), abs(b) * Decimal("2.3e-16")), (a, b)
+    assert sum(a != b for a, b in zip(got, expected, strict=True)) <= 2

@@ -114,9 +114,13 @@ def _session(options: ReportOptions) -> tuple[Any, bool]:
         active = SparkSession.getActiveSession()
         if active is not None and master is None:
             return active, False
-        builder = SparkSession.builder.master(master or "local[*]")
+        master = master or "local[*]"
+        builder = SparkSession.builder.master(master)
         for key, value in LOCAL_CONF.items():
             builder = builder.config(key, value)
+        if master.startswith("local"):  # nothing outside needs to reach a local driver
+            builder = builder.config("spark.driver.host", "127.0.0.1")
+            builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
         session = builder.getOrCreate()
     except Exception as exc:  # pyspark raises its own tree, py4j's and RuntimeError
         where = remote or master or "local[*]"
