@@ -21,6 +21,8 @@ datetimes, exact sums as ``Decimal``, structs as dicts, as DuckDB gives them.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -66,7 +68,8 @@ MIN_VERSION = (4, 1)
 def open_engine(options: ReportOptions) -> Iterator[SparkEngine]:
     """The session for one report; a session that was already running gets its settings
     back afterwards, one started here is stopped."""
-    session, owned = _session(options)
+    warehouse = tempfile.mkdtemp(prefix="shadowproxy-spark-")
+    session, owned = _session(options, warehouse)
     before = {key: session.conf.get(key, None) for key in SESSION_CONF}
     try:
         _check_version(session.version)
@@ -76,6 +79,7 @@ def open_engine(options: ReportOptions) -> Iterator[SparkEngine]:
             session.sql(statement)
         yield SparkEngine(session)
     finally:
+        shutil.rmtree(warehouse, ignore_errors=True)
         if owned:
             session.stop()
         else:
@@ -95,8 +99,10 @@ def _check_version(version: str) -> None:
         )
 
 
-def _session(options: ReportOptions) -> tuple[Any, bool]:
-    """The session and whether it is ours to stop."""
+def _session(options: ReportOptions, warehouse: str) -> tuple[Any, bool]:
+    """The session and whether it is ours to stop. A driver started here keeps its
+    ``spark-warehouse/`` (created even when nothing is stored) in ``warehouse``, not in
+    the working directory."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:
@@ -118,6 +124,7 @@ def _session(options: ReportOptions) -> tuple[Any, bool]:
         builder = SparkSession.builder.master(master)
         for key, value in LOCAL_CONF.items():
             builder = builder.config(key, value)
+        builder = builder.config("spark.sql.warehouse.dir", warehouse)
         if master.startswith("local"):
             for key, value in local_mode_conf(master, os.cpu_count() or 1).items():
                 builder = builder.config(key, value)
