@@ -142,8 +142,9 @@ class SparkDialect(Dialect):
     def segment(self, path: jsonpath.JsonPath) -> tuple[str, str, bool]:
         return (
             (
-                "try_variant_get(try_parse_json(CASE WHEN is_valid_utf8(CAST(request_body AS "
-                "STRING)) THEN CAST(request_body AS STRING) END), ?, 'string')"
+                "sp_json_text(try_variant_get(try_parse_json(CASE WHEN is_valid_utf8("
+                "CAST(request_body AS STRING)) THEN CAST(request_body AS STRING) END), ?, "
+                "'variant'))"
             ),
             spark_path(path),
             False,
@@ -216,29 +217,40 @@ SPARK_FUNCTIONS = (
        CASE WHEN array_size(a) = 0 THEN NULL
             WHEN array_max(a) IS NULL THEN '0'
             ELSE CAST(array_position(a, array_max(a)) - 1 AS STRING) END""",
-    # Python's repr of a double (DuckDB's CAST(DOUBLE AS VARCHAR)) from Java's
-    # Double.toString (Spark's): the same shortest digits, laid out as repr does:
-    # positional when the point falls within 16 digits, else d.ddde+XX.
-    """CREATE OR REPLACE TEMPORARY FUNCTION sp_repr_parts(sign STRING, d STRING, pos INT)
-       RETURNS STRING RETURN sign || CASE
-            WHEN pos > -4 AND pos <= 16 THEN CASE
+    # A double as DuckDB prints it, from Java's Double.toString (Spark's): the same
+    # shortest digits (d, the point after pos of them), laid out as Python's repr
+    # (CAST(DOUBLE AS VARCHAR): positional for 1e-4 <= |x| < 1e16, else d.ddde+XX) or,
+    # with js, as DuckDB's JSON writer (positional for 1e-6 <= |x| < 1e21, else d.ddde-X).
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_repr_parts(sign STRING, d STRING, pos INT,
+       js BOOLEAN) RETURNS STRING RETURN sign || CASE
+            WHEN CASE WHEN js THEN pos > -6 AND pos <= 21 ELSE pos > -4 AND pos <= 16 END
+            THEN CASE
                  WHEN pos <= 0 THEN '0.' || repeat('0', -pos) || d
                  WHEN length(d) <= pos THEN d || repeat('0', pos - length(d)) || '.0'
                  ELSE substr(d, 1, pos) || '.' || substr(d, pos + 1) END
             ELSE substr(d, 1, 1) || CASE WHEN length(d) > 1 THEN '.' || substr(d, 2) ELSE '' END
-                 || 'e' || CASE WHEN pos - 1 < 0 THEN '-' ELSE '+' END
-                 || CASE WHEN abs(pos - 1) < 10 THEN '0' ELSE '' END
-                 || CAST(abs(pos - 1) AS STRING) END""",
+                 || 'e' || CASE WHEN js THEN CAST(pos - 1 AS STRING) ELSE
+                      CASE WHEN pos - 1 < 0 THEN '-' ELSE '+' END
+                      || CASE WHEN abs(pos - 1) < 10 THEN '0' ELSE '' END
+                      || CAST(abs(pos - 1) AS STRING) END END""",
     # The digits without leading zeros (d) and where the point falls in them (pos).
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_repr_digits(sign STRING, i STRING, f STRING,
-       e INT) RETURNS STRING RETURN
+       e INT, js BOOLEAN) RETURNS STRING RETURN
        sp_repr_parts(sign, regexp_replace(regexp_replace(i || f, '^0+', ''), '0+$', ''),
                      length(i) + e
-                     - (length(i || f) - length(regexp_replace(i || f, '^0+', ''))))""",
-    """CREATE OR REPLACE TEMPORARY FUNCTION sp_repr_java(s STRING) RETURNS STRING RETURN
-       sp_repr_digits(CASE WHEN s LIKE '-%' THEN '-' ELSE '' END,
+                     - (length(i || f) - length(regexp_replace(i || f, '^0+', ''))), js)""",
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_java_text(s STRING, js BOOLEAN) RETURNS STRING
+       RETURN sp_repr_digits(CASE WHEN s LIKE '-%' THEN '-' ELSE '' END,
                       regexp_extract(s, '^-?([0-9]+)', 1), regexp_extract(s, '[.]([0-9]+)', 1),
-                      coalesce(try_cast(regexp_extract(s, 'E(-?[0-9]+)$', 1) AS INT), 0))""",
+                      coalesce(try_cast(regexp_extract(s, 'E(-?[0-9]+)$', 1) AS INT), 0), js)""",
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_repr_java(s STRING) RETURNS STRING RETURN
+       sp_java_text(s, false)""",
+    # A segment value as DuckDB's json_extract_string gives it: numbers written with an
+    # exponent (Spark keeps them as doubles) as DuckDB's JSON writer prints them.
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_json_text(u VARIANT) RETURNS STRING RETURN
+       CASE WHEN schema_of_variant(u) = 'DOUBLE'
+            THEN sp_java_text(CAST(try_variant_get(u, '$', 'double') AS STRING), true)
+            ELSE try_variant_get(u, '$', 'string') END""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_number_text(x DOUBLE) RETURNS STRING RETURN
        CASE WHEN abs(x) < 1e15 AND x = floor(x) THEN CAST(CAST(x AS BIGINT) AS STRING)
             ELSE sp_repr_java(CAST(x AS STRING)) END""",
