@@ -2,12 +2,13 @@
 
 How the report is made::
 
-    ROOT/pairs/route=R/date=D/*.parquet ─────┐   load: discover files, check footers,
-    ROOT/exposures/route=R/date=D/*.parquet ─┤         DuckDB views (memory-limited,
-    ROOT/feedback/date=D/*.parquet ──────────┤         spilling)
-    --labels FILE ───────────────────────────┘
-            │  queries: every aggregation as SQL, one streaming scan each;
-            │           only aggregates and capped hash samples reach Python
+    ROOT/pairs/route=R/date=D/*.parquet ─────┐   load: discover files, check footers
+    ROOT/exposures/route=R/date=D/*.parquet ─┤   engines: views in DuckDB (embedded,
+    ROOT/feedback/date=D/*.parquet ──────────┤         memory-limited, spilling) or
+    --labels FILE ───────────────────────────┘         Spark (--engine spark)
+            │  queries: every aggregation as SQL, one streaming scan each, written
+            │           once and rendered per engine by dialect; only aggregates
+            │           and capped hash samples reach Python
             ▼
     analysis (+ groundtruth, chaos,  ──► stats, intervals (pure: Wilson, z, McNemar,
             │                                    bootstrap, Holm, power)
@@ -17,7 +18,7 @@ How the report is made::
     model.Report ──► render (HTML + svg charts) · summary (summary.json) · table (stdout)
 
 Nothing in the proxy imports this package: the CLI imports it lazily, so DuckDB and
-rich stay optional (the ``report`` extra).
+rich stay optional (the ``report`` extra), and pyspark too (the ``spark`` extra).
 """
 
 from __future__ import annotations
