@@ -25,8 +25,17 @@ import pyarrow.fs as pafs
 import pytest
 
 from shadowproxy.compare import jsonpath
-from shadowproxy.report import ReportInputError, ReportOptions, build_report, load, queries, summary
+from shadowproxy.report import (
+    Filters,
+    ReportInputError,
+    ReportOptions,
+    build_report,
+    load,
+    queries,
+    summary,
+)
 from shadowproxy.report.dialect import DUCKDB, SPARK, SPARK_FUNCTIONS
+from shadowproxy.report.engines import duckdb as duckdb_engine
 from shadowproxy.report.engines import spark as spark_engine
 from shadowproxy.report.model import Report
 from tests import synthetic
@@ -262,3 +271,41 @@ def test_exact_values_agree_to_the_last_place(spark: Any) -> None:
     for a, b in zip(got, expected, strict=True):
         assert abs(a - b) <= max(Decimal("1e-12"), abs(b) * Decimal("2.3e-16")), (a, b)
     assert sum(a != b for a, b in zip(got, expected, strict=True)) <= 2
+
+
+def attached_rows(engine: Any, root: Path, options: ReportOptions) -> dict[str, Any]:
+    """What the views of one engine hold: the filtered rows and the labels."""
+    dataset = load.discover(str(root))
+    engine.attach_pairs(dataset, dataset.pair_files, options)
+    engine.attach_exposures(dataset, dataset.exposure_files, options)
+    engine.attach_labels(dataset, dataset.feedback_files, options.labels)
+    runner = engine.runner(dataset, dataset.pair_files, lambda _name: None)
+    count = "SELECT route, count(*) AS n FROM {} GROUP BY route ORDER BY route"
+    return {
+        view: runner.rows(queries.Query(view, count.format(view)))
+        for view in ("scope", "scope_all", "exposures")
+    } | {"labels": runner.rows(queries.Query("labels", "SELECT * FROM labels ORDER BY 1"))}
+
+
+def test_filters_and_a_labels_file_select_the_same_rows(
+    spark: Any, recording: Path, tmp_path: Path
+) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text('request_id,label\nchaos-0001,"""dog"""\nchaos-0002,cat\nchaos-0003, 3 \n')
+    options = ReportOptions(
+        root=str(recording),
+        labels=str(labels),
+        filters=Filters(
+            routes=("churn", "checkout"),
+            shadows=("candidate",),
+            since=datetime(2024, 5, 1, 6, 0, 30, tzinfo=UTC),
+            until=datetime(2024, 5, 2, 12, tzinfo=UTC),
+        ),
+    )
+    with duckdb_engine.open_engine(options) as duck_side:
+        expected = attached_rows(duck_side, recording, options)
+    got = attached_rows(spark_engine.SparkEngine(spark), recording, options)
+    assert got == expected
+    assert {r["route"] for r in expected["scope_all"]} == {"churn"}  # the filters bit
+    assert expected["exposures"] and len(expected["labels"]) > 3
+    assert {"request_id": "chaos-0002", "label": '"cat"'} in expected["labels"]
