@@ -8,12 +8,13 @@ import hashlib
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
 from shadowproxy import cli
 from shadowproxy.compare import jsonpath
-from shadowproxy.report import ReportInputError, ReportOptions, load
+from shadowproxy.report import ReportInputError, ReportOptions, load, queries
 from shadowproxy.report.dialect import DUCKDB, SPARK, spark_path
 from shadowproxy.report.engines import open_engine
 from shadowproxy.report.engines.spark import S3A_HELP, local_mode_conf, read_labels_file, spark_uri
@@ -37,16 +38,16 @@ def test_the_sample_hash_is_the_first_60_bits_of_md5_on_duckdb() -> None:
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("$.instances[0].country", "$['instances'][0]['country']"),
-        ("$['a b'].c", "$['a b']['c']"),
-        ('$["x"][12]', "$['x'][12]"),
+        ("$.instances[0].country", '$["instances"][0]["country"]'),
+        ("$['a b'].c", '$["a b"]["c"]'),
+        ('$["x"][12]', '$["x"][12]'),
     ],
 )
 def test_segment_paths_in_spark_syntax(path: str, expected: str) -> None:
     assert spark_path(jsonpath.parse(path)) == expected
 
 
-@pytest.mark.parametrize("path", ["$.a[*]", "$.a.*", "$.a[-1]", '$["it\'s"]'])
+@pytest.mark.parametrize("path", ["$.a[-1]", '$["it\'s"]', "$.a[*][-2]"])
 def test_segment_paths_spark_cannot_read_are_refused_with_the_way_out(path: str) -> None:
     with pytest.raises(ReportInputError, match="--engine duckdb"):
         SPARK.segment(jsonpath.parse(path))
@@ -112,3 +113,21 @@ def test_a_local_driver_shuffles_into_one_partition_per_core(master: str, partit
     conf = local_mode_conf(master, cpus=8)
     assert conf["spark.sql.shuffle.partitions"] == partitions
     assert conf["spark.driver.bindAddress"] == "127.0.0.1"
+
+
+def test_a_body_without_json_is_missing_under_a_wildcard_path() -> None:
+    """A wildcard path folds the values it finds; a body that is not JSON has none."""
+    connection = duckdb.connect()
+    bodies = [b'{"a": [1, 1]}', b'{"a": [1, 2]}', b"not json", b"\xff", None]
+    scope = pa.table(
+        {
+            "route": ["r"] * len(bodies),
+            "shadow": ["s"] * len(bodies),
+            "agree": [True] * len(bodies),
+            "request_body": pa.array(bodies, pa.binary()),
+        }
+    )
+    connection.register("scope", scope)
+    query = queries.segments(jsonpath.parse("$.a[*]"), 10, DUCKDB)
+    rows = connection.execute(query.sql, query.params).fetchall()
+    assert {row[2]: row[3] for row in rows} == {"1": 1, "(mixed)": 1, "(missing)": 3}

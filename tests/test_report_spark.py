@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
@@ -141,29 +142,42 @@ BODIES = [
     b'{"a": 1e-6}', b'{"a": 12345678901234567890}', b'{"a": true}', b'{"a": null}',
     b'{"b": 1}', b'{"a": {"x": 1}}', b'{"a": [1, 2]}', b'{"a": "\\u00e9t\\u00e9"}',
     b'{"a": "x\\ny"}', b"[{\"a\": 1}]", b"\xff\xfe", b"not json", b"", None,
+    b'{"a": [1, 1]}', b'{"a": ["p", null, "p"]}', b'{"a": {"x": "p", "y": "p"}}', b'{"a": []}',
+    b'{"a": [{"b": "u"}, {"b": "u"}]}', b'{"a": [{"b": "u"}, {"c": 1}]}',
+    b'{"a": [{"b": "u"}, {"b": "v"}]}', b'{"a": {"k": {"b": "w"}}}',
 ]  # fmt: skip
-"""Request bodies and the segment value of ``$.a`` in each. Left out: ``-0.0`` (Spark's
-variant keeps it as the decimal 0) and subnormal doubles (Java 17 prints 5e-324 as
-4.9E-324)."""
+"""Request bodies to segment. Left out: ``-0.0`` (Spark's variant keeps it as the
+decimal 0), subnormal doubles (Java 17 prints 5e-324 as 4.9E-324), and, under a
+wildcard, numbers written with an exponent (printed by Spark) and objects of several
+keys (keys sorted by Spark)."""
+
+SEGMENT_PATHS = ("$.a", "$.a[*]", "$.a.*", "$.a[*].b", "$.a.*.b")
 
 
-def test_segment_values_are_duckdbs(spark: Any) -> None:
-    path = jsonpath.parse("$.a")
-    rows = ", ".join(f"({i}, ?)" for i in range(len(BODIES)))
-    values: list[list[Any]] = []
-    for dialect, run in ((DUCKDB, None), (SPARK, spark)):
-        extract, param, _ = dialect.segment(path)
-        kind = "BLOB" if run is None else "BINARY"
-        sql = (
-            f"SELECT {extract} FROM (SELECT i, CAST(b AS {kind}) AS request_body "
-            f"FROM (VALUES {rows}) AS t(i, b)) ORDER BY i"
-        )
-        if run is None:
-            values.append([r[0] for r in duck().execute(sql, [param, *BODIES]).fetchall()])
-        else:
-            values.append([r[0] for r in run.sql(sql, args=[param, *BODIES]).collect()])
-    assert values[1] == values[0]
-    assert "100000000000000000000.0" in values[0] and "1e21" in values[0]  # not vacuous
+def test_segments_are_duckdbs(spark: Any) -> None:
+    scope = pa.table(
+        {
+            "route": ["r"] * len(BODIES),
+            "shadow": ["s"] * len(BODIES),
+            "agree": [i % 3 == 0 for i in range(len(BODIES))],
+            "request_body": pa.array(BODIES, pa.binary()),
+        }
+    )
+    connection = duck()
+    connection.register("scope", scope)
+    spark.createDataFrame(scope).createOrReplaceTempView("scope")
+    found = {}
+    for text in SEGMENT_PATHS:
+        path = jsonpath.parse(text)
+        expected_query = queries.segments(path, 100, DUCKDB)
+        expected = connection.execute(expected_query.sql, expected_query.params).fetchall()
+        query = queries.segments(path, 100, SPARK)
+        got = [tuple(row) for row in spark.sql(query.sql, args=list(query.params)).collect()]
+        assert got == expected, text
+        assert len(expected) >= 2, text  # not vacuous: several segments
+        found[text] = {row[2] for row in expected}
+    assert {"u", "(mixed)", "(missing)"} <= found["$.a[*].b"]
+    assert "w" in found["$.a.*.b"]
 
 
 def test_the_sample_hash_is_the_same_on_both_engines(spark: Any) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shadowproxy.compare import jsonpath
-from shadowproxy.report.options import ReportInputError, duckdb_path
+from shadowproxy.report.options import ReportInputError, duckdb_path, wildcard_tokens
 
 
 class Dialect:
@@ -82,12 +82,12 @@ class Dialect:
         """Statements that materialise ``select`` as ``name`` for the session."""
         return [f"CREATE OR REPLACE TEMP TABLE {name} AS {select}"]
 
-    def segment(self, path: jsonpath.JsonPath) -> tuple[str, str, bool]:
+    def segment(self, path: jsonpath.JsonPath) -> tuple[str, tuple[str, ...], bool]:
         """The expression extracting a row's segment value from its request body (text,
-        or for a wildcard path a list of texts, which the query folds), its one
-        parameter, and whether the path has a wildcard."""
+        or a list of texts the query folds when the third item is true) and its
+        parameters."""
         duck, wildcard = duckdb_path(path)
-        return "try(json_extract_string(decode(request_body), ?))", duck, wildcard
+        return "try(json_extract_string(decode(request_body), ?))", (duck,), wildcard
 
     def top_examples(self, where: str) -> str:
         """Per pair, the ``?`` rows with the largest ``diff_score`` (ties: the larger
@@ -139,16 +139,14 @@ class SparkDialect(Dialect):
     def create_table(self, name: str, select: str) -> list[str]:
         return [f"CREATE OR REPLACE TEMP VIEW {name} AS {select}", f"CACHE TABLE {name}"]
 
-    def segment(self, path: jsonpath.JsonPath) -> tuple[str, str, bool]:
-        return (
-            (
-                "sp_json_text(try_variant_get(try_parse_json(CASE WHEN is_valid_utf8("
-                "CAST(request_body AS STRING)) THEN CAST(request_body AS STRING) END), ?, "
-                "'variant'))"
-            ),
-            spark_path(path),
-            False,
+    def segment(self, path: jsonpath.JsonPath) -> tuple[str, tuple[str, ...], bool]:
+        body = (
+            "try_parse_json(CASE WHEN is_valid_utf8(CAST(request_body AS STRING)) "
+            "THEN CAST(request_body AS STRING) END)"
         )
+        if any(not isinstance(step, int | str) for step in path.steps):
+            return spark_wildcard_segment(path, body), (), False
+        return f"sp_json_text(try_variant_get({body}, ?, 'variant'))", (spark_path(path),), False
 
     def top_examples(self, where: str) -> str:
         return f"""
@@ -171,21 +169,54 @@ SPARK = SparkDialect()
 
 
 def spark_path(path: jsonpath.JsonPath) -> str:
-    """Our JSON path in the syntax of Spark's ``variant_get``, which has no wildcards and
-    no negative indexes: such a path is refused with what to do instead."""
-    parts = ["$"]
+    """Our JSON path in the syntax of Spark's ``variant_get`` (no wildcards: see
+    :func:`spark_wildcard_segment`)."""
+    return "$" + "".join(_spark_step(path, step) for step in path.steps)
+
+
+def _spark_step(path: jsonpath.JsonPath, step: object) -> str:
+    """One key or index; a negative index or a key with a quote or backslash, which
+    ``variant_get`` cannot name, is refused with what to do instead."""
+    if isinstance(step, int) and step >= 0:
+        return f"[{step}]"
+    if isinstance(step, str) and not any(c in step for c in "'\"\\"):
+        return f'["{step}"]'
+    raise ReportInputError(
+        f"--segment {path.text}: --engine spark reads keys and non-negative indexes (no "
+        "negative index, no quote or backslash in a key); use --engine duckdb for this path"
+    )
+
+
+def spark_wildcard_segment(path: jsonpath.JsonPath, body: str) -> str:
+    """A wildcard path on Spark, folded as the DuckDB query folds it: the distinct values
+    (nulls left out), none as NULL, one as itself, several as ``(mixed)``. ``[*]`` walks
+    lists only and ``.*`` objects only, as in DuckDB. SQL functions cannot run inside
+    Spark's lambdas, so a number written with an exponent prints as Spark prints it."""
+    tokens = iter(wildcard_tokens(path.text))
+    values = f"array({body})"
     for step in path.steps:
-        if isinstance(step, int) and step >= 0:
-            parts.append(f"[{step}]")
-        elif isinstance(step, str) and "'" not in step and "\\" not in step:
-            parts.append(f"['{step}']")
-        else:
-            raise ReportInputError(
-                f"--segment {path.text}: --engine spark reads plain keys and non-negative "
-                "indexes only (no wildcard, negative index, quote or backslash in a key); "
-                "use --engine duckdb for this path"
+        if isinstance(step, int | str):
+            selector = "$" + _spark_step(path, step)
+            values = (
+                f"filter(transform({values}, x -> try_variant_get(x, '{selector}', 'variant')),"
+                " x -> x IS NOT NULL)"
             )
-    return "".join(parts)
+            continue
+        walked = (
+            "try_variant_get(x, '$', 'array<variant>')"
+            if next(tokens) == "[*]"
+            else "map_values(try_variant_get(x, '$', 'map<string, variant>'))"
+        )
+        none = "CAST(array() AS ARRAY<VARIANT>)"
+        values = f"flatten(transform({values}, x -> coalesce({walked}, {none})))"
+    texts = (
+        f"array_distinct(filter(transform({values}, x -> try_variant_get(x, '$', 'string')),"
+        " t -> t IS NOT NULL))"
+    )
+    return (
+        f"CASE array_size({texts}) WHEN 0 THEN NULL WHEN 1 THEN element_at({texts}, 1) "
+        "ELSE '(mixed)' END"
+    )
 
 
 SPARK_FUNCTIONS = (

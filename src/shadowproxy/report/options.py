@@ -143,7 +143,7 @@ def duckdb_path(path: jsonpath.JsonPath) -> tuple[str, bool]:
     become ``[#-N]``. DuckDB's ``[*]`` walks arrays only and ``.*`` objects only, while
     ours means either: each wildcard keeps the spelling it was written with.
     """
-    wildcards = iter(_wildcard_tokens(path.text))
+    wildcards = iter(wildcard_tokens(path.text))
     parts = ["$"]
     for step in path.steps:
         if isinstance(step, int):
@@ -155,7 +155,7 @@ def duckdb_path(path: jsonpath.JsonPath) -> tuple[str, bool]:
     return "".join(parts), any(not isinstance(s, int | str) for s in path.steps)
 
 
-def _wildcard_tokens(text: str) -> list[str]:
+def wildcard_tokens(text: str) -> list[str]:
     """``.*`` and ``[*]`` in order of appearance, skipping quoted keys."""
     tokens: list[str] = []
     pos = 0

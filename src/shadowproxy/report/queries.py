@@ -462,10 +462,10 @@ def segments(path: jsonpath.JsonPath, top_n: int, d: Dialect = DUCKDB) -> Query:
     """Agreement per value of a JSON path into the request body, top ``top_n`` values
     per pair by volume, the rest grouped as ``(other)``. A wildcard path selects a list:
     a request whose values are all equal joins that value, else ``(mixed)``."""
-    extract, param, wildcard = d.segment(path)
+    extract, params, wildcard = d.segment(path)
     value = "v"
     if wildcard:
-        value = """CASE len(list_distinct(v)) WHEN 0 THEN NULL
+        value = """CASE coalesce(len(list_distinct(v)), 0) WHEN 0 THEN NULL
                    WHEN 1 THEN list_distinct(v)[1] ELSE '(mixed)' END"""
     sql = f"""
     WITH extracted AS (
@@ -483,7 +483,7 @@ def segments(path: jsonpath.JsonPath, top_n: int, d: Dialect = DUCKDB) -> Query:
            sum(rows) AS rows, sum(compared) AS compared, sum(agreed) AS agreed,
            min(rank) AS rank
     FROM ranked GROUP BY 1, 2, 3 ORDER BY route, shadow, rank"""
-    return Query("segments", sql, (param, top_n))
+    return Query("segments", sql, (*params, top_n))
 
 
 def labeled_pairs(d: Dialect = DUCKDB) -> Query:
