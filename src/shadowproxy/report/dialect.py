@@ -14,7 +14,8 @@ timestamp literal   ``TIMESTAMPTZ '..'``              ``TIMESTAMP '..'``
 words of a list     ``unnest(string_split(x, ','))``  ``explode(split(x, ','))``
 two rows from one   ``unnest([a, b])``                ``explode(array(a, b))``
 body as text        ``decode(b)`` in ``try(..)``      ``CAST(b AS STRING)`` if valid UTF-8
-segment value       ``json_extract_string``           ``try_variant_get(.., 'string')``
+segment value       ``json_extract_string``           ``sp_json_text(try_variant_get(..))``
+wildcard segment    a list, folded by the query       ``transform``/``flatten``, folded
 top examples        ``max_by(struct, key, n)``        ``row_number()`` window, ``collect_list``
 ``sp_*`` functions  DuckDB macros (``queries``)       SQL functions (``SPARK_FUNCTIONS``)
 ==================  ================================  =====================================
@@ -25,6 +26,18 @@ written so that it does: the sampling hash is :meth:`Dialect.hash_bucket` (the f
 bits of the MD5 of the text, where DuckDB's ``hash()`` has no Spark counterpart), and
 every query whose row order reaches a statistic has a total ``ORDER BY``, with
 ``NULLS LAST`` spelled out where a key can be null (Spark sorts nulls first).
+
+What still differs, all outside what a recording holds in practice: text that one
+engine's JSON parser accepts and the other refuses (DuckDB takes ``NaN``, ``[1,]`` and
+duplicate keys, Spark reads ``1 2`` as ``1``); objects printed as classes or segment
+values with their keys in order (DuckDB) or sorted (Spark) when they came out of a
+list; ``-0.0`` and subnormal numbers as segment values; numbers written with an
+exponent under a wildcard segment path; negative indexes and quoted keys in segment
+paths (refused on Spark). ``queries.exact`` rounds a double's binary value on DuckDB
+and its shortest decimal text on Spark: within 2.3e-16 of each other, relative.
+``mode()`` and ``arg_max`` break exact ties as each engine likes (a pair's role and
+comparator do not vary; two labels of one request in the same microsecond do not
+happen).
 
 Pure: this module renders text and opens nothing.
 """
