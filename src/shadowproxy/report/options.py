@@ -90,6 +90,11 @@ class ReportOptions:
     """The routes' ``monitor:`` blocks from ``--config``; None: no Drift section."""
     config: str | None = None
     """The ``--config`` file they came from."""
+    engine: str = "duckdb"
+    """``--engine``: ``duckdb`` (embedded) or ``spark``; both give the same summary."""
+    spark_master: str | None = None
+    """``--spark-master``: ``sc://…`` (Spark Connect), ``spark://…``, ``yarn``,
+    ``local[N]``; None: ``SPARK_REMOTE``, a session already running, else ``local[*]``."""
 
 
 OUTCOME_KINDS = ("auto", "binary", "continuous", "ordinal")
@@ -138,7 +143,7 @@ def duckdb_path(path: jsonpath.JsonPath) -> tuple[str, bool]:
     become ``[#-N]``. DuckDB's ``[*]`` walks arrays only and ``.*`` objects only, while
     ours means either: each wildcard keeps the spelling it was written with.
     """
-    wildcards = iter(_wildcard_tokens(path.text))
+    wildcards = iter(wildcard_tokens(path.text))
     parts = ["$"]
     for step in path.steps:
         if isinstance(step, int):
@@ -150,7 +155,7 @@ def duckdb_path(path: jsonpath.JsonPath) -> tuple[str, bool]:
     return "".join(parts), any(not isinstance(s, int | str) for s in path.steps)
 
 
-def _wildcard_tokens(text: str) -> list[str]:
+def wildcard_tokens(text: str) -> list[str]:
     """``.*`` and ``[*]`` in order of appearance, skipping quoted keys."""
     tokens: list[str] = []
     pos = 0
