@@ -210,6 +210,18 @@ def _report_command(commands: Any) -> None:
         action="store_true",
         help="exit 0 on PROMOTE, 3 on HOLD, 4 on REJECT (the worst candidate decides)",
     )
+    report.add_argument(
+        "--engine",
+        default="duckdb",
+        choices=["duckdb", "spark"],
+        help="where the scans run: duckdb (embedded, default) or spark; same summary",
+    )
+    report.add_argument(
+        "--spark-master",
+        metavar="URL",
+        help="--engine spark: sc://HOST:PORT (Spark Connect), spark://..., yarn, local[N] "
+        "(default: $SPARK_REMOTE, else local[*])",
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -250,6 +262,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             gate=args.gate,
             monitors=monitors,
             config=args.config,
+            engine=args.engine,
+            spark_master=args.spark_master,
         )
         return report.run_report(options)
     except report.ReportInputError as exc:

@@ -40,6 +40,7 @@ from shadowproxy.report.options import (
 )
 
 if TYPE_CHECKING:
+    from shadowproxy.report.engines import Engine
     from shadowproxy.report.load import Dataset
 
 __all__ = [
@@ -84,7 +85,7 @@ def run_report(options: ReportOptions, *, now: datetime | None = None) -> int:
 
 def build_report(options: ReportOptions, *, now: datetime, progress: bool | None = None) -> Report:
     """The report, stepping over corrupt files when ``skip_bad_files`` is set."""
-    from shadowproxy.report import analysis, load, table
+    from shadowproxy.report import analysis, engines, load, table
 
     dataset = load.discover(options.root)
     skipped = _bad_footers(dataset, options)
@@ -96,13 +97,13 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
             raise ReportInputError(f"every Parquet file under {options.root}/pairs is unreadable")
         try:
             with (
-                load.connect(options) as connection,
+                engines.open_engine(options) as engine,
                 table.progress(_steps(options), progress) as step,
             ):
-                load.attach_pairs(connection, dataset, pairs, options)
-                has_labels = load.attach_labels(connection, dataset, feedback, options.labels)
-                has_exposures = load.attach_exposures(connection, dataset, exposures, options)
-                runner = load.Runner(connection, dataset, [*pairs, *feedback, *exposures], step)
+                engine.attach_pairs(dataset, pairs, options)
+                has_labels = engine.attach_labels(dataset, feedback, options.labels)
+                has_exposures = engine.attach_exposures(dataset, exposures, options)
+                runner = engine.runner(dataset, [*pairs, *feedback, *exposures], step)
                 report = analysis.analyze(
                     runner,
                     options,
@@ -114,7 +115,7 @@ def build_report(options: ReportOptions, *, now: datetime, progress: bool | None
                 )
                 readable = tuple(f for f in dataset.telemetry_files if f not in skipped)
                 report.drift = _drift(
-                    connection, dataclasses.replace(dataset, telemetry_files=readable), options
+                    engine, dataclasses.replace(dataset, telemetry_files=readable), pairs, options
                 )
         except CorruptFileError as exc:
             if not options.skip_bad_files:
@@ -140,8 +141,9 @@ def add_canaries(report: Report, options: ReportOptions) -> None:
             report.canaries.append(found)
 
 
-def _drift(connection: Any, dataset: Dataset, options: ReportOptions) -> Any:
-    """The Drift section, or why there is none."""
+def _drift(engine: Engine, dataset: Dataset, pairs: list[str], options: ReportOptions) -> Any:
+    """The Drift section, or why there is none. It runs on DuckDB on either engine: its
+    reservoir sample of watched answers is DuckDB's."""
     from shadowproxy.report import drift
 
     if options.monitors is None:
@@ -151,7 +153,8 @@ def _drift(connection: Any, dataset: Dataset, options: ReportOptions) -> Any:
         )
     if not options.monitors:
         return drift.DriftSection(note=f"No route in {options.config} has a monitor: block.")
-    return drift.build(connection, dataset, options, options.monitors)
+    with engine.duckdb(dataset, pairs, options) as connection:
+        return drift.build(connection, dataset, options, options.monitors)
 
 
 def _bad_footers(dataset: Dataset, options: ReportOptions) -> dict[str, str]:

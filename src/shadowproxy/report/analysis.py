@@ -26,7 +26,7 @@ from shadowproxy.report import (
     queries_runs,
     verdict,
 )
-from shadowproxy.report.load import Rows, Runner
+from shadowproxy.report.engines import Rows, Runner
 from shadowproxy.report.model import (
     OUTCOME_NAMES,
     Bin,
@@ -42,7 +42,7 @@ from shadowproxy.report.model import (
     Segment,
     TimePoint,
 )
-from shadowproxy.report.options import ReportInputError, ReportOptions, duckdb_path
+from shadowproxy.report.options import ReportInputError, ReportOptions
 
 Key = tuple[str, str]
 
@@ -65,7 +65,8 @@ def analyze(
     has_telemetry: bool = False,
 ) -> Report:
     """Run every query and assemble the report (the only I/O in this module)."""
-    pairs = build_pairs(runner.rows(queries.pair_summary()))
+    d = runner.dialect
+    pairs = build_pairs(runner.rows(queries.pair_summary(d)))
     excluded = chaos.excluded(runner.rows(queries_runs.chaos_excluded()))
     trials = run_experiments(runner, options, has_labels) if has_exposures else []
     if not pairs and not excluded and not trials and not has_telemetry:
@@ -79,14 +80,13 @@ def analyze(
             min(p.first_ts for p in pairs.values() if p.first_ts),
             max(p.last_ts for p in pairs.values() if p.last_ts),
         )
-    add_timelines(pairs, runner.rows(queries.agreement_over_time(bucket)), bucket)
+    add_timelines(pairs, runner.rows(queries.agreement_over_time(bucket, d)), bucket)
     add_latency(pairs, runner, options)
     add_diff_histograms(pairs, runner)
-    add_confusions(pairs, runner.rows(queries.confusion(options.top_classes)))
+    add_confusions(pairs, runner.rows(queries.confusion(options.top_classes, d)))
     add_examples(pairs, runner, options.examples_per_pair)
     for path in options.segments:
-        duck, wildcard = duckdb_path(path)
-        rows = runner.rows(queries.segments(duck, wildcard, options.top_segments))
+        rows = runner.rows(queries.segments(path, options.top_segments, d))
         add_segments(pairs, path.text, rows)
     if has_labels:
         groundtruth.add_labels(pairs, runner, options)
@@ -103,7 +103,7 @@ def analyze(
         bucket_seconds=bucket,
         segment_paths=tuple(p.text for p in options.segments),
         labels_available=has_labels,
-        chaos=chaos.checks(runner.rows(queries_runs.chaos_checks())) if excluded else [],
+        chaos=chaos.checks(runner.rows(queries_runs.chaos_checks(d))) if excluded else [],
         experiments=trials,
         warnings=warnings,
     )
@@ -129,16 +129,17 @@ def input_warnings(pairs: Iterable[PairReport]) -> list[str]:
 
 
 def run_experiments(runner: Runner, options: ReportOptions, has_labels: bool) -> list[Experiment]:
-    arms = runner.rows(queries_runs.experiment_arms(has_labels))
+    d = runner.dialect
+    arms = runner.rows(queries_runs.experiment_arms(has_labels, d))
     if not arms:
         return []
     limit = None if options.outcome == "ordinal" else experiments.ORDINAL_MAX_VALUES
-    values = runner.rows(queries_runs.experiment_values(has_labels, limit))
+    values = runner.rows(queries_runs.experiment_values(has_labels, limit, d))
     units: Rows = []
     unit_values: Rows = []
     if any(row["with_unit"] for row in arms):  # else every route is analysed per request
-        units = runner.rows(queries_runs.experiment_units(has_labels))
-        unit_values = runner.rows(queries_runs.experiment_unit_values(has_labels, limit))
+        units = runner.rows(queries_runs.experiment_units(has_labels, d))
+        unit_values = runner.rows(queries_runs.experiment_unit_values(has_labels, limit, d))
     return experiments.build(
         arms, values, units, unit_values, outcome=options.outcome, mde=options.mde
     )
@@ -238,13 +239,14 @@ def add_timelines(pairs: dict[Key, PairReport], rows: Rows, bucket: int) -> None
 
 
 def add_latency(pairs: dict[Key, PairReport], runner: Runner, options: ReportOptions) -> None:
-    histograms = latency_bins(runner.rows(queries.latency_histogram()))
+    histograms = latency_bins(runner.rows(queries.latency_histogram(runner.dialect)))
     thresholds = queries.hash_thresholds(
         {key: pair.latency.pairs for key, pair in pairs.items()}, options.sample_size
     )
     samples: dict[Key, list[tuple[float, float]]] = defaultdict(list)
     if thresholds:
-        for row in runner.rows(queries.latency_sample(thresholds, options.sample_size)):
+        query = queries.latency_sample(thresholds, options.sample_size, runner.dialect)
+        for row in runner.rows(query):
             samples[(row["route"], row["shadow"])].append(
                 (row["prod_latency_ms"], row["shadow_latency_ms"])
             )
@@ -323,7 +325,7 @@ def add_diff_histograms(pairs: dict[Key, PairReport], runner: Runner) -> None:
     ranges = diff_ranges(pairs)
     if not ranges:
         return
-    rows = runner.rows(queries.diff_histogram(list(ranges.values()), DIFF_BINS))
+    rows = runner.rows(queries.diff_histogram(list(ranges.values()), DIFF_BINS, runner.dialect))
     for row in rows:
         key = (row["route"], row["shadow"])
         _route, _shadow, lo, width = ranges[key]
@@ -378,13 +380,13 @@ def _class_key(name: str) -> tuple[int, float, str]:
 
 def add_examples(pairs: dict[Key, PairReport], runner: Runner, per_pair: int) -> None:
     examples: dict[Key, list[dict[str, Any]]] = {}
-    for row in runner.rows(queries.top_disagreements(per_pair)):
+    for row in runner.rows(queries.top_disagreements(per_pair, runner.dialect)):
         ordered = sorted(row["examples"], key=lambda e: (-_score(e["diff_score"]), e["request_id"]))
         examples[(row["route"], row["shadow"])] = ordered
     wanted = [(r, s, e["request_id"]) for (r, s), items in examples.items() for e in items]
     found: dict[tuple[str, str, str], dict[str, Any]] = {}
     if wanted:
-        for row in runner.rows(queries.bodies(wanted)):
+        for row in runner.rows(queries.bodies(wanted, runner.dialect)):
             found[(row["route"], row["shadow"], row["request_id"])] = row
     for key, items in examples.items():
         if key in pairs:

@@ -17,7 +17,7 @@ from typing import Any
 
 from shadowproxy import stats
 from shadowproxy.report import intervals, queries
-from shadowproxy.report.load import Runner
+from shadowproxy.report.engines import Runner
 from shadowproxy.report.model import Interval, Labels, PairReport
 from shadowproxy.report.options import ReportOptions
 
@@ -28,7 +28,9 @@ CLASS_KINDS = ("label", "probabilities")
 
 
 def add_labels(pairs: dict[Key, PairReport], runner: Runner, options: ReportOptions) -> None:
-    rows = {(r["route"], r["shadow"]): r for r in runner.rows(queries.labeled_pairs())}
+    rows = {
+        (r["route"], r["shadow"]): r for r in runner.rows(queries.labeled_pairs(runner.dialect))
+    }
     for key, row in rows.items():
         if key not in pairs:
             continue

@@ -33,6 +33,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.recording.schema import PAIRS_SCHEMA
 from shadowproxy.recording.storage import resolve_root
 from shadowproxy.report import queries
+from shadowproxy.report.dialect import DUCKDB, Dialect
 from shadowproxy.report.options import CorruptFileError, ReportInputError, ReportOptions
 
 Rows = list[dict[str, Any]]
@@ -83,7 +84,10 @@ def discover(root: str) -> Dataset:
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     """The store of ``root``; ``s3://`` goes to the endpoint ``AWS_ENDPOINT_URL_S3`` or
-    ``AWS_ENDPOINT_URL`` names (MinIO, any S3-compatible store), as the proxy does."""
+    ``AWS_ENDPOINT_URL`` names (MinIO, any S3-compatible store), as the proxy does.
+    ``s3a://`` (Hadoop's name for the same store, as Spark users write it) is ``s3://``."""
+    if root.startswith("s3a://"):
+        root = "s3://" + root[len("s3a://") :]
     if "://" in root:
         try:
             return resolve_root(root, endpoint_url=endpoint_from(os.environ))
@@ -215,7 +219,8 @@ def attach_labels(
     file_source = _labels_file(connection, labels) if labels else None
     if feedback is None and file_source is None:
         return False
-    connection.execute(queries.create_labels(feedback, file_source))
+    for statement in queries.create_labels(feedback, file_source):
+        connection.execute(statement)
     return True
 
 
@@ -272,6 +277,10 @@ class Runner:
         self.dataset = dataset
         self.files = tuple(files)
         self.on_step = on_step
+
+    @property
+    def dialect(self) -> Dialect:
+        return DUCKDB
 
     def rows(self, query: queries.Query) -> Rows:
         self.on_step(query.name)

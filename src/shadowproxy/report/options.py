@@ -90,6 +90,11 @@ class ReportOptions:
     """The routes' ``monitor:`` blocks from ``--config``; None: no Drift section."""
     config: str | None = None
     """The ``--config`` file they came from."""
+    engine: str = "duckdb"
+    """``--engine``: ``duckdb`` (embedded) or ``spark``; both give the same summary."""
+    spark_master: str | None = None
+    """``--spark-master``: ``sc://…`` (Spark Connect), ``spark://…``, ``yarn``,
+    ``local[N]``; None: ``SPARK_REMOTE``, a session already running, else ``local[*]``."""
 
 
 OUTCOME_KINDS = ("auto", "binary", "continuous", "ordinal")

@@ -6,8 +6,11 @@ SQL in this module and its two siblings (``queries_runs`` for chaos and experime
 ``queries_drift`` for the monitor) is what lets the same queries move to Spark or Trino later: the
 DuckDB-specific pieces are few and named here (``read_parquet`` options, the ``sp_*``
 macros, ``quantile_cont``, ``max_by(x, y, n)``, ``hash``, ``try``/``decode`` for
-bodies) and each has a direct counterpart there. Quantiles are exact, not t-digest
-estimates, so the same recording always gives the same report.
+bodies) and each has a direct counterpart there: :mod:`~shadowproxy.report.dialect`
+renders them for the engine at hand (DuckDB or Spark), so each query is written once.
+Quantiles are exact, not t-digest estimates, and every query whose row order reaches a
+statistic sorts on a total key, so the same recording always gives the same report on
+either engine.
 
 Every query reads the view ``scope``: the pairs after the command line's filters,
 without the rows that carry an injected fault (chaos). Only the chaos queries read
@@ -20,8 +23,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
+from shadowproxy.compare import jsonpath
+from shadowproxy.report.dialect import DUCKDB, Dialect
 from shadowproxy.report.options import Filters
 
 KINDS = "regexp_replace(coalesce(comparator, ''), '^auto:', '')"
@@ -30,9 +34,17 @@ KINDS = "regexp_replace(coalesce(comparator, ''), '^auto:', '')"
 CLASS_KINDS = "('label', 'probabilities')"
 """Comparators whose predictions name a class (a score vector's class is its argmax)."""
 
-LATENCY_PAIR = "shadow_outcome = 'ok' AND isfinite(prod_latency_ms) AND isfinite(shadow_latency_ms)"
-"""Latencies are compared only on requests both sides answered, with finite latencies
-(``isfinite`` of NULL is NULL, so missing ones are out too)."""
+
+def latency_pair(d: Dialect = DUCKDB) -> str:
+    """Latencies are compared only on requests both sides answered, with finite latencies
+    (``isfinite`` of NULL is NULL, so missing ones are out too)."""
+    return (
+        f"shadow_outcome = 'ok' AND {d.finite('prod_latency_ms')} "
+        f"AND {d.finite('shadow_latency_ms')}"
+    )
+
+
+LATENCY_PAIR = latency_pair()
 
 LATENCY_DIFF = "(shadow_latency_ms - prod_latency_ms)"
 """One request's latency difference, shadow minus production (ms)."""
@@ -40,8 +52,11 @@ LATENCY_DIFF = "(shadow_latency_ms - prod_latency_ms)"
 SENT = "shadow_outcome IN ('ok', 'error', 'timeout')"
 """Rows whose copy reached the shadow (or was meant to and failed)."""
 
-NONFINITE_LATENCY = "(NOT isfinite(prod_latency_ms) OR NOT isfinite(shadow_latency_ms))"
-"""A NaN or infinite latency: counted, warned about and left out of latency figures."""
+
+def nonfinite_latency(d: Dialect = DUCKDB) -> str:
+    """A NaN or infinite latency: counted, warned about and left out of latency figures."""
+    return f"(NOT {d.finite('prod_latency_ms')} OR NOT {d.finite('shadow_latency_ms')})"
+
 
 LATENCY_BUCKETS_PER_DOUBLING = 8
 HASH_MODULUS = 1_000_000
@@ -143,12 +158,12 @@ def _string_list(values: Sequence[str]) -> str:
 # --- sources -------------------------------------------------------------------------
 
 
-def exact(expression: str) -> str:
+def exact(expression: str, d: Dialect = DUCKDB) -> str:
     """A per-row value as a fixed-point decimal, so that its ``sum`` is exact: a sum of
     doubles depends on the order DuckDB's threads add them in, and the same recording
     must always give the same report, to the last digit. Non-finite values become NULL
     (DuckDB casts before it filters, and a NaN has no decimal)."""
-    return f"CAST(CASE WHEN isfinite({expression}) THEN {expression} END AS DECIMAL(38, 12))"
+    return f"CAST(CASE WHEN {d.finite(expression)} THEN {expression} END AS DECIMAL(38, 12))"
 
 
 def parquet_source(paths: Sequence[str], *, hive: bool) -> str:
@@ -166,26 +181,26 @@ def create_view(name: str, source: str, missing: Sequence[tuple[str, str]] = ())
     return f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT *{nulls} FROM {source}"
 
 
-def scope_views(filters: Filters) -> tuple[str, str]:
+def scope_views(filters: Filters, d: Dialect = DUCKDB) -> tuple[str, str]:
     """``scope_all`` (the filtered pairs) and ``scope`` (those without injected faults,
     which every query but the chaos ones reads). Conditions on ``route`` and ``date``
     are plain comparisons with constants, so DuckDB prunes whole partitions."""
-    where = _conditions(filters, shadows=True)
+    where = _conditions(filters, d, shadows=True)
     return (
         f"CREATE OR REPLACE TEMP VIEW scope_all AS SELECT * FROM pairs_raw WHERE {where}",
         f"CREATE OR REPLACE TEMP VIEW scope AS SELECT * FROM scope_all WHERE {CLEAN}",
     )
 
 
-def exposure_view(filters: Filters) -> str:
+def exposure_view(filters: Filters, d: Dialect = DUCKDB) -> str:
     """``exposures``: the exposures after the route and time filters (``--shadow`` does
     not apply: an arm is not a shadow). Rows with injected faults stay in the view; the
     experiment queries leave them out."""
-    where = _conditions(filters, shadows=False)
+    where = _conditions(filters, d, shadows=False)
     return f"CREATE OR REPLACE TEMP VIEW exposures AS SELECT * FROM exposures_raw WHERE {where}"
 
 
-def _conditions(filters: Filters, *, shadows: bool) -> str:
+def _conditions(filters: Filters, d: Dialect, *, shadows: bool) -> str:
     conditions = ["TRUE"]
     if filters.routes:
         conditions.append(f"route IN ({', '.join(literal(r) for r in filters.routes)})")
@@ -193,15 +208,11 @@ def _conditions(filters: Filters, *, shadows: bool) -> str:
         conditions.append(f"shadow IN ({', '.join(literal(s) for s in filters.shadows)})")
     if filters.since is not None:
         conditions.append(f"date >= {literal(filters.since.date().isoformat())}")
-        conditions.append(f"ts >= {_timestamp(filters.since)}")
+        conditions.append(f"ts >= {d.timestamp(literal(filters.since.isoformat()))}")
     if filters.until is not None:
         conditions.append(f"date <= {literal(filters.until.date().isoformat())}")
-        conditions.append(f"ts < {_timestamp(filters.until)}")
+        conditions.append(f"ts < {d.timestamp(literal(filters.until.isoformat()))}")
     return " AND ".join(conditions)
-
-
-def _timestamp(moment: datetime) -> str:
-    return f"TIMESTAMPTZ {literal(moment.isoformat())}"
 
 
 def columns(view: str) -> Query:
@@ -219,36 +230,41 @@ def labels_file_source(path: str) -> str:
     return f"read_csv({literal(path)}, header = true, all_varchar = true)"
 
 
-def create_labels(feedback_source: str | None, file_source: str | None) -> str:
+def create_labels(
+    feedback_source: str | None, file_source: str | None, d: Dialect = DUCKDB
+) -> list[str]:
     """One label per request: the newest feedback, overridden by the ``--labels`` file
     (an explicit file is a deliberate correction)."""
     parts = []
     if feedback_source is not None:
         parts.append(
-            f"""SELECT request_id::VARCHAR AS request_id,
-                       arg_max(sp_label_json(label::VARCHAR), ts) AS label, 1 AS priority
+            f"""SELECT CAST(request_id AS {d.text}) AS request_id,
+                       {d.arg_max(f"sp_label_json(CAST(label AS {d.text}))", "ts")} AS label,
+                       1 AS priority
                 FROM {feedback_source}
-                WHERE request_id IS NOT NULL AND sp_label_json(label::VARCHAR) IS NOT NULL
+                WHERE request_id IS NOT NULL
+                  AND sp_label_json(CAST(label AS {d.text})) IS NOT NULL
                 GROUP BY request_id"""
         )
     if file_source is not None:
         parts.append(
-            f"""SELECT request_id::VARCHAR AS request_id,
-                       min(sp_label_json(label::VARCHAR)) AS label, 2 AS priority
+            f"""SELECT CAST(request_id AS {d.text}) AS request_id,
+                       min(sp_label_json(CAST(label AS {d.text}))) AS label, 2 AS priority
                 FROM {file_source}
-                WHERE request_id IS NOT NULL AND sp_label_json(label::VARCHAR) IS NOT NULL
+                WHERE request_id IS NOT NULL
+                  AND sp_label_json(CAST(label AS {d.text})) IS NOT NULL
                 GROUP BY request_id"""
         )
     union = "\nUNION ALL\n".join(parts)
-    return f"""CREATE OR REPLACE TEMP TABLE labels AS
-        SELECT request_id, arg_max(label, priority) AS label
+    select = f"""SELECT request_id, {d.arg_max("label", "priority")} AS label
         FROM ({union}) GROUP BY request_id"""
+    return d.create_table("labels", select)
 
 
 # --- aggregations --------------------------------------------------------------------
 
 
-def pair_summary() -> Query:
+def pair_summary(d: Dialect = DUCKDB) -> Query:
     """Volume, outcomes, agreement, HTTP errors and latency percentiles per pair.
 
     Percentiles are exact (``quantile_cont``: linear interpolation between order
@@ -262,6 +278,7 @@ def pair_summary() -> Query:
         f"count(*) FILTER (WHERE shadow_outcome = '{o}') AS {o}"
         for o in ("ok", "error", "timeout", "dropped", "skipped")
     )
+    pair = latency_pair(d)
     sql = f"""
     SELECT route, shadow, mode(role) AS role, count(*) AS rows,
         {outcomes},
@@ -274,36 +291,35 @@ def pair_summary() -> Query:
         count(*) FILTER (WHERE shadow_status <> prod_status) AS status_mismatch,
         mode({KINDS}) FILTER (WHERE agree IS NOT NULL) AS comparator,
         min(ts) AS first_ts, max(ts) AS last_ts,
-        count(*) FILTER (WHERE {LATENCY_PAIR}) AS latency_pairs,
-        count(*) FILTER (WHERE {NONFINITE_LATENCY}) AS nonfinite_latency,
-        sum({exact(LATENCY_DIFF)}) FILTER (WHERE {LATENCY_PAIR}) AS latency_d_sum,
-        sum({exact(f"{LATENCY_DIFF} * {LATENCY_DIFF}")})
-            FILTER (WHERE {LATENCY_PAIR}) AS latency_d_sq,
+        count(*) FILTER (WHERE {pair}) AS latency_pairs,
+        count(*) FILTER (WHERE {nonfinite_latency(d)}) AS nonfinite_latency,
+        sum({exact(LATENCY_DIFF, d)}) FILTER (WHERE {pair}) AS latency_d_sum,
+        sum({exact(f"{LATENCY_DIFF} * {LATENCY_DIFF}", d)})
+            FILTER (WHERE {pair}) AS latency_d_sq,
         count(*) FILTER (WHERE {SENT}) AS sent,
         count(*) FILTER (WHERE {SENT} AND (shadow_outcome <> 'ok' OR shadow_status >= 500))
             AS shadow_failed,
         count(*) FILTER (WHERE {SENT} AND coalesce(prod_status >= 500, true)) AS prod_failed,
-        quantile_cont(prod_latency_ms, [0.5, 0.95, 0.99])
-            FILTER (WHERE {LATENCY_PAIR}) AS prod_q,
-        quantile_cont(shadow_latency_ms, [0.5, 0.95, 0.99])
-            FILTER (WHERE {LATENCY_PAIR}) AS shadow_q,
+        {d.quantiles("prod_latency_ms", (0.5, 0.95, 0.99))} FILTER (WHERE {pair}) AS prod_q,
+        {d.quantiles("shadow_latency_ms", (0.5, 0.95, 0.99))}
+            FILTER (WHERE {pair}) AS shadow_q,
         min(diff_score) FILTER (WHERE agree IS NOT NULL) AS diff_min,
-        quantile_cont(diff_score, 0.99) FILTER (WHERE agree IS NOT NULL) AS diff_p99,
+        {d.quantile("diff_score", 0.99)} FILTER (WHERE agree IS NOT NULL) AS diff_p99,
         max(diff_score) FILTER (WHERE agree IS NOT NULL) AS diff_max
     FROM scope GROUP BY route, shadow ORDER BY route, shadow"""
     return Query("volume, outcomes, agreement, latency", sql)
 
 
-def agreement_over_time(bucket_seconds: int) -> Query:
-    sql = """
-    SELECT route, shadow, CAST(floor(epoch_us(ts) / ?) AS BIGINT) AS bucket,
+def agreement_over_time(bucket_seconds: int, d: Dialect = DUCKDB) -> Query:
+    sql = f"""
+    SELECT route, shadow, CAST(floor({d.epoch_us("ts")} / ?) AS BIGINT) AS bucket,
            count(*) AS compared, count(*) FILTER (WHERE agree) AS agreed
     FROM scope WHERE agree IS NOT NULL
-    GROUP BY ALL ORDER BY ALL"""
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
     return Query("agreement over time", sql, (bucket_seconds * 1_000_000,))
 
 
-def latency_histogram() -> Query:
+def latency_histogram(d: Dialect = DUCKDB) -> Query:
     """Both sides' latencies on a log scale (``LATENCY_BUCKETS_PER_DOUBLING`` buckets per
     doubling), one scan with grouping sets."""
     k = LATENCY_BUCKETS_PER_DOUBLING
@@ -314,9 +330,9 @@ def latency_histogram() -> Query:
     FROM (SELECT route, shadow,
                  CAST(floor(log2(greatest(prod_latency_ms, 0.01)) * {k}) AS INTEGER) AS pb,
                  CAST(floor(log2(greatest(shadow_latency_ms, 0.01)) * {k}) AS INTEGER) AS sb
-          FROM scope WHERE {LATENCY_PAIR})
+          FROM scope WHERE {latency_pair(d)})
     GROUP BY GROUPING SETS ((route, shadow, pb), (route, shadow, sb))
-    ORDER BY ALL"""
+    ORDER BY 1, 2, 3, 4"""
     return Query("latency distributions", sql)
 
 
@@ -344,25 +360,38 @@ def hash_thresholds(
     return out
 
 
-def latency_sample(thresholds: Sequence[tuple[str, str, int]], per_pair: int) -> Query:
+def latency_sample(
+    thresholds: Sequence[tuple[str, str, int]], per_pair: int, d: Dialect = DUCKDB
+) -> Query:
     """Per-request latency pairs: a deterministic hash sample, at most ``per_pair`` per pair.
 
-    Rows pass when ``hash(request_id) mod 10^6`` is under the pair's threshold (chosen
-    so about twice ``per_pair`` pass), so the window only ever sorts a small set; and
-    the same requests are sampled for every shadow.
+    Rows pass when their request id's hash (``Dialect.hash_bucket``, the same on every
+    engine) mod 10^6 is under the pair's threshold (chosen so about twice ``per_pair``
+    pass), so the window only ever sorts a small set; and the same requests are sampled
+    for every shadow. The order is total (a retried request's rows are told apart by
+    ``ts`` and latencies), so every engine returns the same rows in the same order.
     """
     table, params = _pair_table("thresholds", thresholds)
+    order = "h, request_id, ts, prod_latency_ms, shadow_latency_ms"
     sql = f"""
-    WITH {table}
-    SELECT s.route, s.shadow, s.prod_latency_ms, s.shadow_latency_ms
-    FROM scope s JOIN thresholds t ON s.route = t.route AND s.shadow = t.shadow
-    WHERE {LATENCY_PAIR} AND hash(s.request_id) % {HASH_MODULUS} < t.v
-    QUALIFY row_number() OVER (PARTITION BY s.route, s.shadow
-                               ORDER BY hash(s.request_id), s.request_id) <= ?"""
+    WITH {table},
+    hashed AS (
+        SELECT s.route, s.shadow, s.request_id, s.ts, s.prod_latency_ms,
+               s.shadow_latency_ms, {d.hash_bucket("s.request_id")} AS h, t.v
+        FROM scope s JOIN thresholds t ON s.route = t.route AND s.shadow = t.shadow
+        WHERE {latency_pair(d)}),
+    ranked AS (
+        SELECT *, row_number() OVER (PARTITION BY route, shadow ORDER BY {order}) AS pick
+        FROM hashed WHERE h % {HASH_MODULUS} < v)
+    SELECT route, shadow, prod_latency_ms, shadow_latency_ms
+    FROM ranked WHERE pick <= ?
+    ORDER BY route, shadow, {order}"""
     return Query("latency sample", sql, (*params, per_pair))
 
 
-def diff_histogram(ranges: Sequence[tuple[str, str, float, float]], bins: int) -> Query:
+def diff_histogram(
+    ranges: Sequence[tuple[str, str, float, float]], bins: int, d: Dialect = DUCKDB
+) -> Query:
     """``diff_score`` histogram per pair; ``ranges`` gives each pair's (low, bin width).
     Values past the last bin land in it (an overflow bin)."""
     values = ", ".join("(?, ?, ?, ?)" for _ in ranges)
@@ -374,76 +403,75 @@ def diff_histogram(ranges: Sequence[tuple[str, str, float, float]], bins: int) -
            count(*) AS n
     FROM scope s JOIN ranges r ON s.route = r.route AND s.shadow = r.shadow
     WHERE s.agree IS NOT NULL AND s.diff_score IS NOT NULL
-    GROUP BY ALL ORDER BY ALL"""
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
     return Query("diff score histograms", sql, (*params, bins - 1))
 
 
-def confusion(top_classes: int) -> Query:
+def confusion(top_classes: int, d: Dialect = DUCKDB) -> Query:
     """Production class x shadow class counts for class comparators, the ``top_classes``
     most frequent classes of each pair kept and the rest grouped as ``(other)``."""
     sql = f"""
     WITH cells AS (
         SELECT route, shadow, coalesce(sp_class(prod_prediction), '(none)') AS p,
                coalesce(sp_class(shadow_prediction), '(none)') AS s, count(*) AS n
-        FROM scope WHERE agree IS NOT NULL AND {KINDS} IN {CLASS_KINDS} GROUP BY ALL),
+        FROM scope WHERE agree IS NOT NULL AND {KINDS} IN {CLASS_KINDS} GROUP BY 1, 2, 3, 4),
     margins AS (
         SELECT route, shadow, c, sum(n) AS n
         FROM (SELECT route, shadow, p AS c, n FROM cells
               UNION ALL SELECT route, shadow, s AS c, n FROM cells)
-        GROUP BY ALL),
+        GROUP BY 1, 2, 3),
     top AS (
-        SELECT route, shadow, c FROM margins
-        QUALIFY row_number() OVER (PARTITION BY route, shadow ORDER BY n DESC, c) <= ?)
+        SELECT route, shadow, c
+        FROM (SELECT route, shadow, c,
+                     row_number() OVER (PARTITION BY route, shadow ORDER BY n DESC, c) AS place
+              FROM margins)
+        WHERE place <= ?)
     SELECT cells.route, cells.shadow, coalesce(tp.c, '(other)') AS p,
            coalesce(ts.c, '(other)') AS s, sum(cells.n) AS n
     FROM cells
     LEFT JOIN top tp ON tp.route = cells.route AND tp.shadow = cells.shadow AND tp.c = cells.p
     LEFT JOIN top ts ON ts.route = cells.route AND ts.shadow = cells.shadow AND ts.c = cells.s
-    GROUP BY ALL ORDER BY ALL"""
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
     return Query("confusion matrices", sql, (top_classes,))
 
 
-def top_disagreements(per_pair: int) -> Query:
-    """The most different disagreeing pairs, without bodies. ``max_by(x, key, n)`` is a
-    streaming top-n: no sort of all disagreements."""
-    sql = """
-    SELECT route, shadow,
-           max_by(struct_pack(request_id, ts, method, path, prod_prediction,
-                              shadow_prediction, diff_score, compare_detail),
-                  struct_pack(d := coalesce(diff_score, -1e308), r := request_id), ?) AS examples
-    FROM scope WHERE agree = false GROUP BY route, shadow ORDER BY route, shadow"""
-    return Query("top disagreements", sql, (per_pair,))
+def top_disagreements(per_pair: int, d: Dialect = DUCKDB) -> Query:
+    """The most different disagreeing pairs, without bodies (largest ``diff_score``
+    first; ties: the larger request id, then the later ``ts``)."""
+    return Query("top disagreements", d.top_examples("agree = false"), (per_pair,))
 
 
-def bodies(keys: Sequence[tuple[str, str, str]]) -> Query:
-    """The bodies of the handful of example rows: the only query that reads them."""
+def bodies(keys: Sequence[tuple[str, str, str]], d: Dialect = DUCKDB) -> Query:
+    """The bodies of the handful of example rows: the only query that reads them. A
+    retried request has several rows; sorted by ``ts``, the caller keeps the last."""
     table, params = _pair_table("wanted", keys)
     sql = f"""
     WITH {table}
     SELECT s.route, s.shadow, s.request_id, s.request_body, s.prod_body, s.shadow_body
     FROM scope s JOIN wanted w
       ON s.route = w.route AND s.shadow = w.shadow AND s.request_id = w.v
-    WHERE s.request_id IN (SELECT v FROM wanted)"""
+    WHERE s.request_id IN (SELECT v FROM wanted)
+    ORDER BY s.route, s.shadow, s.request_id, s.ts"""
     return Query("example bodies", sql, params)
 
 
-def segments(duck_path: str, wildcard: bool, top_n: int) -> Query:
+def segments(path: jsonpath.JsonPath, top_n: int, d: Dialect = DUCKDB) -> Query:
     """Agreement per value of a JSON path into the request body, top ``top_n`` values
     per pair by volume, the rest grouped as ``(other)``. A wildcard path selects a list:
     a request whose values are all equal joins that value, else ``(mixed)``."""
+    extract, param, wildcard = d.segment(path)
     value = "v"
     if wildcard:
         value = """CASE len(list_distinct(v)) WHEN 0 THEN NULL
                    WHEN 1 THEN list_distinct(v)[1] ELSE '(mixed)' END"""
     sql = f"""
     WITH extracted AS (
-        SELECT route, shadow, agree,
-               try(json_extract_string(decode(request_body), ?)) AS v
+        SELECT route, shadow, agree, {extract} AS v
         FROM scope),
     seg AS (
         SELECT route, shadow, coalesce({value}, '(missing)') AS segment,
                count(*) AS rows, count(agree) AS compared, count(*) FILTER (WHERE agree) AS agreed
-        FROM extracted GROUP BY ALL),
+        FROM extracted GROUP BY 1, 2, 3),
     ranked AS (
         SELECT *, row_number() OVER (PARTITION BY route, shadow
                                      ORDER BY rows DESC, segment) AS rank
@@ -451,11 +479,11 @@ def segments(duck_path: str, wildcard: bool, top_n: int) -> Query:
     SELECT route, shadow, CASE WHEN rank <= ? THEN segment ELSE '(other)' END AS segment,
            sum(rows) AS rows, sum(compared) AS compared, sum(agreed) AS agreed,
            min(rank) AS rank
-    FROM ranked GROUP BY ALL ORDER BY route, shadow, rank"""
-    return Query("segments", sql, (duck_path, top_n))
+    FROM ranked GROUP BY 1, 2, 3 ORDER BY route, shadow, rank"""
+    return Query("segments", sql, (param, top_n))
 
 
-def labeled_pairs() -> Query:
+def labeled_pairs(d: Dialect = DUCKDB) -> Query:
     """Ground-truth aggregates per pair over the requests with a label and both answers:
     classification counts (both right, McNemar's discordant cells) and regression sums,
     plus what the labels look like so the caller can tell the task.
@@ -466,17 +494,19 @@ def labeled_pairs() -> Query:
     of squares (``d_sum``, ``d_sq``) feed the paired t test of the MAE difference, over
     every labelled request."""
     sql = f"""
-    WITH joined AS (
+    WITH matched AS (
         SELECT s.route, s.shadow, l.label,
                sp_class(l.label) AS lc, sp_class(s.prod_prediction) AS pc,
                sp_class(s.shadow_prediction) AS sc,
                sp_number(l.label) AS ln, sp_number(s.prod_prediction) AS pn,
                sp_number(s.shadow_prediction) AS sn,
-               count(*) OVER (PARTITION BY s.route, s.shadow, s.request_id) AS copies
+               count(*) OVER (PARTITION BY s.route, s.shadow, s.request_id) AS copies,
+               row_number() OVER (PARTITION BY s.route, s.shadow, s.request_id
+                                  ORDER BY s.ts, s.prod_prediction, s.shadow_prediction)
+                   AS copy
         FROM scope s JOIN labels l ON s.request_id = l.request_id
-        WHERE s.prod_prediction IS NOT NULL AND s.shadow_prediction IS NOT NULL
-        QUALIFY row_number() OVER (PARTITION BY s.route, s.shadow, s.request_id
-                                   ORDER BY s.ts, s.prod_prediction, s.shadow_prediction) = 1),
+        WHERE s.prod_prediction IS NOT NULL AND s.shadow_prediction IS NOT NULL),
+    joined AS (SELECT * FROM matched WHERE copy = 1),
     scored AS (
         SELECT *, coalesce(pc = lc, false) AS pr, coalesce(sc = lc, false) AS sr,
                abs(pn - ln) AS pe, abs(sn - ln) AS se
@@ -484,7 +514,7 @@ def labeled_pairs() -> Query:
     SELECT route, shadow, count(*) AS n,
            sum(copies - 1) AS duplicates,
            count(ln) AS numeric_labels,
-           count(*) FILTER (WHERE ln <> floor(ln)) AS fractional_labels,
+           count(*) FILTER (WHERE ln <> round(ln)) AS fractional_labels,
            count(*) FILTER (WHERE pr) AS prod_right,
            count(*) FILTER (WHERE sr) AS shadow_right,
            count(*) FILTER (WHERE pr AND NOT sr) AS b,
@@ -494,8 +524,8 @@ def labeled_pairs() -> Query:
            sum(pe * pe) FILTER (WHERE se IS NOT NULL) AS prod_sq,
            sum(se) FILTER (WHERE pe IS NOT NULL) AS shadow_abs,
            sum(se * se) FILTER (WHERE pe IS NOT NULL) AS shadow_sq,
-           sum({exact("se - pe")}) AS d_sum,
-           sum({exact("(se - pe) * (se - pe)")}) AS d_sq
+           sum({exact("se - pe", d)}) AS d_sum,
+           sum({exact("(se - pe) * (se - pe)", d)}) AS d_sq
     FROM scored GROUP BY route, shadow ORDER BY route, shadow"""
     return Query("ground truth", sql)
 

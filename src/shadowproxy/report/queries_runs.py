@@ -3,6 +3,7 @@ experiments' arms, units and outcomes (see ``queries`` for the conventions)."""
 
 from __future__ import annotations
 
+from shadowproxy.report.dialect import DUCKDB, Dialect
 from shadowproxy.report.queries import CLEAN, Query
 
 
@@ -14,7 +15,7 @@ def chaos_excluded() -> Query:
     return Query("rows with injected faults", sql)
 
 
-def chaos_checks() -> Query:
+def chaos_checks(d: Dialect = DUCKDB) -> Query:
     """Per (route, target, fault word, parameter): the injected rows and what the
     monitoring saw of them, next to the same target's rows without faults.
 
@@ -23,24 +24,24 @@ def chaos_checks() -> Query:
     per (request, shadow) row: every shadow's row of a request repeats them. Baselines:
     a shadow's rows without any fault; production's requests without a production fault.
     """
-    sql = """
+    sql = f"""
     WITH words AS (
         SELECT route, 'shadow' AS side, shadow, shadow_latency_ms AS latency,
-               shadow_status AS status, agree, unnest(string_split(chaos, ',')) AS word
+               shadow_status AS status, agree, {d.split_words("chaos")} AS word
         FROM scope_all WHERE chaos IS NOT NULL
         UNION ALL
         SELECT route, 'production', NULL, prod_latency_ms, prod_status, NULL,
-               unnest(string_split(prod_chaos, ','))
+               {d.split_words("prod_chaos")}
         FROM (SELECT DISTINCT route, request_id, prod_latency_ms, prod_status, prod_chaos
               FROM scope_all WHERE prod_chaos IS NOT NULL)),
     injected AS (
         SELECT route, side, shadow, split_part(word, '=', 1) AS fault,
                nullif(split_part(word, '=', 2), '') AS param, count(*) AS rows,
-               count(latency) AS timed, quantile_cont(latency, 0.5) AS latency_p50,
+               count(latency) AS timed, {d.quantile("latency", 0.5)} AS latency_p50,
                count(*) FILTER (WHERE status = TRY_CAST(split_part(word, '=', 2) AS INTEGER))
                    AS with_status,
                count(agree) AS compared, count(*) FILTER (WHERE NOT agree) AS disagreed
-        FROM words GROUP BY ALL),
+        FROM words GROUP BY 1, 2, 3, 4, 5),
     clean AS (
         SELECT route, 'shadow' AS side, shadow, shadow_latency_ms AS latency,
                shadow_status AS status, agree
@@ -50,11 +51,11 @@ def chaos_checks() -> Query:
         FROM (SELECT DISTINCT route, request_id, prod_latency_ms, prod_status
               FROM scope_all WHERE prod_chaos IS NULL)),
     baseline AS (
-        SELECT route, side, shadow, count(*) AS rows, quantile_cont(latency, 0.5) AS latency_p50,
+        SELECT route, side, shadow, count(*) AS rows, {d.quantile("latency", 0.5)} AS latency_p50,
                count(agree) AS compared, count(*) FILTER (WHERE NOT agree) AS disagreed
-        FROM clean GROUP BY ALL),
+        FROM clean GROUP BY 1, 2, 3),
     statuses AS (
-        SELECT route, side, shadow, status, count(*) AS n FROM clean GROUP BY ALL)
+        SELECT route, side, shadow, status, count(*) AS n FROM clean GROUP BY 1, 2, 3, 4)
     SELECT i.route, i.side, i.shadow, i.fault, i.param, i.rows, i.timed, i.latency_p50,
            i.with_status, i.compared, i.disagreed,
            coalesce(b.rows, 0) AS clean_rows, b.latency_p50 AS clean_latency_p50,
@@ -66,19 +67,22 @@ def chaos_checks() -> Query:
     LEFT JOIN statuses s
       ON s.route = i.route AND s.side = i.side AND s.shadow IS NOT DISTINCT FROM i.shadow
      AND s.status = TRY_CAST(i.param AS INTEGER) AND i.fault = 'abort_status'
-    ORDER BY i.route, i.side DESC, i.shadow, i.fault, i.param"""
+    ORDER BY i.route, i.side DESC, i.shadow NULLS LAST, i.fault, i.param NULLS LAST"""
     return Query("chaos checks", sql)
 
 
 # --- experiments ---------------------------------------------------------------------
 
-NO_LABELS = "(SELECT NULL::VARCHAR AS request_id, NULL::VARCHAR AS label WHERE FALSE)"
+
+def _no_labels(d: Dialect) -> str:
+    null = f"CAST(NULL AS {d.text})"
+    return f"(SELECT {null} AS request_id, {null} AS label WHERE FALSE)"
 
 
-def _outcomes(labels: bool) -> str:
+def _outcomes(labels: bool, d: Dialect) -> str:
     """One row per exposure without injected faults, with its outcome (or NULL): the
     newest feedback of its request, as the ``labels`` table keeps it."""
-    source = "labels" if labels else NO_LABELS
+    source = "labels" if labels else _no_labels(d)
     return f"""outcomes AS (
         SELECT e.route, e.arm, e.ts, e.share, e.unit, e.request_id, l.label,
                sp_outcome(l.label) AS value
@@ -86,41 +90,41 @@ def _outcomes(labels: bool) -> str:
         WHERE e.chaos IS NULL)"""
 
 
-def _units(labels: bool) -> str:
+def _units(labels: bool, d: Dialect) -> str:
     """``outcomes`` and ``units``: one row per assignment unit of the routes whose
     exposures carry units (sticky assignment by a key), with the arms it was seen in,
     its requests, the mean of its outcomes and its success rate (outcomes other than 0
     count as successes). A request without a unit was assigned at random, so it is a
     unit of its own."""
-    return f"""{_outcomes(labels)},
+    return f"""{_outcomes(labels, d)},
     keyed AS (
         SELECT route, arm, coalesce(unit, 'request:' || request_id) AS unit, value
         FROM outcomes
         WHERE route IN (SELECT route FROM outcomes GROUP BY route HAVING count(unit) > 0)),
     units AS (
         SELECT route, unit, min(arm) AS arm, min(arm) <> max(arm) AS crossed,
-               count(*) AS requests, avg(value) AS mean, avg((value <> 0)::DOUBLE) AS rate
+               count(*) AS requests, avg(value) AS mean, avg(CAST(value <> 0 AS DOUBLE)) AS rate
         FROM keyed GROUP BY route, unit)"""
 
 
-def experiment_arms(labels: bool) -> Query:
+def experiment_arms(labels: bool, d: Dialect = DUCKDB) -> Query:
     """Per (route, arm): exposures, outcomes and their sums, and the configured share
     (the newest, with its range over the window: a canary's share moves by steps);
     ``with_unit`` counts the exposures that name their assignment unit."""
     sql = f"""
-    WITH {_outcomes(labels)}
+    WITH {_outcomes(labels, d)}
     SELECT route, arm, count(*) AS exposed, count(value) AS with_outcome,
            count(label) - count(value) AS ignored, avg(value) AS mean,
            coalesce(var_samp(value), 0.0) AS variance,
            count(*) FILTER (WHERE value <> 0) AS successes,
-           arg_max(share, ts) FILTER (WHERE share IS NOT NULL) AS share,
+           {d.arg_max("share", "ts")} FILTER (WHERE share IS NOT NULL) AS share,
            min(share) AS share_min, max(share) AS share_max, count(share) AS with_share,
            count(unit) AS with_unit
     FROM outcomes GROUP BY route, arm ORDER BY route, arm"""
     return Query("experiment arms", sql)
 
 
-def experiment_units(labels: bool) -> Query:
+def experiment_units(labels: bool, d: Dialect = DUCKDB) -> Query:
     """Per (route, arm) of the routes with units: the units seen in that arm only, those
     with an outcome, their requests, and the mean and variance of the units' means and
     success rates; ``successes`` counts units whose every outcome is a success and
@@ -128,7 +132,7 @@ def experiment_units(labels: bool) -> Query:
     one arm (each under the first of its arms by name): they are in no other figure."""
     single = "FILTER (WHERE NOT crossed)"
     sql = f"""
-    WITH {_units(labels)}
+    WITH {_units(labels, d)}
     SELECT route, arm, count(*) {single} AS units, count(mean) {single} AS with_outcome,
            coalesce(sum(requests) {single}, 0) AS requests,
            avg(mean) {single} AS mean, coalesce(var_samp(mean) {single}, 0.0) AS variance,
@@ -140,13 +144,13 @@ def experiment_units(labels: bool) -> Query:
     return Query("experiment units", sql)
 
 
-def experiment_values(labels: bool, max_distinct: int | None) -> Query:
+def experiment_values(labels: bool, max_distinct: int | None, d: Dialect = DUCKDB) -> Query:
     """Per (route, arm, value): how often each outcome value occurs, for routes with at
     most ``max_distinct`` distinct values (all routes when None): what detects binary
     and ordinal outcomes and what the Mann-Whitney test counts."""
     limit = "" if max_distinct is None else f"WHERE distinct_values <= {int(max_distinct)}"
     sql = f"""
-    WITH {_outcomes(labels)},
+    WITH {_outcomes(labels, d)},
     per_route AS (
         SELECT route, count(DISTINCT value) AS distinct_values
         FROM outcomes WHERE value IS NOT NULL GROUP BY route)
@@ -157,13 +161,13 @@ def experiment_values(labels: bool, max_distinct: int | None) -> Query:
     return Query("experiment outcome values", sql)
 
 
-def experiment_unit_values(labels: bool, max_distinct: int | None) -> Query:
+def experiment_unit_values(labels: bool, max_distinct: int | None, d: Dialect = DUCKDB) -> Query:
     """Per (route, arm, value): how many units (seen in one arm) have that mean outcome,
     for the routes with units whose requests' outcomes take at most ``max_distinct``
     distinct values (all when None): what the Mann-Whitney test counts per unit."""
     limit = "" if max_distinct is None else f"HAVING count(DISTINCT value) <= {int(max_distinct)}"
     sql = f"""
-    WITH {_units(labels)}
+    WITH {_units(labels, d)}
     SELECT route, arm, mean AS value, count(*) AS n
     FROM units
     WHERE NOT crossed AND mean IS NOT NULL
