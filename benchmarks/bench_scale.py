@@ -5,9 +5,10 @@
 
 The query is the report's first and widest scan, ``queries.pair_summary()``: per
 (route, shadow) the volume, outcomes, agreement, HTTP errors, comparator and exact
-latency quantiles (p50, p95, p99 of both sides). Spark runs the same SQL text with
-DuckDB's ``quantile_cont(x, [..])`` spelled ``percentile(x, array(..))``, its exact
-counterpart (linear interpolation between closest ranks). Each engine runs in a
+latency quantiles (p50, p95, p99 of both sides). Spark runs the same query rendered in
+its dialect (``report.dialect``: DuckDB's ``quantile_cont(x, [..])`` is
+``percentile(x, array(..))``, its exact counterpart, linear interpolation between
+closest ranks), as ``report --engine spark`` does. Each engine runs in a
 process of its own; wall time includes opening the engine (a JVM for Spark), and peak
 memory is the largest RSS of that process and its children (Spark's JVM), sampled every
 0.1 s. The two answers are compared: counts equal, quantiles within 1e-9 relative.
@@ -55,9 +56,10 @@ print(json.dumps(rows, default=str))
 """
 
 SPARK = """
-import json, re, sys
+import json, sys
 from pyspark.sql import SparkSession
 from shadowproxy.report import queries
+from shadowproxy.report.dialect import SPARK
 root, master = sys.argv[1], sys.argv[2]
 spark = (
     SparkSession.builder.master(master)
@@ -71,10 +73,7 @@ spark.sparkContext.setLogLevel("ERROR")
 pairs = spark.read.option("basePath", root + "/pairs").parquet(root + "/pairs")
 pairs.createOrReplaceTempView("pairs_raw")
 spark.sql(f"CREATE TEMP VIEW scope AS SELECT * FROM pairs_raw WHERE {queries.CLEAN}")
-sql = queries.pair_summary().sql
-sql = re.sub(r"quantile_cont\\(([^,]+), \\[([^\\]]+)\\]\\)", r"percentile(\\1, array(\\2))", sql)
-sql = re.sub(r"quantile_cont\\(([^,]+), ([0-9.]+)\\)", r"percentile(\\1, \\2)", sql)
-rows = [row.asDict() for row in spark.sql(sql).collect()]
+rows = [row.asDict() for row in spark.sql(queries.pair_summary(SPARK).sql).collect()]
 spark.stop()
 print(json.dumps(rows, default=str))
 """

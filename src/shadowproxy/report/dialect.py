@@ -12,6 +12,7 @@ epoch microseconds  ``epoch_us(ts)``                  ``unix_micros(ts)``
 newest value        ``arg_max(x, ts)``                ``max_by(x, ts)``
 timestamp literal   ``TIMESTAMPTZ '..'``              ``TIMESTAMP '..'``
 words of a list     ``unnest(string_split(x, ','))``  ``explode(split(x, ','))``
+two rows from one   ``unnest([a, b])``                ``explode(array(a, b))``
 body as text        ``decode(b)`` in ``try(..)``      ``CAST(b AS STRING)`` if valid UTF-8
 segment value       ``json_extract_string``           ``try_variant_get(.., 'string')``
 top examples        ``max_by(struct, key, n)``        ``row_number()`` window, ``collect_list``
@@ -73,6 +74,10 @@ class Dialect:
         """One row per comma-separated word of ``x`` (in a select list)."""
         return f"unnest(string_split({x}, ','))"
 
+    def either(self, a: str, b: str) -> str:
+        """Two rows per row, one with ``a`` and one with ``b`` (in a select list)."""
+        return f"unnest([{a}, {b}])"
+
     def create_table(self, name: str, select: str) -> list[str]:
         """Statements that materialise ``select`` as ``name`` for the session."""
         return [f"CREATE OR REPLACE TEMP TABLE {name} AS {select}"]
@@ -128,6 +133,9 @@ class SparkDialect(Dialect):
     def split_words(self, x: str) -> str:
         return f"explode(split({x}, ','))"
 
+    def either(self, a: str, b: str) -> str:
+        return f"explode(array({a}, {b}))"
+
     def create_table(self, name: str, select: str) -> list[str]:
         return [f"CREATE OR REPLACE TEMP VIEW {name} AS {select}", f"CACHE TABLE {name}"]
 
@@ -180,18 +188,28 @@ def spark_path(path: jsonpath.JsonPath) -> str:
 
 
 SPARK_FUNCTIONS = (
+    # Spark expands a SQL function's body with its arguments written out at every use,
+    # so each function names an expensive argument as few times as it can, and passes
+    # what it derives once to a helper as a parameter.
+    #
     # The JSON kind of a parsed value, in DuckDB's json_type names (numbers: NUMBER).
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_kind(v VARIANT) RETURNS STRING RETURN
        CASE substr(to_json(v), 1, 1)
             WHEN '"' THEN 'VARCHAR' WHEN '[' THEN 'ARRAY' WHEN '{' THEN 'OBJECT'
             WHEN 't' THEN 'BOOLEAN' WHEN 'f' THEN 'BOOLEAN' WHEN 'n' THEN 'NULL'
             ELSE 'NUMBER' END""",
-    """CREATE OR REPLACE TEMPORARY FUNCTION sp_unwrap_one(v VARIANT) RETURNS VARIANT RETURN
-       CASE WHEN sp_kind(v) = 'ARRAY'
-                 AND array_size(try_variant_get(v, '$', 'array<variant>')) = 1
-            THEN try_variant_get(v, '$[0]', 'variant') ELSE v END""",
+    # How many one-element lists wrap the value (at most two, as sp_unwrap peels them).
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_unwrap_depth(a ARRAY<VARIANT>) RETURNS INT
+       RETURN CASE WHEN array_size(a) = 1 THEN
+                   CASE WHEN array_size(try_variant_get(a[0], '$', 'array<variant>')) = 1
+                        THEN 2 ELSE 1 END
+              ELSE 0 END""",
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_unwrap_at(v VARIANT) RETURNS VARIANT RETURN
+       CASE sp_unwrap_depth(try_variant_get(v, '$', 'array<variant>'))
+            WHEN 0 THEN v WHEN 1 THEN try_variant_get(v, '$[0]', 'variant')
+            ELSE try_variant_get(v, '$[0][0]', 'variant') END""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_unwrap(j STRING) RETURNS VARIANT RETURN
-       sp_unwrap_one(sp_unwrap_one(try_parse_json(j)))""",
+       sp_unwrap_at(try_parse_json(j))""",
     # DuckDB's list_position(l, list_max(l)) - 1 on TRY_CAST(u AS DOUBLE[]): the first
     # largest element; when no element is a number, the first element.
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_argmax(a ARRAY<DOUBLE>) RETURNS STRING RETURN
@@ -199,7 +217,8 @@ SPARK_FUNCTIONS = (
             WHEN array_max(a) IS NULL THEN '0'
             ELSE CAST(array_position(a, array_max(a)) - 1 AS STRING) END""",
     # Python's repr of a double (DuckDB's CAST(DOUBLE AS VARCHAR)) from Java's
-    # Double.toString (Spark's): the same shortest digits, laid out as repr does.
+    # Double.toString (Spark's): the same shortest digits, laid out as repr does:
+    # positional when the point falls within 16 digits, else d.ddde+XX.
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_repr_parts(sign STRING, d STRING, pos INT)
        RETURNS STRING RETURN sign || CASE
             WHEN pos > -4 AND pos <= 16 THEN CASE
@@ -210,43 +229,48 @@ SPARK_FUNCTIONS = (
                  || 'e' || CASE WHEN pos - 1 < 0 THEN '-' ELSE '+' END
                  || CASE WHEN abs(pos - 1) < 10 THEN '0' ELSE '' END
                  || CAST(abs(pos - 1) AS STRING) END""",
+    # The digits without leading zeros (d) and where the point falls in them (pos).
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_repr_digits(sign STRING, i STRING, f STRING,
+       e INT) RETURNS STRING RETURN
+       sp_repr_parts(sign, regexp_replace(regexp_replace(i || f, '^0+', ''), '0+$', ''),
+                     length(i) + e
+                     - (length(i || f) - length(regexp_replace(i || f, '^0+', ''))))""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_repr_java(s STRING) RETURNS STRING RETURN
-       sp_repr_parts(
-           CASE WHEN s LIKE '-%' THEN '-' ELSE '' END,
-           regexp_replace(regexp_replace(
-               regexp_replace(regexp_extract(s, '^-?([0-9.]+)', 1), '[.]', ''),
-               '^0+', ''), '0+$', ''),
-           length(regexp_extract(s, '^-?([0-9]+)', 1))
-             + coalesce(try_cast(regexp_extract(s, 'E(-?[0-9]+)$', 1) AS INT), 0)
-             - (length(regexp_replace(regexp_extract(s, '^-?([0-9.]+)', 1), '[.]', ''))
-                - length(regexp_replace(
-                    regexp_replace(regexp_extract(s, '^-?([0-9.]+)', 1), '[.]', ''),
-                    '^0+', ''))))""",
+       sp_repr_digits(CASE WHEN s LIKE '-%' THEN '-' ELSE '' END,
+                      regexp_extract(s, '^-?([0-9]+)', 1), regexp_extract(s, '[.]([0-9]+)', 1),
+                      coalesce(try_cast(regexp_extract(s, 'E(-?[0-9]+)$', 1) AS INT), 0))""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_number_text(x DOUBLE) RETURNS STRING RETURN
-       CASE WHEN abs(x) >= 1e15 THEN sp_repr_java(CAST(x AS STRING))
-            WHEN x = floor(x) THEN CAST(CAST(x AS BIGINT) AS STRING)
+       CASE WHEN abs(x) < 1e15 AND x = floor(x) THEN CAST(CAST(x AS BIGINT) AS STRING)
             ELSE sp_repr_java(CAST(x AS STRING)) END""",
-    """CREATE OR REPLACE TEMPORARY FUNCTION sp_class_of(u VARIANT) RETURNS STRING RETURN
-       CASE sp_kind(u)
-            WHEN 'VARCHAR' THEN try_variant_get(u, '$', 'string')
+    # An object is its text: as written when it is the whole value (DuckDB keeps the
+    # text of j::JSON), re-printed when it came out of a list. A number goes through
+    # its text (t), which Spark prints exactly for integers and decimals.
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_class_kind(k STRING, u VARIANT, t STRING,
+       j STRING) RETURNS STRING RETURN
+       CASE k
+            WHEN 'VARCHAR' THEN t WHEN 'BOOLEAN' THEN t
             WHEN 'NULL' THEN NULL
             WHEN 'ARRAY' THEN sp_argmax(try_variant_get(u, '$', 'array<double>'))
-            WHEN 'BOOLEAN' THEN to_json(u)
-            WHEN 'OBJECT' THEN to_json(u)
-            ELSE sp_number_text(try_variant_get(u, '$', 'double')) END""",
+            WHEN 'OBJECT' THEN CASE WHEN sp_kind(try_parse_json(j)) = 'OBJECT' THEN j
+                                    ELSE to_json(u) END
+            ELSE sp_number_text(try_cast(t AS DOUBLE)) END""",
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_class_of(u VARIANT, j STRING) RETURNS STRING
+       RETURN sp_class_kind(sp_kind(u), u, try_variant_get(u, '$', 'string'), j)""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_class(j STRING) RETURNS STRING RETURN
-       sp_class_of(sp_unwrap(j))""",
+       sp_class_of(sp_unwrap(j), j)""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_number_of(u VARIANT) RETURNS DOUBLE RETURN
        CASE WHEN sp_kind(u) = 'NUMBER' THEN try_variant_get(u, '$', 'double') END""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_number(j STRING) RETURNS DOUBLE RETURN
        sp_number_of(sp_unwrap(j))""",
+    """CREATE OR REPLACE TEMPORARY FUNCTION sp_outcome_of(v VARIANT, j STRING) RETURNS DOUBLE
+       RETURN CASE WHEN v IS NULL THEN NULL
+                   WHEN sp_kind(v) = 'BOOLEAN'
+                        THEN CASE trim(j) WHEN 'true' THEN 1.0D ELSE 0.0D END
+                   ELSE sp_number_of(v) END""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_outcome(j STRING) RETURNS DOUBLE RETURN
-       CASE WHEN try_parse_json(j) IS NULL THEN NULL
-            WHEN sp_kind(try_parse_json(j)) = 'BOOLEAN'
-                 THEN CASE trim(j) WHEN 'true' THEN 1.0D ELSE 0.0D END
-            ELSE sp_number_of(try_parse_json(j)) END""",
+       sp_outcome_of(try_parse_json(j), j)""",
     """CREATE OR REPLACE TEMPORARY FUNCTION sp_label_json(t STRING) RETURNS STRING RETURN
-       CASE WHEN t IS NULL OR trim(t) = '' THEN NULL
+       CASE WHEN trim(t) = '' THEN NULL
             WHEN try_parse_json(trim(t)) IS NOT NULL THEN trim(t)
             ELSE to_json(CAST(t AS VARIANT)) END""",
 )

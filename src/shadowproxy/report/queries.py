@@ -409,30 +409,33 @@ def diff_histogram(
 
 def confusion(top_classes: int, d: Dialect = DUCKDB) -> Query:
     """Production class x shadow class counts for class comparators, the ``top_classes``
-    most frequent classes of each pair kept and the rest grouped as ``(other)``."""
+    most frequent classes of each pair kept and the rest grouped as ``(other)``.
+
+    A class's volume counts both sides (a cell adds to its production class and to its
+    shadow class). The cells are read once: each is paired with its two classes, ranked
+    by volume (ties by name) with window functions, so an engine that does not keep a
+    common table expression's result (Spark) classifies every row once, not three times."""
     sql = f"""
     WITH cells AS (
         SELECT route, shadow, coalesce(sp_class(prod_prediction), '(none)') AS p,
                coalesce(sp_class(shadow_prediction), '(none)') AS s, count(*) AS n
         FROM scope WHERE agree IS NOT NULL AND {KINDS} IN {CLASS_KINDS} GROUP BY 1, 2, 3, 4),
-    margins AS (
-        SELECT route, shadow, c, sum(n) AS n
-        FROM (SELECT route, shadow, p AS c, n FROM cells
-              UNION ALL SELECT route, shadow, s AS c, n FROM cells)
-        GROUP BY 1, 2, 3),
-    top AS (
-        SELECT route, shadow, c
-        FROM (SELECT route, shadow, c,
-                     row_number() OVER (PARTITION BY route, shadow ORDER BY n DESC, c) AS place
-              FROM margins)
-        WHERE place <= ?)
-    SELECT cells.route, cells.shadow, coalesce(tp.c, '(other)') AS p,
-           coalesce(ts.c, '(other)') AS s, sum(cells.n) AS n
-    FROM cells
-    LEFT JOIN top tp ON tp.route = cells.route AND tp.shadow = cells.shadow AND tp.c = cells.p
-    LEFT JOIN top ts ON ts.route = cells.route AND ts.shadow = cells.shadow AND ts.c = cells.s
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
-    return Query("confusion matrices", sql, (top_classes,))
+    sides AS (
+        SELECT route, shadow, p, s, n, {d.either("p", "s")} AS c FROM cells),
+    volumes AS (
+        SELECT *, sum(n) OVER (PARTITION BY route, shadow, c) AS volume FROM sides),
+    ranked AS (
+        SELECT *, dense_rank() OVER (PARTITION BY route, shadow ORDER BY volume DESC, c)
+                      AS place
+        FROM volumes),
+    placed AS (
+        SELECT route, shadow, p, s, n, max(CASE WHEN c = p THEN place END) AS p_place,
+               max(CASE WHEN c = s THEN place END) AS s_place
+        FROM ranked GROUP BY route, shadow, p, s, n)
+    SELECT route, shadow, CASE WHEN p_place <= ? THEN p ELSE '(other)' END AS p,
+           CASE WHEN s_place <= ? THEN s ELSE '(other)' END AS s, sum(n) AS n
+    FROM placed GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
+    return Query("confusion matrices", sql, (top_classes, top_classes))
 
 
 def top_disagreements(per_pair: int, d: Dialect = DUCKDB) -> Query:

@@ -58,10 +58,18 @@ S3A_HELP = (
 )
 
 
+MIN_VERSION = (4, 1)
+"""SQL functions (``CREATE FUNCTION … RETURN``) and the variant JSON functions."""
+
+
 @contextmanager
 def open_engine(options: ReportOptions) -> Iterator[SparkEngine]:
+    """The session for one report; a session that was already running gets its settings
+    back afterwards, one started here is stopped."""
     session, owned = _session(options)
+    before = {key: session.conf.get(key, None) for key in SESSION_CONF}
     try:
+        _check_version(session.version)
         for key, value in SESSION_CONF.items():
             session.conf.set(key, value)
         for statement in SPARK_FUNCTIONS:
@@ -70,6 +78,21 @@ def open_engine(options: ReportOptions) -> Iterator[SparkEngine]:
     finally:
         if owned:
             session.stop()
+        else:
+            for key, value in before.items():
+                if value is None:
+                    session.conf.unset(key)
+                else:
+                    session.conf.set(key, value)
+
+
+def _check_version(version: str) -> None:
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_VERSION:
+        raise ReportInputError(
+            f"--engine spark needs Spark {'.'.join(map(str, MIN_VERSION))} or later "
+            f"(SQL functions, variant JSON); this session runs Spark {version}"
+        )
 
 
 def _session(options: ReportOptions) -> tuple[Any, bool]:
@@ -91,9 +114,13 @@ def _session(options: ReportOptions) -> tuple[Any, bool]:
         active = SparkSession.getActiveSession()
         if active is not None and master is None:
             return active, False
-        builder = SparkSession.builder.master(master or "local[*]")
+        master = master or "local[*]"
+        builder = SparkSession.builder.master(master)
         for key, value in LOCAL_CONF.items():
             builder = builder.config(key, value)
+        if master.startswith("local"):  # nothing outside needs to reach a local driver
+            builder = builder.config("spark.driver.host", "127.0.0.1")
+            builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
         session = builder.getOrCreate()
     except Exception as exc:  # pyspark raises its own tree, py4j's and RuntimeError
         where = remote or master or "local[*]"

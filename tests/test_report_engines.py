@@ -1,0 +1,104 @@
+"""The engine layer without a JVM: the dialects' fragments, the portable sample hash on
+DuckDB, how Spark is pointed at the files, and the command line's engine flags. The
+same fragments run on Spark in ``test_report_spark``."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import duckdb
+import pyarrow.fs as pafs
+import pytest
+
+from shadowproxy import cli
+from shadowproxy.compare import jsonpath
+from shadowproxy.report import ReportInputError, ReportOptions, load
+from shadowproxy.report.dialect import DUCKDB, SPARK, spark_path
+from shadowproxy.report.engines import open_engine
+from shadowproxy.report.engines.spark import S3A_HELP, read_labels_file, spark_uri
+
+IDS = ["", "a", "req-000001", "0d3f6c1e-9b7a-4c55-8f0e-1a2b3c4d5e6f", "été ☃", "x" * 300]
+
+
+def portable_hash(text: str) -> int:
+    return int(hashlib.md5(text.encode()).hexdigest()[:15], 16)
+
+
+def test_the_sample_hash_is_the_first_60_bits_of_md5_on_duckdb() -> None:
+    connection = duckdb.connect()
+    for request_id in IDS:
+        (got,) = connection.execute(
+            f"SELECT {DUCKDB.hash_bucket('?')}", [request_id]
+        ).fetchone() or (None,)
+        assert got == portable_hash(request_id), request_id
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("$.instances[0].country", "$['instances'][0]['country']"),
+        ("$['a b'].c", "$['a b']['c']"),
+        ('$["x"][12]', "$['x'][12]"),
+    ],
+)
+def test_segment_paths_in_spark_syntax(path: str, expected: str) -> None:
+    assert spark_path(jsonpath.parse(path)) == expected
+
+
+@pytest.mark.parametrize("path", ["$.a[*]", "$.a.*", "$.a[-1]", '$["it\'s"]'])
+def test_segment_paths_spark_cannot_read_are_refused_with_the_way_out(path: str) -> None:
+    with pytest.raises(ReportInputError, match="--engine duckdb"):
+        SPARK.segment(jsonpath.parse(path))
+    DUCKDB.segment(jsonpath.parse(path))  # DuckDB reads every path
+
+
+def test_spark_is_handed_uris_it_can_resolve(tmp_path: Path) -> None:
+    local = load.Dataset(str(tmp_path), pafs.LocalFileSystem(), True, str(tmp_path), (), ())
+    assert spark_uri(local, f"{tmp_path}/pairs/a.parquet") == f"file://{tmp_path}/pairs/a.parquet"
+    s3 = pafs.S3FileSystem(endpoint_override="http://127.0.0.1:1", region="us-east-1")
+    remote = load.Dataset("s3://bucket/rec", s3, False, "bucket/rec", (), ())
+    assert spark_uri(remote, "bucket/rec/pairs/a.parquet") == "s3a://bucket/rec/pairs/a.parquet"
+    assert "hadoop-aws" in S3A_HELP and "s3a" in S3A_HELP
+
+
+def test_s3a_roots_are_discovered_as_s3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing is contacted
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    filesystem, base = load._filesystem("s3a://bucket/prefix")
+    assert filesystem.type_name == "s3"
+    assert base == "bucket/prefix"
+
+
+def test_labels_file_for_spark_is_read_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("request_id,label,note\n007,1.0,x\n008,,y\n")
+    table = read_labels_file(str(path))
+    assert table.column_names == ["request_id", "label"]
+    assert table.to_pylist() == [
+        {"request_id": "007", "label": "1.0"},
+        {"request_id": "008", "label": None},
+    ]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,value\n1,2\n")
+    with pytest.raises(ReportInputError, match="needs a request_id column"):
+        read_labels_file(str(bad))
+    with pytest.raises(ReportInputError, match="cannot read labels file"):
+        read_labels_file(str(tmp_path / "missing.csv"))
+
+
+def test_an_unknown_engine_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ReportInputError, match="choose one of duckdb, spark"):
+        with open_engine(ReportOptions(root=str(tmp_path), engine="trino")):
+            pass
+
+
+def test_the_command_line_takes_the_engine_and_the_master() -> None:
+    parser = cli._parser()
+    args = parser.parse_args(
+        ["report", "rec", "--engine", "spark", "--spark-master", "sc://spark:15002"]
+    )
+    assert (args.engine, args.spark_master) == ("spark", "sc://spark:15002")
+    assert parser.parse_args(["report", "rec"]).engine == "duckdb"  # the embedded default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["report", "rec", "--engine", "trino"])
