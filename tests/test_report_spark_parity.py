@@ -410,7 +410,7 @@ def duckdb_summary(recording: Recording) -> dict[str, Any]:
 def spark_summary(recording: Recording) -> dict[str, Any]:
     if shutil.which("java") is None:
         pytest.skip("no JDK: java is not on PATH (apt-get install default-jdk-headless)")
-    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install '.[interop]')")
+    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install '.[spark]')")
     return report(recording, "spark", "--spark-master", MASTER)
 
 
