@@ -11,11 +11,13 @@ of the report:
   production (delay); client retries that repeat an ``X-Request-Id`` (duplicate rows);
   labels posted to ``/feedback`` (some corrected by a later post) and a ``--labels``
   file that overrides some of them and adds others;
+- route ``clf`` also has a ``monitor:`` block (a categorical and a numeric feature, an
+  invariant that some requests break): the Drift section;
 - route ``rank``: an A/B experiment with sticky assignment by user, whose outcomes are
   posted to ``/feedback`` (plus a few labels that are not outcomes, which it ignores).
 
 Then both engines run the report through the CLI with ``--config`` (promotion
-decisions), ``--segment`` and ``--labels``, and :func:`differences` lists every field
+decisions, the Drift section), ``--segment`` and ``--labels``, and :func:`differences` lists every field
 where their summaries differ. ``test_the_recording_covers_every_section`` keeps the
 comparison from passing on empty sections.
 """
@@ -324,6 +326,17 @@ async def _record(directory: Path) -> Recording:
         ]
         clf = route("clf", production.url, shadows, compare=compare, chaos=chaos)
         clf["promotion"] = {"min_labels": 100, "disagreement": {"max_excess_over_baseline": 0.2}}
+        clf["monitor"] = {
+            "sample_rate": 1.0,
+            "prediction": {"kind": "label"},
+            "features": [
+                {"name": "country", "path": "$.country", "kind": "categorical"},
+                {"name": "size", "path": "$.instances[0][1]", "kind": "numeric"},
+            ],
+            "invariants": [
+                {"name": "known", "target": "request", "path": "$.country", "in": ["de", "fr"]}
+            ],
+        }
         rank = route("rank", rank_production.url, mode="ab")
         rank["ab"] = {
             "arms": [
@@ -459,6 +472,11 @@ def test_the_recording_covers_every_section(duckdb_summary: dict[str, Any]) -> N
     assert experiment["test"]["p_value"] is not None
     assert experiment["srm"]["p_value"] is not None
     assert experiment["ignored_feedback"] > 0
+    # --config: the route's monitor block gives the Drift section.
+    drift = duckdb_summary["drift"]["clf"]
+    assert [f["name"] for f in drift["features"]] == ["country", "size"]
+    assert drift["prediction"]["test"]["p_value"] is not None
+    assert drift["invariants"][0]["count"] > 0
     # --config: the candidate is decided on its route's criteria.
     assert candidate["decision"]["status"] in {"PROMOTE", "HOLD", "REJECT"}
     assert len(candidate["decision"]["criteria"]) == 4
