@@ -409,7 +409,11 @@ def report(recording: Recording, engine: str, *extra: str) -> dict[str, Any]:
         "--config", str(recording.config), "--labels", str(recording.labels),
         "--segment", "$.country", "--json", str(out),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=280)
+    # Run from the recording's directory: a local Spark driver leaves an empty
+    # spark-warehouse/ in its working directory, which must not land in the checkout.
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=environment, timeout=280, cwd=conf.parent
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
