@@ -16,7 +16,7 @@ from shadowproxy.compare import jsonpath
 from shadowproxy.report import ReportInputError, ReportOptions, load
 from shadowproxy.report.dialect import DUCKDB, SPARK, spark_path
 from shadowproxy.report.engines import open_engine
-from shadowproxy.report.engines.spark import S3A_HELP, read_labels_file, spark_uri
+from shadowproxy.report.engines.spark import S3A_HELP, local_mode_conf, read_labels_file, spark_uri
 
 IDS = ["", "a", "req-000001", "0d3f6c1e-9b7a-4c55-8f0e-1a2b3c4d5e6f", "été ☃", "x" * 300]
 
@@ -102,3 +102,13 @@ def test_the_command_line_takes_the_engine_and_the_master() -> None:
     assert parser.parse_args(["report", "rec"]).engine == "duckdb"  # the embedded default
     with pytest.raises(SystemExit):
         parser.parse_args(["report", "rec", "--engine", "trino"])
+
+
+@pytest.mark.parametrize(
+    ("master", "partitions"),
+    [("local", "8"), ("local[*]", "8"), ("local[2]", "2"), ("local[3,2]", "3")],
+)
+def test_a_local_driver_shuffles_into_one_partition_per_core(master: str, partitions: str) -> None:
+    conf = local_mode_conf(master, cpus=8)
+    assert conf["spark.sql.shuffle.partitions"] == partitions
+    assert conf["spark.driver.bindAddress"] == "127.0.0.1"
