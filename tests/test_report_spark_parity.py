@@ -382,14 +382,14 @@ sys.exit(cli.main(sys.argv[1:]))
 SPARK_DEFAULTS = """
 spark.driver.extraJavaOptions -XX:+UseSerialGC -XX:TieredStopAtLevel=1
 spark.sql.codegen.wholeStage false
-spark.sql.shuffle.partitions 4
 spark.sql.adaptive.coalescePartitions.enabled false
 """
 """The test's ``spark-defaults.conf``, read from ``SPARK_CONF_DIR`` as a user's would be.
 A lean JVM without whole-stage code generation starts and plans faster on a thousand
-rows (both only change speed); four shuffle partitions that adaptive execution may not
-merge back into one make every aggregation's rows arrive from several tasks, so a
-query that leans on an order it does not ask for shows here."""
+rows (both only change speed). The report's local driver has one shuffle partition per
+core (two here); adaptive execution is kept from merging them back into one, so every
+aggregation's rows arrive from several tasks and a query that leans on an order it
+does not ask for shows here."""
 
 
 def report(recording: Recording, engine: str, *extra: str) -> dict[str, Any]:
