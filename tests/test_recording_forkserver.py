@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def gone(pid: int) -> bool:
 
 @pytest.fixture
 def forks() -> Iterator[ForkServer]:
-    server = ForkServer.start()
+    # Earlier tests leave idle threads in pytest's process (py4j's, a Spark session's),
+    # blocked on sockets, holding none of the locks the server uses.
+    server = ForkServer.start(refuse_threads=False)
     assert server is not None
     yield server
     if server.alive:  # the test failed before the recorder closed it
@@ -214,3 +217,17 @@ def code_kib(pid: int, library: str) -> int:
 def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(child) for child in text.split()]
+
+
+def test_with_other_threads_running_no_fork_server_is_started(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = threading.Event()
+    waiting = threading.Thread(target=release.wait)
+    waiting.start()
+    try:
+        assert ForkServer.start() is None
+    finally:
+        release.set()
+        waiting.join()
+    assert "cannot fork writers here" in caplog.text

@@ -105,14 +105,19 @@ class ForkServer:
         self.alive = True
 
     @classmethod
-    def start(cls) -> ForkServer | None:
+    def start(cls, *, refuse_threads: bool = True) -> ForkServer | None:
         """Fork the server; None (with a warning) where that would not be safe.
 
         The server imports nothing more: a writer imports Arrow after its fork. Imported
         in the server, Arrow's library pages would stay mapped there (about 30 MiB of
         PSS) whether or not a writer still uses them.
+
+        ``serve`` forks before any thread exists, and refuses otherwise: a lock another
+        thread held at the fork would stay held in the server. ``refuse_threads=False``
+        is for a host process whose other threads are known to hold none the server
+        needs (CPython re-creates its import lock and ``logging`` its locks at a fork).
         """
-        if not hasattr(os, "fork") or threading.active_count() > 1:
+        if not hasattr(os, "fork") or (refuse_threads and threading.active_count() > 1):
             log.warning("recorder: cannot fork writers here (no fork, or threads); spawning them")
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
