@@ -161,7 +161,7 @@ class _UnaryCalls:
         return "unary"
 
     def knows_service(self, service: str) -> bool:
-        return True
+        return service != "nobody.Serves"
 
     async def unary(self, method: str, request: bytes, context: Any) -> bytes:
         return request
@@ -191,3 +191,16 @@ async def test_method_handlers_are_kept_per_method_up_to_a_bound(
     assert handler("/a.S/O") is not handler("/a.S/O")  # over the bound: made, not kept
     assert len(generic._handlers) == 2
     assert await handler("/a.S/O").unary_unary(b"x", None) == b"x"
+
+
+async def test_methods_of_services_no_route_serves_are_not_kept() -> None:
+    server = grpc_server.GrpcServer(
+        _UnaryCalls(), max_concurrent_calls=1, max_concurrent_streams=1,
+        max_message_bytes=1024, on_reject=lambda reason: None,
+    )  # fmt: skip
+    generic = grpc_server._Generic(server)
+    for n in range(10):
+        generic.service(_Details(f"/nobody.Serves/M{n}", ()))
+    generic.service(_Details("/a.S/M", ()))
+    generic.service(_Details(grpc_server.HEALTH_CHECK, ()))
+    assert sorted(generic._handlers) == sorted(["/a.S/M", grpc_server.HEALTH_CHECK])

@@ -188,9 +188,9 @@ async def test_serve_forks_its_writer_and_sigterm_ends_all_three(tmp_path: Path)
             assert len(server) == 1
             await wait_until(lambda: len(_children(server[0])) == 1, within_s=20)
             writer = _children(server[0])[0]
-            # Once serving, neither keeps the library pages only starting needed.
+            # Once started, the writer keeps none of the library pages only starting
+            # needed; the proxy keeps its own (production's requests would refill them).
             await wait_until(lambda: code_kib(writer, "libarrow.so") < 2048, within_s=20)
-            await wait_until(lambda: code_kib(proxy.pid, "_pydantic_core") < 1024, within_s=20)
             async with aiohttp.ClientSession() as client:
                 for n in range(5):
                     headers = {"x-request-id": f"r{n}"}

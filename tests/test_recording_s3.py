@@ -200,7 +200,6 @@ async def test_503_slow_down_degrades_then_everything_is_uploaded_once(s3: S3Ser
         await hop.close()
     assert recorder.health()["status"] == "ok"
     assert request_ids(s3) == sorted(f"req-{n}" for n in range(11))
-    assert len(s3.keys(f"{s3.bucket}/fleet/pairs")) == len(set(s3.keys(f"{s3.bucket}/fleet/pairs")))
     assert sum(dropped(registry, r) for r in ("queue_full", "buffer_full", "write_failed")) == 0
 
 

@@ -16,7 +16,6 @@ from shadowproxy.experiments.promotion import Promotion, for_canary
 from shadowproxy.loop import run_loop
 
 if TYPE_CHECKING:
-    from shadowproxy.app import Server
     from shadowproxy.recording.forkserver import ForkServer
 
 EXIT_CONFIG = 2
@@ -338,7 +337,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run_loop(
         serve(
             config,
-            on_ready=_started,
             load=load,
             reuse_port=args.reuse_port,
             supervisor_pid=args.supervisor_pid,
@@ -346,15 +344,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-async def _started(server: Server) -> None:
-    """Serving: the library pages only starting needed can go (see ``pages``)."""
-    from shadowproxy.pages import unmap_clean_library_pages
-
-    logging.getLogger("shadowproxy.pages").debug(
-        "proxy: %d KiB of library pages unmapped", unmap_clean_library_pages()
-    )
 
 
 def _writer_forks(config: Config) -> ForkServer | None:

@@ -1,20 +1,23 @@
-"""Unmap the library pages a process touched while starting and no longer uses.
+"""Unmap the library pages the writer touched while starting and no longer uses.
 
 Starting touches far more library code than serving runs: static initialisers spread
-over a library, code run once (config validation, opening an S3 client), and every
-page fault maps the pages around it too. In the writer, importing pyarrow and opening
-an S3 filesystem leave about 60 MiB of libarrow, libarrow_s3 (the AWS SDK), libparquet
-and their kin mapped, though writing files runs a third of them; in the proxy, about
-4 MiB (pydantic-core, which validates the config). They stay mapped, and counted in
-the process's PSS.
+over a library, code run once (opening an S3 client), and every page fault maps the
+pages around it too. Importing pyarrow and opening an S3 filesystem leave about 60 MiB
+of libarrow, libarrow_s3 (the AWS SDK), libparquet and their kin mapped in the writer,
+though writing files runs a third of them. They stay mapped, and counted in the
+process's PSS.
 
 ``unmap_clean_library_pages`` drops this process's mappings of such pages: file-backed,
 read-only, never written (no anonymous or dirty page in the mapping), so the kernel
 refills any of them from the file on the next access (``MADV_DONTNEED``): a minor
-fault, once per page still in use. The pages stay in the page cache: this lowers the
-process's PSS and working set, not what the files occupy there, which the kernel
-reclaims under pressure either way. A mapping that holds a written page (relocations,
+fault per page still in use while the file is in the page cache, a read from disk if
+the kernel has evicted it. This lowers the process's PSS and working set, not what the
+files occupy in the page cache. A mapping that holds a written page (relocations,
 data) is left whole. Linux only; elsewhere, or if anything fails, nothing is dropped.
+
+Only the writer calls it, off the production path. The proxy does not: its saving
+would be about 4 MiB (pydantic-core), and the code that serves production would pay
+the refills, and a disk read under memory pressure, on its requests.
 """
 
 from __future__ import annotations

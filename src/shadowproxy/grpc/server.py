@@ -199,9 +199,15 @@ class _Generic(grpc.GenericRpcHandler):  # type: ignore[misc]
         handler = self._handlers.get(method)
         if handler is None:
             handler = self._handler(method)
-            if len(self._handlers) < HANDLER_CACHE_SIZE:
+            # Only methods of services a route serves: paths a client makes up for
+            # services nobody serves cannot fill the cache before the real ones come.
+            if len(self._handlers) < HANDLER_CACHE_SIZE and self._served(method):
                 self._handlers[method] = handler
         return handler
+
+    def _served(self, method: str) -> bool:
+        service = method[1:].split("/", 1)[0]
+        return method in (HEALTH_CHECK, HEALTH_WATCH) or self._server.calls.knows_service(service)
 
     def _handler(self, method: str) -> grpc.RpcMethodHandler:
         server = self._server

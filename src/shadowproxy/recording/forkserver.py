@@ -157,10 +157,25 @@ class ForkServer:
                 self._abandon()
                 message = f"the fork server did not fork in {FORK_TIMEOUT_S:g} s"
                 raise TimeoutError(message) from None
+            except asyncio.CancelledError:
+                # Likewise: the reply still due (a writer and its pipes) would be the
+                # next request's, and that writer would never see its input close.
+                self._abandon("was left waiting for a reply (cancelled)")
+                raise
         if error:
             raise OSError(error, f"the fork server could not fork a writer: {os.strerror(error)}")
-        if not fds:
+        if pid == 0:
             raise ConnectionError("the writer fork server is gone")
+        if len(fds) != 2:
+            # Fewer descriptors than sent: the proxy is at its open-file limit.
+            for fd in fds:
+                os.close(fd)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # its child: the server reaps it
+            raise OSError(
+                f"writer {pid} was forked but {len(fds)} of its 2 pipes reached the proxy "
+                "(is it at its open-file limit?)"
+            )
         return await self._connect(pid, fds)
 
     async def _connect(self, pid: int, fds: list[int]) -> ForkedWriter:
@@ -208,9 +223,10 @@ class ForkServer:
         else:
             writer.exited(code)
 
-    def _abandon(self) -> None:
-        """Stop using a server that does not answer; it exits once it reads the close."""
-        log.error("recorder: the writer fork server (pid %d) does not answer", self.pid)
+    def _abandon(self, why: str = "does not answer") -> None:
+        """Stop using a server whose reply cannot be trusted to match a request; it
+        exits once it reads the close."""
+        log.error("recorder: the writer fork server (pid %d) %s", self.pid, why)
         self._gone()
         self._sock.close()
 
