@@ -20,6 +20,7 @@ from shadowproxy.recording import forkserver, read_dataset
 from shadowproxy.recording.child import WRITER_NICENESS
 from shadowproxy.recording.forkserver import ForkServer
 from shadowproxy.recording.process import RecorderProcess
+from shadowproxy.tasks import TaskSet
 from tests.support import free_port, upstream, wait_listening, write_config
 from tests.support import route as route_config
 from tests.test_recording import make_pair, wait_until
@@ -154,6 +155,27 @@ async def test_a_fork_server_that_does_not_answer_is_given_up(
         os.kill(forks.pid, signal.SIGCONT)  # it reads the close, and exits
     await recorder.close()
     assert read_dataset(str(tmp_path)).num_rows == 10
+    assert gone(forks.pid)
+
+
+async def test_a_fork_request_cancelled_while_waiting_gives_the_server_up(
+    forks: ForkServer,
+) -> None:
+    """The reply still due would be taken by the next request, with a writer whose
+    input never closes: the server is given up instead."""
+    os.kill(forks.pid, signal.SIGSTOP)
+    try:
+        request = TaskSet().spawn(forks.fork_writer(), name="fork-request")
+        await asyncio.sleep(0.2)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert not forks.alive
+        with pytest.raises(ConnectionError, match="fork server is gone"):
+            await forks.fork_writer()
+    finally:
+        os.kill(forks.pid, signal.SIGCONT)  # it reads the close, and exits
+    await forks.close()
     assert gone(forks.pid)
 
 
