@@ -42,6 +42,7 @@ from shadowproxy.report.engines import duckdb as duckdb_engine
 from shadowproxy.report.engines import spark as spark_engine
 from shadowproxy.report.model import Report
 from tests import synthetic
+from tests.summary_diff import differences
 from tests.synthetic import RouteSpec, ShadowSpec
 from tests.test_report_chaos import add_injected, injected_rows
 from tests.test_report_experiments import record
@@ -233,26 +234,6 @@ def reports(root: Path, **options: Any) -> tuple[Report, Report]:
         for e in ("duckdb", "spark")
     )
     return duck_report, spark_report
-
-
-def differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Where two summaries differ: numbers within 1e-9 relative are equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
-        return [d for k in a for d in differences(a[k], b[k], f"{path}/{k}")]
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} items against {len(b)}"]
-        return [
-            d
-            for i, (x, y) in enumerate(zip(a, b, strict=True))
-            for d in differences(x, y, f"{path}[{i}]")
-        ]
-    numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
-        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) else [f"{path}: {a} != {b}"]
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
 @pytest.mark.timeout(240)
