@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -169,3 +171,58 @@ def test_a_spark_session_that_cannot_start_leaves_no_directory(
         with open_engine(ReportOptions(root=str(tmp_path), engine="spark")):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+CONNECT = """
+import sys, tempfile
+tempfile.tempdir = sys.argv[1]
+from shadowproxy.report import ReportInputError, ReportOptions
+from shadowproxy.report.engines import spark
+try:
+    with spark.open_engine(ReportOptions(root=sys.argv[1], engine="spark", spark_master=sys.argv[2])):
+        pass
+except ReportInputError as exc:
+    print(exc)
+"""
+"""A report against a Spark Connect server, in a process of its own (a Connect session
+switches pyspark to Connect mode for the rest of its process)."""
+
+
+@pytest.mark.timeout(30)
+def test_a_spark_connect_server_that_refuses_is_a_clear_error(tmp_path: Path) -> None:
+    """The client connects lazily: the first round trip is where a wrong server shows."""
+    grpc = pytest.importorskip("grpc")
+    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install '.[spark]')")
+
+    class Refuse(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            def refuse(request: Any, context: Any) -> None:
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a Spark Connect server")
+
+            return grpc.unary_unary_rpc_method_handler(refuse)
+
+    server = grpc.server(ThreadPoolExecutor(2), handlers=[Refuse()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-W",
+                "ignore",
+                "-c",
+                CONNECT,
+                str(tmp_path),
+                f"sc://127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=25,
+        )
+    finally:
+        server.stop(None)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"cannot start Spark (sc://127.0.0.1:{port}): not a Spark Connect server"
+    )
+    assert list(tmp_path.iterdir()) == []  # no temporary directory left

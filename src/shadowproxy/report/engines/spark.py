@@ -414,4 +414,8 @@ def _is_spark_error(exc: Exception) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
+    for error in (exc, exc.__cause__, exc.__context__):  # Spark Connect wraps gRPC's
+        details = getattr(error, "details", None)
+        if callable(details) and isinstance(message := details(), str) and message.strip():
+            return message.strip().splitlines()[0]
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
