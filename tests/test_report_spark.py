@@ -376,3 +376,15 @@ def test_a_borrowed_session_gets_back_its_time_zone_views_and_cache(
     finally:
         running.conf.set(zone, "UTC")
         running.catalog.dropTempView("scope")
+
+
+def test_a_spark_failure_names_the_query_that_met_it(spark: Any, tmp_path: Path) -> None:
+    """Not a Py4J or JVM traceback: the step and the first line of Spark's message."""
+    dataset = load.Dataset(str(tmp_path), pafs.LocalFileSystem(), True, str(tmp_path), (), ())
+    runner = spark_engine.SparkEngine(spark).runner(dataset, [], lambda _name: None)
+    with pytest.raises(
+        ReportInputError, match=r"^Spark failed in query broken: .*DIVIDE_BY_ZERO"
+    ) as info:
+        runner.rows(queries.Query("broken", "SELECT 1 / 0 AS x"))
+    assert "\n" not in str(info.value)
+    assert info.value.__cause__ is not info.value

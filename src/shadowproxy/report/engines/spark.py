@@ -3,8 +3,9 @@
 Which session: ``--spark-master sc://HOST:15002`` or the ``SPARK_REMOTE`` environment
 variable connect to an existing cluster through Spark Connect; ``--spark-master URL``
 (``spark://…``, ``yarn``, ``local[4]``) starts a driver here against that master; with
-neither, a Spark session already running in this process is used, else ``local[*]``.
-The session runs in UTC (the report's timestamps are UTC instants) with partition
+neither, ``local[*]``. A Spark session already running in this process (a notebook's)
+is borrowed instead, whatever the options: the report works in a new session of it and
+leaves it as it was. The report's session runs in UTC (the report's timestamps are UTC instants) with partition
 values read as text, as DuckDB reads them.
 
 Which files: the ones discovery listed (through pyarrow, as for DuckDB), handed to
@@ -95,11 +96,11 @@ def open_engine(options: ReportOptions) -> Iterator[SparkEngine]:
         engine = SparkEngine(work)
         yield engine
     finally:
-        shutil.rmtree(warehouse, ignore_errors=True)
         if engine is not None:
             engine.uncache()
         if session is not None and owned:
             session.stop()
+        shutil.rmtree(warehouse, ignore_errors=True)
 
 
 def _check_version(version: str) -> None:
