@@ -5,8 +5,8 @@ variable connect to an existing cluster through Spark Connect; ``--spark-master 
 (``spark://…``, ``yarn``, ``local[4]``) starts a driver here against that master; with
 neither, ``local[*]``. A Spark session already running in this process (a notebook's)
 is borrowed instead, whatever the options: the report works in a new session of it and
-leaves it as it was. The report's session runs in UTC (the report's timestamps are UTC instants) with partition
-values read as text, as DuckDB reads them.
+leaves it as it was. The report's session runs in UTC (the report's timestamps are UTC
+instants) with partition values read as text, as DuckDB reads them.
 
 Which files: the ones discovery listed (through pyarrow, as for DuckDB), handed to
 Spark as URIs: local paths as ``file://`` (a cluster must see them at the same path),
