@@ -354,10 +354,11 @@ def test_a_borrowed_session_gets_back_its_time_zone_views_and_cache(
     running: Any, recording: Path
 ) -> None:
     """A notebook's session, with ``--spark-master`` naming another master: the report
-    works beside it, leaves its settings, views and table cache as they were, and does
-    not stop it."""
-    zone = "spark.sql.session.timeZone"
+    works beside it with its own settings (UTC, ANSI SQL), leaves the notebook's
+    settings, views and table cache as they were, and does not stop it."""
+    zone, ansi = "spark.sql.session.timeZone", "spark.sql.ansi.enabled"
     running.conf.set(zone, "America/New_York")
+    running.conf.set(ansi, "false")
     running.createDataFrame([(7,)], "x INT").createOrReplaceTempView("scope")
     options = ReportOptions(root=str(recording), engine="spark", spark_master="local[2]")
     try:
@@ -367,14 +368,15 @@ def test_a_borrowed_session_gets_back_its_time_zone_views_and_cache(
             assert engine.attach_labels(dataset, dataset.feedback_files, None)
             worked_in = engine.session
             assert worked_in.catalog.isCached("labels")
-            assert worked_in.conf.get(zone) == "UTC"
+            assert (worked_in.conf.get(zone), worked_in.conf.get(ansi)) == ("UTC", "true")
             assert worked_in.sql("SELECT count(*) FROM scope").first()[0] > 1
         assert not worked_in.catalog.isCached("labels")
-        assert running.conf.get(zone) == "America/New_York"
+        assert (running.conf.get(zone), running.conf.get(ansi)) == ("America/New_York", "false")
         assert [tuple(row) for row in running.sql("SELECT * FROM scope").collect()] == [(7,)]
         assert not running.sparkContext._jsc.sc().isStopped()
     finally:
         running.conf.set(zone, "UTC")
+        running.conf.set(ansi, "true")
         running.catalog.dropTempView("scope")
 
 
