@@ -393,16 +393,17 @@ def diff_histogram(
     ranges: Sequence[tuple[str, str, float, float]], bins: int, d: Dialect = DUCKDB
 ) -> Query:
     """``diff_score`` histogram per pair; ``ranges`` gives each pair's (low, bin width).
-    Values past the last bin land in it (an overflow bin), and so does NaN, said
-    explicitly: DuckDB's floor keeps NaN, which ``least`` puts last, while Spark's turns
-    it into 0."""
+    Values past the last bin land in it (an overflow bin), and so do infinity and NaN,
+    decided before ``floor``: Spark's floor of infinity overflows (an error under ANSI
+    SQL) and of NaN gives 0, where DuckDB's keeps both."""
     values = ", ".join("(?, ?, ?, ?)" for _ in ranges)
     params = tuple(item for row in ranges for item in row)
     sql = f"""
     WITH ranges(route, shadow, lo, width) AS (VALUES {values})
     SELECT s.route, s.shadow,
-           CASE WHEN isnan(s.diff_score) THEN ?
-                ELSE CAST(least(greatest(floor((s.diff_score - r.lo) / r.width), 0), ?) AS INTEGER)
+           CASE WHEN isnan(s.diff_score) OR (s.diff_score - r.lo) / r.width >= ? THEN ?
+                WHEN s.diff_score < r.lo THEN 0
+                ELSE CAST(floor((s.diff_score - r.lo) / r.width) AS INTEGER)
            END AS bin,
            count(*) AS n
     FROM scope s JOIN ranges r ON s.route = r.route AND s.shadow = r.shadow
