@@ -5,7 +5,14 @@ same fragments run on Spark in ``test_report_spark``."""
 from __future__ import annotations
 
 import hashlib
+import math
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -14,10 +21,10 @@ import pytest
 
 from shadowproxy import cli
 from shadowproxy.compare import jsonpath
-from shadowproxy.report import ReportInputError, ReportOptions, load, queries
+from shadowproxy.report import ReportInputError, ReportOptions, analysis, load, queries
 from shadowproxy.report.dialect import DUCKDB, SPARK, spark_path
 from shadowproxy.report.engines import open_engine
-from shadowproxy.report.engines.spark import S3A_HELP, local_mode_conf, read_labels_file, spark_uri
+from shadowproxy.report.engines.spark import local_mode_conf, read_labels_file, spark_uri
 
 IDS = ["", "a", "req-000001", "0d3f6c1e-9b7a-4c55-8f0e-1a2b3c4d5e6f", "été ☃", "x" * 300]
 
@@ -60,7 +67,6 @@ def test_spark_is_handed_uris_it_can_resolve(tmp_path: Path) -> None:
     s3 = pafs.S3FileSystem(endpoint_override="http://127.0.0.1:1", region="us-east-1")
     remote = load.Dataset("s3://bucket/rec", s3, False, "bucket/rec", (), ())
     assert spark_uri(remote, "bucket/rec/pairs/a.parquet") == "s3a://bucket/rec/pairs/a.parquet"
-    assert "hadoop-aws" in S3A_HELP and "s3a" in S3A_HELP
 
 
 def test_s3a_roots_are_discovered_as_s3(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,3 +137,92 @@ def test_a_body_without_json_is_missing_under_a_wildcard_path() -> None:
     query = queries.segments(jsonpath.parse("$.a[*]"), 10, DUCKDB)
     rows = connection.execute(query.sql, query.params).fetchall()
     assert {row[2]: row[3] for row in rows} == {"1": 1, "(mixed)": 1, "(missing)": 3}
+
+
+@pytest.mark.parametrize(
+    ("diff_range", "width"),
+    [
+        ((0.0, 1.9, 5.0), 1.9 / (analysis.DIFF_BINS - 1)),
+        ((0.0, math.inf, 3.8), 3.8 / (analysis.DIFF_BINS - 1)),  # the finite maximum
+        ((0.0, math.inf, math.inf), 1.0),  # nothing finite above the low: unit bins
+        ((0.0, math.nan, math.nan), 1.0),
+        ((math.inf, math.inf, math.inf), None),  # no finite low: no histogram
+        ((-1.7e308, 1.7e308, 1.7e308), None),  # a span past the largest double
+    ],
+)
+def test_diff_histogram_bins_are_finite(
+    diff_range: tuple[float, float, float], width: float | None
+) -> None:
+    pair: Any = SimpleNamespace(comparator="numeric", diff_range=diff_range)
+    ranges = analysis.diff_ranges({("r", "s"): pair})
+    if width is None:
+        assert ranges == {}
+    else:
+        assert ranges[("r", "s")][2] == diff_range[0]
+        assert math.isclose(ranges[("r", "s")][3], width)
+
+
+def test_a_spark_session_that_cannot_start_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "pyspark.sql", None)  # as without pyspark
+    with pytest.raises(ReportInputError, match="needs pyspark"):
+        with open_engine(ReportOptions(root=str(tmp_path), engine="spark")):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+CONNECT = """
+import sys, tempfile
+tempfile.tempdir = sys.argv[1]
+from shadowproxy.report import ReportInputError, ReportOptions
+from shadowproxy.report.engines import spark
+try:
+    with spark.open_engine(ReportOptions(root=sys.argv[1], engine="spark", spark_master=sys.argv[2])):
+        pass
+except ReportInputError as exc:
+    print(exc)
+"""
+"""A report against a Spark Connect server, in a process of its own (a Connect session
+switches pyspark to Connect mode for the rest of its process)."""
+
+
+@pytest.mark.timeout(30)
+def test_a_spark_connect_server_that_refuses_is_a_clear_error(tmp_path: Path) -> None:
+    """The client connects lazily: the first round trip is where a wrong server shows."""
+    grpc = pytest.importorskip("grpc")
+    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install '.[spark]')")
+
+    class Refuse(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            def refuse(request: Any, context: Any) -> None:
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a Spark Connect server")
+
+            return grpc.unary_unary_rpc_method_handler(refuse)
+
+    server = grpc.server(ThreadPoolExecutor(2), handlers=[Refuse()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-W",
+                "ignore",
+                "-c",
+                CONNECT,
+                str(tmp_path),
+                f"sc://127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=25,
+        )
+    finally:
+        server.stop(None)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"cannot start Spark (sc://127.0.0.1:{port}): not a Spark Connect server"
+    )
+    assert list(tmp_path.iterdir()) == []  # no temporary directory left

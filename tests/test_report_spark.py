@@ -2,8 +2,8 @@
 fragment on a table of tricky values, the sample hash, and a whole summary.json over a
 synthetic recording with labels, segments, chaos rows and an experiment.
 
-One Spark session serves the module (the JVM takes seconds to start); the report picks
-it up as the session already running. Skipped only where there is no Java or pyspark.
+One Spark session serves the module (the JVM takes seconds to start); the report
+borrows it as the session already running, and each test works in a new session of it. Skipped only where there is no Java or pyspark.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -30,6 +31,7 @@ from shadowproxy.report import (
     Filters,
     ReportInputError,
     ReportOptions,
+    analysis,
     build_report,
     load,
     queries,
@@ -40,6 +42,7 @@ from shadowproxy.report.engines import duckdb as duckdb_engine
 from shadowproxy.report.engines import spark as spark_engine
 from shadowproxy.report.model import Report
 from tests import synthetic
+from tests.summary_diff import differences
 from tests.synthetic import RouteSpec, ShadowSpec
 from tests.test_report_chaos import add_injected, injected_rows
 from tests.test_report_experiments import record
@@ -70,7 +73,9 @@ FUNCTIONS = ("sp_class", "sp_number", "sp_outcome", "sp_label_json")
 
 
 @pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
+def running() -> Iterator[Any]:
+    """The session running in the process, as a notebook's would be; the report borrows
+    it."""
     if shutil.which("java") is None:
         pytest.skip(
             "no Java runtime on PATH: Spark's local mode needs one (apt-get install default-jdk-headless)"
@@ -93,12 +98,22 @@ def spark() -> Iterator[Any]:
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
-    for statement in SPARK_FUNCTIONS:
-        session.sql(statement)
     try:
         yield session
     finally:
         session.stop()
+
+
+@pytest.fixture
+def spark(running: Any) -> Any:
+    """A fresh session of its own per test (its temp views, functions and settings), on
+    the module's SparkContext: no test sees what another left."""
+    session = running.newSession()
+    for key, value in spark_engine.SESSION_CONF.items():
+        session.conf.set(key, value)
+    for statement in SPARK_FUNCTIONS:
+        session.sql(statement)
+    return session
 
 
 def duck() -> duckdb.DuckDBPyConnection:
@@ -221,28 +236,8 @@ def reports(root: Path, **options: Any) -> tuple[Report, Report]:
     return duck_report, spark_report
 
 
-def differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Where two summaries differ: numbers within 1e-9 relative are equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
-        return [d for k in a for d in differences(a[k], b[k], f"{path}/{k}")]
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} items against {len(b)}"]
-        return [
-            d
-            for i, (x, y) in enumerate(zip(a, b, strict=True))
-            for d in differences(x, y, f"{path}[{i}]")
-        ]
-    numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
-        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) else [f"{path}: {a} != {b}"]
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
-
-
 @pytest.mark.timeout(240)
-def test_the_summary_is_the_same_on_both_engines(spark: Any, recording: Path) -> None:
+def test_the_summary_is_the_same_on_both_engines(running: Any, recording: Path) -> None:
     country = jsonpath.parse("$.instances[0].country")
     duck_report, spark_report = reports(recording, segments=(country,), sample_size=150)
     duck_summary = json.loads(summary.dumps(duck_report))
@@ -323,3 +318,75 @@ def test_filters_and_a_labels_file_select_the_same_rows(
     assert {r["route"] for r in expected["scope_all"]} == {"churn"}  # the filters bit
     assert expected["exposures"] and len(expected["labels"]) > 3
     assert {"request_id": "chaos-0002", "label": '"cat"'} in expected["labels"]
+
+
+def test_infinite_and_nan_diff_scores_are_binned_alike(spark: Any) -> None:
+    """An infinite 99th percentile gives unit bins, not an infinite width (whose NaN
+    positions DuckDB put last and Spark first); NaN and infinity fill the overflow bin."""
+    scores = [0.0, 0.5, 1.0, 2.0, math.inf, math.nan, None]
+    scope = pa.table(
+        {
+            "route": ["r"] * len(scores),
+            "shadow": ["s"] * len(scores),
+            "agree": [True] * len(scores),
+            "diff_score": pa.array(scores, pa.float64()),
+        }
+    )
+    pair: Any = SimpleNamespace(comparator="numeric", diff_range=(0.0, math.inf, math.inf))
+    ranges = list(analysis.diff_ranges({("r", "s"): pair}).values())
+    assert ranges == [("r", "s", 0.0, 1.0)]
+    connection = duck()
+    connection.register("scope", scope)
+    expected_query = queries.diff_histogram(ranges, analysis.DIFF_BINS, DUCKDB)
+    expected = connection.execute(expected_query.sql, expected_query.params).fetchall()
+    spark.createDataFrame(scope).createOrReplaceTempView("scope")
+    query = queries.diff_histogram(ranges, analysis.DIFF_BINS, SPARK)
+    got = [tuple(row) for row in spark.sql(query.sql, args=list(query.params)).collect()]
+    last = analysis.DIFF_BINS - 1
+    assert (
+        got
+        == expected
+        == [("r", "s", 0, 2), ("r", "s", 1, 1), ("r", "s", 2, 1), ("r", "s", last, 2)]
+    )
+
+
+def test_a_borrowed_session_gets_back_its_time_zone_views_and_cache(
+    running: Any, recording: Path
+) -> None:
+    """A notebook's session, with ``--spark-master`` naming another master: the report
+    works beside it with its own settings (UTC, ANSI SQL), leaves the notebook's
+    settings, views and table cache as they were, and does not stop it."""
+    zone, ansi = "spark.sql.session.timeZone", "spark.sql.ansi.enabled"
+    running.conf.set(zone, "America/New_York")
+    running.conf.set(ansi, "false")
+    running.createDataFrame([(7,)], "x INT").createOrReplaceTempView("scope")
+    options = ReportOptions(root=str(recording), engine="spark", spark_master="local[2]")
+    try:
+        with spark_engine.open_engine(options) as engine:
+            dataset = load.discover(str(recording))
+            engine.attach_pairs(dataset, dataset.pair_files, options)
+            assert engine.attach_labels(dataset, dataset.feedback_files, None)
+            worked_in = engine.session
+            assert worked_in.catalog.isCached("labels")
+            assert (worked_in.conf.get(zone), worked_in.conf.get(ansi)) == ("UTC", "true")
+            assert worked_in.sql("SELECT count(*) FROM scope").first()[0] > 1
+        assert not worked_in.catalog.isCached("labels")
+        assert (running.conf.get(zone), running.conf.get(ansi)) == ("America/New_York", "false")
+        assert [tuple(row) for row in running.sql("SELECT * FROM scope").collect()] == [(7,)]
+        assert not running.sparkContext._jsc.sc().isStopped()
+    finally:
+        running.conf.set(zone, "UTC")
+        running.conf.set(ansi, "true")
+        running.catalog.dropTempView("scope")
+
+
+def test_a_spark_failure_names_the_query_that_met_it(spark: Any, tmp_path: Path) -> None:
+    """Not a Py4J or JVM traceback: the step and the first line of Spark's message."""
+    dataset = load.Dataset(str(tmp_path), pafs.LocalFileSystem(), True, str(tmp_path), (), ())
+    runner = spark_engine.SparkEngine(spark).runner(dataset, [], lambda _name: None)
+    with pytest.raises(
+        ReportInputError, match=r"^Spark failed in query broken: .*DIVIDE_BY_ZERO"
+    ) as info:
+        runner.rows(queries.Query("broken", "SELECT 1 / 0 AS x"))
+    assert "\n" not in str(info.value)
+    assert info.value.__cause__ is not info.value

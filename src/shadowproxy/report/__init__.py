@@ -143,8 +143,9 @@ def add_canaries(report: Report, options: ReportOptions) -> None:
 
 
 def _drift(engine: Engine, dataset: Dataset, pairs: list[str], options: ReportOptions) -> Any:
-    """The Drift section, or why there is none. It runs on DuckDB on either engine: its
-    reservoir sample of watched answers is DuckDB's."""
+    """The Drift section, or why there is none. It reads the recording with DuckDB on
+    this machine whichever the engine: its reservoir sample of watched answers is
+    DuckDB's."""
     from shadowproxy.report import drift
 
     if options.monitors is None:
@@ -154,7 +155,7 @@ def _drift(engine: Engine, dataset: Dataset, pairs: list[str], options: ReportOp
         )
     if not options.monitors:
         return drift.DriftSection(note=f"No route in {options.config} has a monitor: block.")
-    with engine.duckdb(dataset, pairs, options) as connection:
+    with engine.drift_connection(dataset, pairs, options) as connection:
         return drift.build(connection, dataset, options, options.monitors)
 
 

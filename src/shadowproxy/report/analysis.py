@@ -336,14 +336,21 @@ def add_diff_histograms(pairs: dict[Key, PairReport], runner: Runner) -> None:
 
 def diff_ranges(pairs: dict[Key, PairReport]) -> dict[Key, tuple[str, str, float, float]]:
     """``(low, width)`` per numeric pair: bins from the smallest score to the 99th
-    percentile, the last bin collecting the top 1% so one outlier cannot flatten it."""
+    percentile, the last bin collecting the top 1% so one outlier cannot flatten it.
+
+    Only finite bounds make bins: an infinite 99th percentile falls back to the maximum
+    if that is finite, else to unit bins (the infinite scores land in the overflow bin),
+    and a pair whose smallest score is not finite has no histogram, since an infinite
+    width or low makes every position NaN, which the engines would bin differently."""
     out = {}
     for key, pair in pairs.items():
         lo, p99, hi = pair.diff_range
-        if pair.comparator not in CONTINUOUS_KINDS or lo is None:
+        if pair.comparator not in CONTINUOUS_KINDS or lo is None or not math.isfinite(lo):
             continue
-        top = p99 if p99 is not None and p99 > lo else hi
-        width = (top - lo) / (DIFF_BINS - 1) if top is not None and top > lo else 1.0
+        tops = [t for t in (p99, hi) if t is not None and math.isfinite(t) and t > lo]
+        width = (tops[0] - lo) / (DIFF_BINS - 1) if tops else 1.0
+        if not math.isfinite(width) or width <= 0:  # the span overflows a double
+            continue
         out[key] = (key[0], key[1], float(lo), float(width))
     return out
 

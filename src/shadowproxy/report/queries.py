@@ -393,18 +393,23 @@ def diff_histogram(
     ranges: Sequence[tuple[str, str, float, float]], bins: int, d: Dialect = DUCKDB
 ) -> Query:
     """``diff_score`` histogram per pair; ``ranges`` gives each pair's (low, bin width).
-    Values past the last bin land in it (an overflow bin)."""
+    Values past the last bin land in it (an overflow bin), and so do infinity and NaN,
+    decided before ``floor``: Spark's floor of infinity overflows (an error under ANSI
+    SQL) and of NaN gives 0, where DuckDB's keeps both."""
     values = ", ".join("(?, ?, ?, ?)" for _ in ranges)
     params = tuple(item for row in ranges for item in row)
     sql = f"""
     WITH ranges(route, shadow, lo, width) AS (VALUES {values})
     SELECT s.route, s.shadow,
-           CAST(least(greatest(floor((s.diff_score - r.lo) / r.width), 0), ?) AS INTEGER) AS bin,
+           CASE WHEN isnan(s.diff_score) OR (s.diff_score - r.lo) / r.width >= ? THEN ?
+                WHEN s.diff_score < r.lo THEN 0
+                ELSE CAST(floor((s.diff_score - r.lo) / r.width) AS INTEGER)
+           END AS bin,
            count(*) AS n
     FROM scope s JOIN ranges r ON s.route = r.route AND s.shadow = r.shadow
     WHERE s.agree IS NOT NULL AND s.diff_score IS NOT NULL
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
-    return Query("diff score histograms", sql, (*params, bins - 1))
+    return Query("diff score histograms", sql, (*params, bins - 1, bins - 1))
 
 
 def confusion(top_classes: int, d: Dialect = DUCKDB) -> Query:

@@ -56,8 +56,9 @@ class Engine(Protocol):
         self, dataset: Dataset, files: Sequence[str], on_step: Callable[[str], None]
     ) -> Runner: ...
 
-    def duckdb(
+    def drift_connection(
         self, dataset: Dataset, files: Sequence[str], options: ReportOptions
     ) -> AbstractContextManager[Any]:
-        """A DuckDB connection with ``pairs_raw`` attached, for the Drift section (its
-        reservoir sample of watched answers is DuckDB's, on either engine)."""
+        """The DuckDB connection the Drift section reads the recording through, with
+        ``pairs_raw`` attached: on this machine whichever the engine (the Spark engine
+        opens one of its own), as its reservoir sample of watched answers is DuckDB's."""

@@ -41,7 +41,7 @@ class DuckDBEngine:
     ) -> load.Runner:
         return load.Runner(self.connection, dataset, files, on_step)
 
-    def duckdb(
+    def drift_connection(
         self, dataset: load.Dataset, files: Sequence[str], options: ReportOptions
     ) -> AbstractContextManager[Any]:
         return nullcontext(self.connection)

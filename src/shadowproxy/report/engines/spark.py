@@ -3,9 +3,10 @@
 Which session: ``--spark-master sc://HOST:15002`` or the ``SPARK_REMOTE`` environment
 variable connect to an existing cluster through Spark Connect; ``--spark-master URL``
 (``spark://…``, ``yarn``, ``local[4]``) starts a driver here against that master; with
-neither, a Spark session already running in this process is used, else ``local[*]``.
-The session runs in UTC (the report's timestamps are UTC instants) with partition
-values read as text, as DuckDB reads them.
+neither, ``local[*]``. A Spark session already running in this process (a notebook's)
+is borrowed instead, whatever the options: the report works in a new session of it and
+leaves it as it was. The report's session runs in UTC (the report's timestamps are UTC
+instants) with partition values read as text, as DuckDB reads them.
 
 Which files: the ones discovery listed (through pyarrow, as for DuckDB), handed to
 Spark as URIs: local paths as ``file://`` (a cluster must see them at the same path),
@@ -40,15 +41,17 @@ from shadowproxy.report.options import CorruptFileError, ReportInputError, Repor
 SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+    "spark.sql.ansi.enabled": "true",
 }
-"""Settings of the session the report needs, set on any session it is given."""
+"""Settings of the session the report needs, set in the session it works in (ANSI SQL
+is the semantics its queries are tested with, whatever the cluster's default)."""
 
 LOCAL_CONF = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.app.name": "shadowproxy-report",
 }
-"""Settings of a driver started here (a session that already runs keeps its own)."""
+"""Settings of a driver started here (a session already running keeps its own)."""
 
 SPARK_TYPES = {"VARCHAR": "string", "DOUBLE": "double"}
 
@@ -66,28 +69,38 @@ MIN_VERSION = (4, 1)
 
 @contextmanager
 def open_engine(options: ReportOptions) -> Iterator[SparkEngine]:
-    """The session for one report; a session that was already running gets its settings
-    back afterwards, one started here is stopped."""
+    """The session for one report. A driver started here is stopped afterwards; a
+    session already running in this process is borrowed: the report works in a
+    ``newSession()`` of it (its own temp views, functions and SQL settings, the same
+    SparkContext), uncaches what it cached, and never stops it."""
     warehouse = tempfile.mkdtemp(prefix="shadowproxy-spark-")
-    session, owned = _session(options, warehouse)
-    before = {key: session.conf.get(key, None) for key in SESSION_CONF}
+    session: Any = None
+    owned = False
+    work: Any = None
+    engine: SparkEngine | None = None
     try:
-        _check_version(session.version)
-        for key, value in SESSION_CONF.items():
-            session.conf.set(key, value)
-        for statement in SPARK_FUNCTIONS:
-            session.sql(statement)
-        yield SparkEngine(session)
+        session, owned = _session(options, warehouse)
+        try:
+            work = session if owned else session.newSession()
+            _check_version(work.version)
+            for key, value in SESSION_CONF.items():
+                work.conf.set(key, value)
+            for statement in SPARK_FUNCTIONS:
+                work.sql(statement)
+        except ReportInputError:
+            raise
+        except Exception as exc:  # the first round trips: an unreachable Connect server
+            raise ReportInputError(
+                f"cannot start Spark ({_where(options)}): {_first_line(exc)}"
+            ) from None
+        engine = SparkEngine(work)
+        yield engine
     finally:
-        shutil.rmtree(warehouse, ignore_errors=True)
-        if owned:
+        if engine is not None:
+            engine.uncache()
+        if session is not None and owned:
             session.stop()
-        else:
-            for key, value in before.items():
-                if value is None:
-                    session.conf.unset(key)
-                else:
-                    session.conf.set(key, value)
+        shutil.rmtree(warehouse, ignore_errors=True)
 
 
 def _check_version(version: str) -> None:
@@ -99,10 +112,37 @@ def _check_version(version: str) -> None:
         )
 
 
+def _where(options: ReportOptions) -> str:
+    master = options.spark_master
+    if master is None:
+        master = os.environ.get("SPARK_REMOTE") or None
+    return master or "local[*]"
+
+
+def _running(session_class: Any) -> Any:
+    """The session already running in this process (the thread's active one, else the
+    JVM's or Connect client's default), which ``getOrCreate()`` would return; None if
+    there is none."""
+    active = session_class.getActiveSession()
+    if active is not None:
+        return active
+    classic = getattr(session_class, "_instantiatedSession", None)
+    if classic is not None:
+        return classic
+    try:
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+    except ImportError:  # Spark Connect's extra dependencies are not installed
+        return None
+    return ConnectSession.getActiveSession() or ConnectSession._get_default_session()
+
+
 def _session(options: ReportOptions, warehouse: str) -> tuple[Any, bool]:
-    """The session and whether it is ours to stop. A driver started here keeps its
-    ``spark-warehouse/`` (created even when nothing is stored) in ``warehouse``, not in
-    the working directory."""
+    """The session and whether it is ours to stop: only one started by this call is.
+    A session already running is borrowed whatever ``--spark-master`` says (Spark keeps
+    one per process and ``getOrCreate()`` would return it, with the builder's settings
+    written over its own). A driver started here keeps its ``spark-warehouse/``
+    (created even when nothing is stored) in ``warehouse``, not in the working
+    directory."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:
@@ -115,11 +155,11 @@ def _session(options: ReportOptions, warehouse: str) -> tuple[Any, bool]:
     if master is None:
         remote = os.environ.get("SPARK_REMOTE") or None
     try:
+        running = _running(SparkSession)
+        if running is not None:
+            return running, False
         if remote:
             return SparkSession.builder.remote(remote).getOrCreate(), True
-        active = SparkSession.getActiveSession()
-        if active is not None and master is None:
-            return active, False
         master = master or "local[*]"
         builder = SparkSession.builder.master(master)
         for key, value in LOCAL_CONF.items():
@@ -130,10 +170,9 @@ def _session(options: ReportOptions, warehouse: str) -> tuple[Any, bool]:
                 builder = builder.config(key, value)
         session = builder.getOrCreate()
     except Exception as exc:  # pyspark raises its own tree, py4j's and RuntimeError
-        where = remote or master or "local[*]"
         raise ReportInputError(
-            f"cannot start Spark ({where}): {_first_line(exc)} (a local session needs "
-            "Java 17+ on PATH or JAVA_HOME)"
+            f"cannot start Spark ({_where(options)}): {_first_line(exc)} (a local session "
+            "needs Java 17+ on PATH or JAVA_HOME)"
         ) from None
     session.sparkContext.setLogLevel("ERROR")
     return session, True
@@ -157,6 +196,17 @@ def local_mode_conf(master: str, cpus: int) -> dict[str, str]:
 class SparkEngine:
     def __init__(self, session: Any) -> None:
         self.session = session
+        self.cached: list[str] = []
+
+    def uncache(self) -> None:
+        """Drops what the report cached: the table cache is shared with the session it
+        borrowed from."""
+        for name in self.cached:
+            try:
+                self.session.sql(f"UNCACHE TABLE IF EXISTS {name}")
+            except Exception:  # a session gone bad has nothing left to drop
+                return
+        self.cached.clear()
 
     @property
     def dialect(self) -> Dialect:
@@ -216,17 +266,17 @@ class SparkEngine:
         return SparkRunner(self, dataset, files, on_step)
 
     @contextmanager
-    def _duckdb(
+    def _drift_connection(
         self, dataset: load.Dataset, files: Sequence[str], options: ReportOptions
     ) -> Iterator[Any]:
         with load.connect(options) as connection:
             load.attach_pairs(connection, dataset, files, options)
             yield connection
 
-    def duckdb(
+    def drift_connection(
         self, dataset: load.Dataset, files: Sequence[str], options: ReportOptions
     ) -> AbstractContextManager[Any]:
-        return self._duckdb(dataset, files, options)
+        return self._drift_connection(dataset, files, options)
 
     def _read(self, dataset: load.Dataset, files: Sequence[str], name: str) -> Any:
         """The files as one frame; columns by name across files written before a column
@@ -237,13 +287,21 @@ class SparkEngine:
         try:
             return reader.parquet(*(spark_uri(dataset, f) for f in files))
         except Exception as exc:
-            raise _explain(exc, files) from exc
+            error = _explain(exc, files, f"reading the {name} files")
+            if error is None:
+                raise
+            raise error from exc
 
     def _sql(self, sql: str, dataset: load.Dataset, files: Sequence[str]) -> Any:
+        if sql.startswith("CACHE TABLE "):
+            self.cached.append(sql.removeprefix("CACHE TABLE ").strip())
         try:
             return self.session.sql(sql)
         except Exception as exc:
-            raise _explain(exc, files) from exc
+            error = _explain(exc, files, sql.split(" AS ", 1)[0])
+            if error is None:
+                raise
+            raise error from exc
 
 
 class SparkRunner:
@@ -271,7 +329,10 @@ class SparkRunner:
             frame = self.engine.session.sql(query.sql, args=list(query.params) or None)
             table: pa.Table = frame.toArrow()
         except Exception as exc:
-            raise _explain(exc, self.files) from exc
+            error = _explain(exc, self.files, f"query {query.name}")
+            if error is None:
+                raise
+            raise error from exc
         rows: Rows = table.to_pylist()
         return rows
 
@@ -326,17 +387,36 @@ def _with_nulls(frame: Any, columns: Sequence[tuple[str, str]]) -> Any:
     return frame
 
 
-def _explain(exc: BaseException, files: Sequence[str]) -> Exception:
+def _explain(exc: Exception, files: Sequence[str], what: str) -> ReportInputError | None:
     """A clear error for what the user can fix (a corrupt file, S3 without hadoop-aws),
-    else the original exception."""
+    else Spark's own failure named by the step that met it (its first line: the rest is
+    a JVM stack); None for what is not Spark's (a bug here keeps its traceback)."""
     message = str(exc)
     if "No FileSystem for scheme" in message or "S3AFileSystem" in message:
         return ReportInputError(f"Spark cannot read s3a:// ({_first_line(exc)}). {S3A_HELP}")
     named = [path for path in files if path in message]
     if named:
         return CorruptFileError(named[0], _first_line(exc))
-    return exc if isinstance(exc, Exception) else RuntimeError(message)
+    if _is_spark_error(exc):
+        return ReportInputError(f"Spark failed in {what}: {_first_line(exc)}")
+    return None
+
+
+def _is_spark_error(exc: Exception) -> bool:
+    from pyspark.errors import PySparkException
+
+    if isinstance(exc, PySparkException):
+        return True
+    try:
+        from py4j.protocol import Py4JError  # type: ignore[import-untyped]
+    except ImportError:  # a Spark Connect client without py4j
+        return False
+    return isinstance(exc, Py4JError)
 
 
 def _first_line(exc: BaseException) -> str:
+    for error in (exc, exc.__cause__, exc.__context__):  # Spark Connect wraps gRPC's
+        details = getattr(error, "details", None)
+        if callable(details) and isinstance(message := details(), str) and message.strip():
+            return message.strip().splitlines()[0]
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
