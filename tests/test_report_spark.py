@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,6 +41,7 @@ from shadowproxy.report.engines import duckdb as duckdb_engine
 from shadowproxy.report.engines import spark as spark_engine
 from shadowproxy.report.model import Report
 from tests import synthetic
+from tests.spark_session import local_session
 from tests.summary_diff import differences
 from tests.synthetic import RouteSpec, ShadowSpec
 from tests.test_report_chaos import add_injected, injected_rows
@@ -76,32 +76,8 @@ FUNCTIONS = ("sp_class", "sp_number", "sp_outcome", "sp_label_json")
 def running() -> Iterator[Any]:
     """The session running in the process, as a notebook's would be; the report borrows
     it."""
-    if shutil.which("java") is None:
-        pytest.skip(
-            "no Java runtime on PATH: Spark's local mode needs one (apt-get install default-jdk-headless)"
-        )
-    sql = pytest.importorskip(
-        "pyspark.sql", reason="pyspark is not installed (pip install '.[spark]')"
-    )
-    session = (
-        sql.SparkSession.builder.master("local[1]")
-        .appName("shadowproxy-report-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "1")
-        # Small queries: a lean JVM, no code generation (it costs more than it saves here).
-        .config("spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
-        .config("spark.sql.codegen.wholeStage", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    try:
+    with local_session("shadowproxy-report-tests") as session:
         yield session
-    finally:
-        session.stop()
 
 
 @pytest.fixture

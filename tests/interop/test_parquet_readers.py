@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.interop.peers import cli_proxy, loopback_upstream, require
+from tests.interop.peers import cli_proxy, loopback_upstream
+from tests.spark_session import local_session
 
 ROUTES = {"alpha": 30, "beta": 12}
 """Requests per route; one shadow each, so one row per request."""
@@ -127,29 +128,8 @@ def test_pyarrow_dataset(recording: Recording) -> None:
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
     """One local Spark session for the module: the JVM takes seconds to start."""
-    require("java")
-    sql = pytest.importorskip(
-        "pyspark.sql", reason="pyspark does not install here (pip install '.[interop]')"
-    )
-    session = (
-        sql.SparkSession.builder.master("local[1]")
-        .appName("shadowproxy-interop")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "1")
-        # A few small queries: start the JVM lean and skip code generation, which
-        # costs more than it saves on a few dozen rows.
-        .config("spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
-        .config("spark.sql.codegen.wholeStage", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    try:
+    with local_session("shadowproxy-interop") as session:
         yield session
-    finally:
-        session.stop()
 
 
 @pytest.mark.timeout(180)  # the JVM starts here
