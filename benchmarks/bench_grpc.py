@@ -312,9 +312,10 @@ def measure(
 
 
 def with_cpu(target: str, mode: str, duration_s: float, pid: int) -> dict[str, float]:
-    """``run_load``, plus the CPU time ``pid`` and its children (the proxy's writer)
-    spent per call, warm-up calls included; Linux only (``/proc``), else left out."""
-    processes = [pid, *children_of(pid)]
+    """``run_load``, plus the CPU time ``pid`` and its descendants (the proxy's writer,
+    forked by the writer's fork server or spawned) spent per call, warm-up calls
+    included; Linux only (``/proc``), else left out."""
+    processes = [pid, *descendants_of(pid)]
     before = [cpu_seconds(p) for p in processes]
     figures = run_load(target, mode, duration_s)
     after = [cpu_seconds(p) for p in processes]
@@ -334,6 +335,10 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants_of(pid: int) -> list[int]:
+    return [d for child in children_of(pid) for d in (child, *descendants_of(child))]
 
 
 def children_of(pid: int) -> list[int]:
