@@ -27,7 +27,12 @@ from shadowproxy.grpc.metadata import Metadata, shadow_metadata
 from shadowproxy.metrics import Metrics
 from shadowproxy.proxy.breaker import CircuitBreaker
 from shadowproxy.proxy.routing import GrpcRouteTable
-from shadowproxy.proxy.runtime import RETIRE_POLL_S, ProductionChaos, RouteMetrics
+from shadowproxy.proxy.runtime import (
+    RETIRE_POLL_S,
+    ProductionChaos,
+    RouteMetrics,
+    still_serves,
+)
 from shadowproxy.proxy.tee import ShadowLane, ShadowRunner
 from shadowproxy.records import RequestInfo, ShadowOutcome, ShadowResult
 from shadowproxy.tasks import TaskSet
@@ -196,13 +201,7 @@ def build_grpc(
             lane = GrpcLane(channels.open(shadow.url, key[4]), shadow.circuit_breaker)
         lanes[key] = lane
         old = old_runners.get((route.name, shadow.name))
-        if (
-            old is not None
-            and old.lane is lane
-            and old.config == shadow
-            and old.route.max_capture_bytes == route.max_capture_bytes
-            and old.route.chaos == route.chaos
-        ):
+        if still_serves(old, lane, route, shadow):
             return old
         return GrpcShadowRunner(route, shadow, lane, metrics)
 

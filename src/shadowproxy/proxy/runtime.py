@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import TypeGuard
 
 from shadowproxy.config import Config, MainConfig, RouteConfig, ShadowConfig
 from shadowproxy.errors import ConfigError
@@ -188,6 +189,20 @@ class Snapshot:
         return {*self.production.values(), *(lane.pool for lane in self.lanes.values())}
 
 
+def still_serves(
+    old: ShadowRunner | None, lane: ShadowLane, route: RouteConfig, shadow: ShadowConfig
+) -> TypeGuard[ShadowRunner]:
+    """Whether a reload keeps a shadow's runner (its in-flight copies and breaker state
+    with it): the same lane, shadow config, capture bound and chaos, over HTTP or gRPC."""
+    return (
+        old is not None
+        and old.lane is lane
+        and old.config == shadow
+        and old.route.max_capture_bytes == route.max_capture_bytes
+        and old.route.chaos == route.chaos
+    )
+
+
 def build(
     config: Config, metrics: Metrics, pools: Pools, previous: Snapshot | None = None
 ) -> Snapshot:
@@ -217,13 +232,7 @@ def build(
             lane = ShadowLane(pools.open(*key[2:]), shadow.circuit_breaker)
         lanes[key] = lane
         old = old_runners.get((route.name, shadow.name))
-        if (
-            old is not None
-            and old.lane is lane
-            and old.config == shadow
-            and old.route.max_capture_bytes == route.max_capture_bytes
-            and old.route.chaos == route.chaos
-        ):
+        if still_serves(old, lane, route, shadow):
             return old
         return ShadowRunner(route, shadow, lane, metrics)
 
