@@ -24,7 +24,12 @@ from shadowproxy.tasks import TaskSet
 from tests.support import free_port, upstream, wait_listening, write_config
 from tests.support import route as route_config
 from tests.test_recording import make_pair, wait_until
-from tests.test_recording_process import config, parent_metrics, sample
+from tests.test_recording_process import (
+    config,
+    losses_of_a_killed_writer_are_counted,
+    parent_metrics,
+    sample,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="/proc, fork")
 
@@ -88,25 +93,7 @@ async def test_a_killed_forked_writer_is_forked_again_and_nothing_is_lost(
 
 
 async def test_what_a_forked_writer_dies_with_is_counted(tmp_path: Path, forks: ForkServer) -> None:
-    registry, metrics = parent_metrics()
-    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.1), metrics, forks)
-    await recorder.start()
-    first = recorder._process
-    assert first is not None
-    os.kill(first.pid, signal.SIGSTOP)  # it takes the batch into its pipe, writes nothing
-    for n in range(50):
-        recorder.submit(make_pair(n))
-    await wait_until(lambda: recorder._shipped == 50)
-    first.kill()
-    await wait_until(
-        lambda: recorder._process not in (None, first) and recorder.health()["status"] == "ok",
-        within_s=20,
-    )
-    assert sample(registry, "shadowproxy_records_dropped_total", reason="writer_died") == 50
-    for n in range(50, 80):
-        recorder.submit(make_pair(n))
-    await recorder.close()
-    assert read_dataset(str(tmp_path)).num_rows == 30
+    await losses_of_a_killed_writer_are_counted(tmp_path, forks)
 
 
 async def test_without_its_fork_server_the_recorder_spawns_writers(

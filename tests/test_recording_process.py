@@ -18,6 +18,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.metrics import Metrics
 from shadowproxy.recording import read_dataset, read_exposures, read_feedback, wire
 from shadowproxy.recording.child import WRITER_NICENESS, read_frame
+from shadowproxy.recording.forkserver import ForkServer
 from shadowproxy.recording.process import RecorderProcess
 from tests.test_recording import (
     TS,
@@ -199,8 +200,14 @@ async def test_a_bad_recording_dir_fails_at_start(tmp_path: Path) -> None:
 
 
 async def test_records_a_writer_dies_with_are_counted_not_silently_lost(tmp_path: Path) -> None:
+    await losses_of_a_killed_writer_are_counted(tmp_path, None)
+
+
+async def losses_of_a_killed_writer_are_counted(tmp_path: Path, forks: ForkServer | None) -> None:
+    """A writer stopped with a batch in its pipe, then killed: the batch is counted as
+    ``writer_died``, and its successor (spawned, or forked by ``forks``) records on."""
     registry, metrics = parent_metrics()
-    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.1), metrics)
+    recorder = RecorderProcess(config(tmp_path, flush_interval_s=0.1), metrics, forks)
     await recorder.start()
     first = recorder._process
     assert first is not None
