@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,23 +89,28 @@ def messages() -> tuple[bytes, bytes]:
 # --- the processes -----------------------------------------------------------------
 
 
-async def upstream(port: int) -> None:
+async def serve_every_method(port: int, unary: Callable[[bytes, Any], Awaitable[bytes]]) -> None:
+    """A grpc.aio server on loopback answering every method with ``unary``, until killed."""
     import grpc
-
-    _, answer = messages()
-
-    async def infer(request: bytes, context: Any) -> bytes:
-        return answer
 
     class Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
         def service(self, details: Any) -> Any:
-            return grpc.unary_unary_rpc_method_handler(infer)
+            return grpc.unary_unary_rpc_method_handler(unary)
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((Handler(),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+async def upstream(port: int) -> None:
+    _, answer = messages()
+
+    async def infer(request: bytes, context: Any) -> bytes:
+        return answer
+
+    await serve_every_method(port, infer)
 
 
 async def passthrough(port: int, production: int) -> None:
@@ -118,15 +124,7 @@ async def passthrough(port: int, production: int) -> None:
         async def forward(request: bytes, context: Any) -> bytes:
             return await call(request)  # type: ignore[no-any-return]
 
-        class Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
-            def service(self, details: Any) -> Any:
-                return grpc.unary_unary_rpc_method_handler(forward)
-
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((Handler(),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
+        await serve_every_method(port, forward)
 
 
 async def passthrough_tee(port: int, production: int, shadow: int, with_id: bool) -> None:
@@ -163,15 +161,7 @@ async def passthrough_tee(port: int, production: int, shadow: int, with_id: bool
             context.set_trailing_metadata(tuple(await answer.trailing_metadata()))
             return response
 
-        class Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
-            def service(self, details: Any) -> Any:
-                return grpc.unary_unary_rpc_method_handler(forward)
-
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((Handler(),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
+        await serve_every_method(port, forward)
 
 
 async def black_hole(port: int) -> None:
